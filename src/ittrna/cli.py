@@ -1,0 +1,453 @@
+"""The ``ittrna`` command line: thin wrappers over the library.
+
+Every command has ``--help`` with examples; ``--json`` prints one JSON object as the last line of stdout
+(accuracies as fractions in [0, 1]); bad input gives one line on stderr and a non-zero exit, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+class CliError(Exception):
+    """A user error reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+# --- argument types ---------------------------------------------------------------------------------------
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; accepted an integer >= {lo}")
+        return value
+
+    return parse
+
+
+def _float_in(lo: float, hi: float, hi_open: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if math.isnan(value) or value < lo or (value >= hi if hi_open else value > hi):
+            raise argparse.ArgumentTypeError(
+                f"{value:g} is out of range; accepted [{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            )
+        return value
+
+    return parse
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _crossbar(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        rows, cols = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ROWSxCOLS, e.g. 128x128") from None
+    if rows < 1 or cols < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: rows and cols must be >= 1")
+    return rows, cols
+
+
+def _emit(args: argparse.Namespace, text: str, payload: dict[str, Any]) -> None:
+    if text:
+        print(text)
+    if getattr(args, "json", False):
+        print(json.dumps(payload))
+
+
+# --- shared option groups ------------------------------------------------------------------------------
+def _add_chip_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("chip settings (applied over --preset or --config)")
+    g.add_argument("--preset", default=None, help="named preset (see `ittrna config presets`); default 'default'")
+    g.add_argument("--config", type=Path, default=None, help="chip config file (.toml or .json)")
+    g.add_argument("--saf-rate", type=_float_in(0, 1, hi_open=True), help="stuck-at fault rate, [0, 1)")
+    g.add_argument("--stuck-on-share", type=_float_in(0, 1), help="share of faults stuck_on (at Gmax), [0, 1]")
+    g.add_argument("--sigma", type=_float_in(0, 3), help="lognormal variation sigma, [0, 3]")
+    g.add_argument("--pattern", choices=["uniform", "clustered", "lines"], help="spatial fault pattern")
+    g.add_argument("--crossbar", type=_crossbar, help="tile size ROWSxCOLS, e.g. 128x128")
+    g.add_argument("--scheme", choices=["differential", "offset"], help="weight mapping scheme")
+    g.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="any config field, e.g. --set cell.levels=16 (repeatable)")
+
+
+def _chip_config(args: argparse.Namespace) -> Any:
+    from ittrna.config import ChipConfig
+
+    if args.preset and args.config:
+        raise CliError("give --preset or --config, not both")
+    cfg = ChipConfig.from_file(args.config) if args.config else ChipConfig.preset(args.preset or "default")
+    changes: dict[str, Any] = {}
+    for flag, key in (("saf_rate", "faults.rate"), ("stuck_on_share", "faults.stuck_on_share"),
+                      ("sigma", "variation.sigma"), ("pattern", "faults.pattern"), ("scheme", "mapping.scheme")):
+        if getattr(args, flag) is not None:
+            changes[key] = getattr(args, flag)
+    if args.crossbar is not None:
+        changes["mapping.rows"], changes["mapping.cols"] = args.crossbar
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise CliError(f"--set {item!r} is not SECTION.FIELD=VALUE")
+        try:
+            changes[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[key.strip()] = raw
+    return cfg.override(changes) if changes else cfg
+
+
+def _load_model(path: Path) -> tuple[Any, dict[str, Any]]:
+    from ittrna.models import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def _eval_split(meta: dict[str, Any], args: argparse.Namespace) -> Any:
+    from ittrna.data import load
+
+    return load(meta["dataset"], args.split, data_dir=args.data_dir)
+
+
+# --- commands --------------------------------------------------------------------------------------------
+def cmd_data_list(args: argparse.Namespace) -> None:
+    from ittrna.data import DATASETS, cache_dir, status
+
+    rows = [{"name": s.name, "status": status(s.name), "shape": list(s.in_shape), "source": s.source}
+            for s in DATASETS.values()]
+    text = "\n".join([f"cache: {cache_dir()}"] + [f"{r['name']:<14} {r['status']:<28} {r['source']}" for r in rows])
+    _emit(args, text, {"cache": str(cache_dir()), "datasets": rows})
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> None:
+    from ittrna.data import fetch
+
+    out = {name: str(fetch(name, force=args.force)) for name in args.names}
+    _emit(args, "\n".join(f"{n}: ok ({p})" for n, p in out.items()), {"fetched": out})
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from ittrna.data import DATASETS, load
+    from ittrna.models import MODELS, build, save_checkpoint
+    from ittrna.training import accuracy, train
+
+    if args.model not in MODELS:
+        raise CliError(f"unknown model {args.model!r}; accepted one of {sorted(MODELS)}")
+    if args.dataset not in DATASETS:
+        raise CliError(f"unknown dataset {args.dataset!r}; accepted one of {sorted(DATASETS)}")
+    spec = DATASETS[args.dataset]
+    train_split = load(args.dataset, "train", data_dir=args.data_dir)
+    val_split = load(args.dataset, "val", data_dir=args.data_dir)
+    test_split = load(args.dataset, "test", data_dir=args.data_dir)
+    model = build(args.model, spec.in_shape, spec.num_classes, seed=args.seed).to(args.device)
+    t0 = time.perf_counter()
+    train(model, train_split, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+          progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    model = model.to("cpu")
+    val_acc, test_acc = accuracy(model, val_split), accuracy(model, test_split)
+    meta = {"model": args.model, "dataset": args.dataset, "in_shape": list(spec.in_shape),
+            "num_classes": spec.num_classes, "seed": args.seed, "epochs": args.epochs, "lr": args.lr,
+            "batch_size": args.batch_size, "val_accuracy": val_acc, "test_accuracy": test_acc,
+            "torch": str(torch.__version__)}
+    save_checkpoint(args.out, model, meta)
+    per_epoch = seconds / args.epochs if args.epochs else 0.0
+    text = (f"{args.model} on {args.dataset}: test accuracy {100 * test_acc:.2f}% (val {100 * val_acc:.2f}%), "
+            f"{args.epochs} epochs in {seconds:.1f}s ({per_epoch:.1f}s/epoch) -> {args.out}")
+    _emit(args, text, {"test_accuracy": test_acc, "val_accuracy": val_acc, "seconds": seconds,
+                       "seconds_per_epoch": per_epoch, "out": str(args.out)})
+
+
+def cmd_chip_make(args: argparse.Namespace) -> None:
+    from ittrna.chip import Chip
+
+    model, _ = _load_model(args.model)
+    cfg = _chip_config(args)
+    chip = Chip.fabricate(model, cfg, args.seed)
+    chip.save(args.out)
+    s = chip.summary()
+    text = (f"chip (seed {args.seed}): {s['cells']} cells on {s['tiles']} tiles, stuck_on "
+            f"{100 * s['stuck_on_fraction']:.2f}%, stuck_off {100 * s['stuck_off_fraction']:.2f}% -> {args.out}")
+    _emit(args, text, {**s, "seed": args.seed, "out": str(args.out)})
+
+
+def cmd_chip_show(args: argparse.Namespace) -> None:
+    from ittrna.chip import Chip
+
+    chip = Chip.load(args.chip)
+    rows = chip.stats()
+    lines = [f"chip seed {chip.seed}, scheme {chip.config.mapping.scheme}, "
+             f"tiles {chip.config.mapping.rows}x{chip.config.mapping.cols}",
+             f"{'layer':<12} {'kind':<7} {'matrix':>11} {'tiles':>6} {'cells':>9} {'stuck_on%':>9} "
+             f"{'stuck_off%':>10} {'theta std':>9}"]
+    for r in rows:
+        lines.append(f"{r['layer']:<12} {r['kind']:<7} {'x'.join(map(str, r['matrix'])):>11} "
+                     f"{'x'.join(map(str, r['tiles'])):>6} {r['cells']:>9} {100 * r['stuck_on_fraction']:>9.2f} "
+                     f"{100 * r['stuck_off_fraction']:>10.2f} {r['theta_std']:>9.3f}")
+    if args.png:
+        _plot_fault_map(chip, args.png)
+        lines.append(f"fault map -> {args.png}")
+    _emit(args, "\n".join(lines), {"summary": chip.summary(), "layers": rows,
+                                   "png": str(args.png) if args.png else None})
+
+
+def _plot_fault_map(chip: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from ittrna._io import atomic_write
+
+    layers = list(chip)
+    n_arr = max(len(layer.arrays) for layer in layers)
+    fig, axes = plt.subplots(len(layers), n_arr, figsize=(4 * n_arr, 2.6 * len(layers)), squeeze=False)
+    cmap = ListedColormap(["#f4f4f4", "#1f4e9c", "#d62728"])  # healthy, stuck_off, stuck_on
+    for i, layer in enumerate(layers):
+        for j, (aname, arr) in enumerate(layer.arrays.items()):
+            ax = axes[i][j]
+            ax.imshow(arr.fault.cpu().numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest", aspect="auto")
+            ax.set_title(f"{layer.name} / {aname}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for j in range(len(layer.arrays), n_arr):
+            axes[i][j].axis("off")
+    fig.suptitle("fault map: grey healthy, blue stuck_off (Gmin), red stuck_on (Gmax)")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+
+
+def cmd_chip_test(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from ittrna.chip import Chip
+    from ittrna.config import TestConfig
+
+    chip = Chip.load(args.chip)
+    chip.config = replace(chip.config, test=TestConfig(miss_rate=args.miss_rate, theta_noise=args.theta_noise))
+    measured = chip.test(seed=args.seed)
+    measured.save(args.out)
+    _emit(args, f"measured defect map -> {args.out}", {"out": str(args.out)})
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import statistics
+
+    from ittrna.chip import Chip
+    from ittrna.nn import evaluate, monte_carlo
+    from ittrna.training import accuracy
+
+    model, meta = _load_model(args.model)
+    data = _eval_split(meta, args)
+    ideal = accuracy(model, data)
+    if args.chip is not None:
+        accs = [evaluate(model, Chip.load(args.chip), data)]
+    else:
+        cfg = _chip_config(args)
+        accs = monte_carlo(model, cfg, range(args.seed, args.seed + args.chips), data, progress=not args.quiet)
+    mean = statistics.fmean(accs)
+    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    text = (f"{meta['model']} on {meta['dataset']} ({args.split}): software {100 * ideal:.2f}%, on chip "
+            f"{100 * mean:.2f} ± {100 * std:.2f}% over {len(accs)} chip(s)")
+    _emit(args, text, {"ideal_accuracy": ideal, "accuracy_mean": mean, "accuracy_std": std, "accuracies": accs})
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from ittrna._io import atomic_write_text
+    from ittrna.experiments import ResultStore, aggregate, collapse_points, run_sweep
+    from ittrna.experiments.report import format_table, plot_collapse, write_csv
+    from ittrna.training import accuracy
+
+    model, meta = _load_model(args.model)
+    data = _eval_split(meta, args)
+    base = _chip_config(args)
+    ideal = accuracy(model, data)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(out / "results.jsonl")
+    points = collapse_points(args.saf_rates, args.sigmas)
+    records = run_sweep(model, base, points, range(args.seed, args.seed + args.chips), data, store,
+                        progress=not args.quiet)
+    rows = aggregate(records)
+    write_csv(out / "summary.csv", rows)
+    summary = {"model": meta["model"], "dataset": meta["dataset"], "split": args.split, "ideal_accuracy": ideal,
+               "chips": args.chips, "first_seed": args.seed, "base_config": json.loads(base.to_json()), "rows": rows}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    title = f"{meta['model']} on {meta['dataset']}: accuracy on imperfect chips ({args.chips} chips per point)"
+    plot_collapse(out / "collapse.png", rows, title=title, ideal=ideal)
+    text = (f"{meta['model']} on {meta['dataset']} ({args.split}); software accuracy {100 * ideal:.2f}%\n"
+            + format_table(rows, ideal) + f"\nresults: {out}/summary.csv, plot: {out}/collapse.png")
+    _emit(args, text, {"ideal_accuracy": ideal, "rows": rows, "out": str(out)})
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    from ittrna.config import ChipConfig
+
+    cfg = ChipConfig.from_file(args.config) if args.config else ChipConfig.preset(args.preset)
+    print(cfg.to_json() if args.format == "json" else cfg.to_toml())
+
+
+def cmd_config_presets(args: argparse.Namespace) -> None:
+    from ittrna.config import PRESETS
+
+    rows = {name: " ".join((f.__doc__ or "").split()) for name, f in PRESETS.items()}
+    _emit(args, "\n".join(f"{n:<16} {d}" for n, d in rows.items()), {"presets": rows})
+
+
+# --- parser ----------------------------------------------------------------------------------------------
+def _sub(subs: Any, name: str, help_: str, examples: str, func: Callable[[argparse.Namespace], None],
+         *, json_flag: bool = True) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subs.add_parser(
+        name, help=help_, description=help_, epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``ittrna`` argument parser."""
+    from ittrna.data import DATASETS
+    from ittrna.models import MODELS
+
+    parser = _Parser(prog="ittrna", description="Deep neural networks on imperfect RRAM crossbars.",
+                     epilog="examples:\n  ittrna train --model mlp --dataset mnist --epochs 5 --out mlp.pt\n"
+                            "  ittrna evaluate --model mlp.pt --chips 5 --saf-rate 0.1\n",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subs = parser.add_subparsers(dest="command", required=True)
+
+    data = subs.add_parser("data", help="list and fetch datasets")
+    dsubs = data.add_subparsers(dest="data_command", required=True)
+    _sub(dsubs, "list", "show datasets and the state of the cache", "  ittrna data list\n", cmd_data_list)
+    p = _sub(dsubs, "fetch", "fetch datasets into the cache and verify them by sha256",
+             "  ittrna data fetch mnist fashion-mnist\n", cmd_data_fetch)
+    p.add_argument("names", nargs="+", choices=[n for n, s in DATASETS.items() if s.fetcher is not None])
+    p.add_argument("--force", action="store_true", help="fetch again even if the cached copy verifies")
+
+    p = _sub(subs, "train", "train a reference model in software (ideal weights)",
+             "  ittrna train --model mlp --dataset mnist --epochs 5 --out mlp.pt\n"
+             "  ittrna train --model lenet5 --dataset fashion-mnist --epochs 10 --seed 1 --out lenet.pt --json\n",
+             cmd_train)
+    p.add_argument("--model", required=True, help=f"one of {sorted(MODELS)}")
+    p.add_argument("--dataset", required=True, help=f"one of {sorted(DATASETS)}")
+    p.add_argument("--epochs", type=_int_at_least(0), default=5)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--lr", type=_float_in(1e-8, 10), default=1e-3, help="Adam learning rate")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=64)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
+    p.add_argument("--data-dir", type=Path, default=None, help="dataset folder (required for cifar10)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    chip = subs.add_parser("chip", help="fabricate, inspect and test simulated chips")
+    csubs = chip.add_subparsers(dest="chip_command", required=True)
+    p = _sub(csubs, "make", "fabricate a chip sized for a trained model and save it",
+             "  ittrna chip make --model mlp.pt --saf-rate 0.1 --sigma 0.5 --seed 3 --out chip.npz\n"
+             "  ittrna chip make --model mlp.pt --preset date17 --pattern lines --crossbar 64x64 --out c.npz\n",
+             cmd_chip_make)
+    p.add_argument("--model", type=Path, required=True, help="checkpoint from `ittrna train`")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="fabrication seed")
+    p.add_argument("--out", type=Path, required=True, help="chip file to write (.npz)")
+    _add_chip_options(p)
+    p = _sub(csubs, "show", "print per-layer statistics of a chip and draw its fault map",
+             "  ittrna chip show chip.npz --png faults.png\n", cmd_chip_show)
+    p.add_argument("chip", type=Path)
+    p.add_argument("--png", type=Path, default=None, help="write the fault map image here")
+    p = _sub(csubs, "test", "run the post-fabrication test: write the measured defect map",
+             "  ittrna chip test chip.npz --miss-rate 0.05 --theta-noise 0.05 --out map.npz\n", cmd_chip_test)
+    p.add_argument("chip", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--miss-rate", type=_float_in(0, 1), default=0.0, help="fraction of faults missed")
+    p.add_argument("--theta-noise", type=_float_in(0, 3), default=0.0, help="sigma of theta measurement error")
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
+
+    p = _sub(subs, "evaluate", "accuracy of a trained model on one saved chip or on K fabricated chips",
+             "  ittrna evaluate --model mlp.pt --chip chip.npz\n"
+             "  ittrna evaluate --model mlp.pt --chips 5 --saf-rate 0.2 --seed 100 --json\n", cmd_evaluate)
+    p.add_argument("--model", type=Path, required=True)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--chip", type=Path, default=None, help="a saved chip (.npz)")
+    src.add_argument("--chips", type=_int_at_least(1), default=5, help="number of chips to fabricate")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="first chip seed (seeds N..N+K-1)")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--quiet", action="store_true")
+    _add_chip_options(p)
+
+    p = _sub(subs, "sweep", "accuracy collapse over SAF rate (sigma = 0) and sigma (no faults), resumable",
+             "  ittrna sweep --model mlp.pt --saf-rates 0,0.1,0.2,0.3 --sigmas 0,0.5,1,1.5 --chips 5 --out out/\n",
+             cmd_sweep)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--saf-rates", type=_float_list, default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
+    p.add_argument("--sigmas", type=_float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
+    p.add_argument("--chips", type=_int_at_least(1), default=5)
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="first chip seed")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, summary.csv, collapse.png")
+    p.add_argument("--quiet", action="store_true")
+    _add_chip_options(p)
+
+    cfg = subs.add_parser("config", help="show chip configurations and presets")
+    gsubs = cfg.add_subparsers(dest="config_command", required=True)
+    p = _sub(gsubs, "show", "print a preset or config file as TOML or JSON",
+             "  ittrna config show --preset date17 --format toml > my-chip.toml\n", cmd_config_show,
+             json_flag=False)
+    p.add_argument("--preset", default="default")
+    p.add_argument("--config", type=Path, default=None)
+    p.add_argument("--format", choices=["toml", "json"], default="toml")
+    _sub(gsubs, "presets", "list the named presets", "  ittrna config presets\n", cmd_config_presets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ittrna`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ittrna.config import ConfigError
+    from ittrna.data import DataError
+
+    try:
+        args.func(args)
+    except (CliError, ConfigError, DataError, ValueError, KeyError, OSError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        sys.stderr.write(f"ittrna: error: {msg}\n")
+        return EXIT_USAGE if isinstance(exc, (CliError, ConfigError)) else EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("ittrna: interrupted\n")
+        return 130
+    return 0

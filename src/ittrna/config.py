@@ -1,0 +1,497 @@
+"""Configuration: a tree of validated dataclasses describing a simulated RRAM-crossbar chip.
+
+Every field carries a docstring (units, source, accepted range) right under it, in the manner of IBM
+aihwkit's ``simulator/parameters``. Every section validates itself on construction and rejects a bad value
+with a one-line :class:`ConfigError` naming the dotted field, the value and the accepted range.
+
+The tree serialises to and from plain dicts, JSON and TOML; named presets (CrossSim-style
+``ChipConfig.preset("date17")``) live in an explicit registry, :data:`PRESETS`.
+
+Example:
+    >>> cfg = ChipConfig.preset("default").override({"faults.rate": 0.1, "variation.sigma": 0.5})
+    >>> cfg.faults.rate
+    0.1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "PRESETS",
+    "CellConfig",
+    "ChipConfig",
+    "ConfigError",
+    "EnduranceConfig",
+    "FaultConfig",
+    "MappingConfig",
+    "TestConfig",
+    "VariationConfig",
+]
+
+#: Stuck-on share of all stuck-at faults measured on a 4-Mb HfO2 RRAM test chip: 1.75 % of cells stuck-on
+#: versus 9.04 % stuck-off (Chen et al., "RRAM defect modeling and failure analysis based on march test and
+#: a novel squeeze-search scheme", IEEE Trans. Computers 64(1), 2015).
+HFO2_STUCK_ON_SHARE = 1.75 / (1.75 + 9.04)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the dotted field and the accepted range."""
+
+
+def _fmt(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
+    return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+class _Section:
+    """Mixin: validation helpers, dict conversion and dotted naming for one config section."""
+
+    _section: ClassVar[str] = ""
+
+    def _name(self, fname: str) -> str:
+        return f"{self._section}.{fname}" if self._section else fname
+
+    def _range(
+        self, fname: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+    ) -> None:
+        value = getattr(self, fname)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{self._name(fname)} = {value!r} is not a number")
+        ok = not math.isnan(value)
+        ok = ok and (value > lo if lo_open else value >= lo)
+        ok = ok and (value < hi if hi_open else value <= hi)
+        if not ok:
+            raise ConfigError(
+                f"{self._name(fname)} = {value!r} is out of range; accepted {_fmt(lo, hi, lo_open, hi_open)}"
+            )
+
+    def _int_range(self, fname: str, lo: int, hi: int, *, optional: bool = False) -> None:
+        value = getattr(self, fname)
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(
+                f"{self._name(fname)} = {value!r} is invalid; accepted an integer in [{lo}, {hi}]"
+                + (" or None" if optional else "")
+            )
+
+    def _choice(self, fname: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self, fname)
+        if value not in choices:
+            raise ConfigError(f"{self._name(fname)} = {value!r} is invalid; accepted one of {list(choices)}")
+
+
+@dataclass(frozen=True)
+class CellConfig(_Section):
+    """One RRAM cell's programmable conductance range.
+
+    Source: a two-terminal HfO2/TaOx RRAM cell read at low voltage; Gmax = 1/r_on (low-resistance state),
+    Gmin = 1/r_off (high-resistance state). Typical values r_on ~ 1-100 kOhm, on/off ratio 10-1000.
+    """
+
+    _section: ClassVar[str] = "cell"
+
+    r_on: float = 10e3
+    """Low-resistance state (LRS) resistance in ohm; Gmax = 1/r_on. Accepted (0, inf), below r_off."""
+
+    r_off: float = 1e6
+    """High-resistance state (HRS) resistance in ohm; Gmin = 1/r_off. Accepted (r_on, inf]; ``inf`` gives
+    Gmin = 0, the ideal on/off ratio of the DATE'17 / ITT-RNA weight model."""
+
+    levels: int | None = None
+    """Number of evenly spaced programmable conductance levels in [Gmin, Gmax]; None = analog cells.
+    Accepted None or an integer in [2, 65536]."""
+
+    def __post_init__(self) -> None:
+        self._range("r_on", 0.0, math.inf, lo_open=True, hi_open=True)
+        self._range("r_off", 0.0, math.inf, lo_open=True)
+        if not self.r_off > self.r_on:
+            raise ConfigError(
+                f"cell.r_off = {self.r_off!r} must exceed cell.r_on = {self.r_on!r}; accepted (r_on, inf]"
+            )
+        self._int_range("levels", 2, 65536, optional=True)
+
+    @property
+    def g_max(self) -> float:
+        """Largest conductance in siemens (1/r_on)."""
+        return 1.0 / self.r_on
+
+    @property
+    def g_min(self) -> float:
+        """Smallest conductance in siemens (1/r_off; 0 when r_off is infinite)."""
+        return 0.0 if math.isinf(self.r_off) else 1.0 / self.r_off
+
+
+@dataclass(frozen=True)
+class VariationConfig(_Section):
+    """Lognormal resistance variation: G_actual = G_target * exp(theta), theta ~ N(0, sigma^2).
+
+    Source: device-to-device variation model used by Chen et al. (DATE 2017) and ITT-RNA (Song et al.,
+    IEEE TCAD 2020); lognormal spread of RRAM resistance is reported with sigma up to ~1 for HfOx cells.
+    Units: sigma is the standard deviation of the natural log of the conductance factor (dimensionless).
+    """
+
+    _section: ClassVar[str] = "variation"
+
+    sigma: float = 0.0
+    """Device-to-device sigma of theta, fixed per cell per chip. Accepted [0, 3]."""
+
+    program_noise: float = 0.0
+    """Cycle-to-cycle sigma of an extra log factor redrawn at every write of a cell. Accepted [0, 3]."""
+
+    read_noise: float = 0.0
+    """Sigma of a log factor redrawn at every read (every forward pass through an analog layer).
+    Accepted [0, 3]."""
+
+    def __post_init__(self) -> None:
+        for name in ("sigma", "program_noise", "read_noise"):
+            self._range(name, 0.0, 3.0)
+
+
+FaultPattern = Literal["uniform", "clustered", "lines"]
+FAULT_PATTERNS: tuple[str, ...] = ("uniform", "clustered", "lines")
+
+
+@dataclass(frozen=True)
+class FaultConfig(_Section):
+    """Stuck-at faults fixed at fabrication.
+
+    ``stuck_off`` cells read Gmin (high-resistance state) and ``stuck_on`` cells read Gmax (low-resistance
+    state) whatever is programmed. Source for the default share: 9.04 % stuck-off versus 1.75 % stuck-on
+    cells on a 4-Mb HfO2 test chip (Chen et al., IEEE Trans. Computers 2015).
+    """
+
+    _section: ClassVar[str] = "faults"
+
+    rate: float = 0.0
+    """Fraction of all cells that are stuck (stuck_on + stuck_off). Accepted [0, 1)."""
+
+    stuck_on_share: float = HFO2_STUCK_ON_SHARE
+    """Fraction of stuck cells that are stuck_on (at Gmax); the rest are stuck_off (at Gmin).
+    Accepted [0, 1]. Default 1.75/(1.75+9.04) ~ 0.162."""
+
+    pattern: str = "uniform"
+    """Spatial pattern: ``uniform`` (independent positions), ``clustered`` (Thomas cluster process:
+    Poisson cluster centres with bivariate-Gaussian spread) or ``lines`` (whole or partly broken word/bit
+    lines of a tile). The realised fraction equals ``rate`` for every pattern."""
+
+    cluster_radius: float = 3.0
+    """``clustered`` only: standard deviation of the bivariate-Gaussian cluster shape, in cells.
+    Accepted (0, 1000]."""
+
+    cluster_size: float = 25.0
+    """``clustered`` only: mean number of faulty cells per cluster. Accepted [1, 1e6]."""
+
+    background_share: float = 0.1
+    """``clustered`` only: share of the fault intensity spread uniformly outside clusters. Accepted [0, 1]."""
+
+    def __post_init__(self) -> None:
+        self._range("rate", 0.0, 1.0, hi_open=True)
+        self._range("stuck_on_share", 0.0, 1.0)
+        self._choice("pattern", FAULT_PATTERNS)
+        self._range("cluster_radius", 0.0, 1000.0, lo_open=True)
+        self._range("cluster_size", 1.0, 1e6)
+        self._range("background_share", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class EnduranceConfig(_Section):
+    """Write endurance: a per-cell write counter; a cell written more than ``endurance`` times gets stuck.
+
+    Source: HfOx/TaOx RRAM endurance is reported between ~1e6 and ~1e12 cycles; 1e8 is a common
+    mid-range figure. Units: writes (program operations) per cell.
+    """
+
+    _section: ClassVar[str] = "endurance"
+
+    endurance: float = 1e8
+    """Writes a cell survives; the next write leaves it stuck. Accepted [1, 1e15]."""
+
+    count_initial_programming: bool = False
+    """Whether the first programming of a freshly fabricated chip counts as wear."""
+
+    failure_state: str = "stuck_on"
+    """State a worn-out cell sticks at: ``stuck_on`` (filament can no longer be reset, the common RRAM
+    endurance failure) or ``stuck_off``."""
+
+    def __post_init__(self) -> None:
+        self._range("endurance", 1.0, 1e15)
+        self._choice("failure_state", ("stuck_on", "stuck_off"))
+        if not isinstance(self.count_initial_programming, bool):
+            raise ConfigError(
+                f"endurance.count_initial_programming = {self.count_initial_programming!r}; accepted true/false"
+            )
+
+
+MAPPING_SCHEMES: tuple[str, ...] = ("differential", "offset")
+
+
+@dataclass(frozen=True)
+class MappingConfig(_Section):
+    """How a weight matrix becomes conductances on crossbar tiles, and the tiles' periphery.
+
+    A ``Linear`` weight (out x in) maps as its transpose (in rows x out columns); a ``Conv2d`` kernel is
+    unrolled to (Cin*k*k) rows x Cout columns. The matrix is tiled over ``rows x cols`` crossbars whose
+    partial sums are added digitally. Biases stay digital.
+    """
+
+    _section: ClassVar[str] = "mapping"
+
+    scheme: str = "differential"
+    """``differential``: w = s*(G+ - G-) on two cells, the inactive cell at Gmin; ``offset``: one cell
+    per weight around mid-range, minus a per-tile reference column programmed at (Gmin+Gmax)/2."""
+
+    rows: int = 128
+    """Crossbar word lines (inputs) per tile. Accepted [1, 65536]."""
+
+    cols: int = 128
+    """Crossbar bit lines (outputs) per tile. Accepted [1, 65536]."""
+
+    clip_percentile: float = 100.0
+    """Per-layer weight scale: this percentile of |w| maps to Gmax - Gmin; larger weights are clipped.
+    100 = max |w| (no clipping). Accepted (0, 100]."""
+
+    dac_bits: int | None = None
+    """Input DAC resolution in bits (signed, per-sample full scale); None = ideal. Accepted [1, 32]."""
+
+    adc_bits: int | None = None
+    """Output ADC resolution in bits per tile column (signed, full scale calibrated per tile on the
+    batch); None = ideal. Accepted [1, 32]."""
+
+    def __post_init__(self) -> None:
+        self._choice("scheme", MAPPING_SCHEMES)
+        self._int_range("rows", 1, 65536)
+        self._int_range("cols", 1, 65536)
+        self._range("clip_percentile", 0.0, 100.0, lo_open=True)
+        self._int_range("dac_bits", 1, 32, optional=True)
+        self._int_range("adc_bits", 1, 32, optional=True)
+
+
+@dataclass(frozen=True)
+class TestConfig(_Section):
+    """Imperfections of the post-fabrication chip test that produces the measured defect map.
+
+    Methods only ever see the measured map; accuracy is always judged on the true chip.
+    """
+
+    __test__: ClassVar[bool] = False  # not a pytest test class
+    _section: ClassVar[str] = "test"
+
+    miss_rate: float = 0.0
+    """Fraction of stuck cells the test fails to detect (reported healthy). Accepted [0, 1]."""
+
+    theta_noise: float = 0.0
+    """Standard deviation of additive Gaussian error on each measured theta. Accepted [0, 3]."""
+
+    def __post_init__(self) -> None:
+        self._range("miss_rate", 0.0, 1.0)
+        self._range("theta_noise", 0.0, 3.0)
+
+
+@dataclass(frozen=True)
+class ChipConfig(_Section):
+    """A whole simulated chip: cells, variation, faults, endurance, mapping/periphery and chip test."""
+
+    cell: CellConfig = field(default_factory=CellConfig)
+    """Conductance range and programmable levels."""
+
+    variation: VariationConfig = field(default_factory=VariationConfig)
+    """Lognormal device-to-device, programming and read variation."""
+
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    """Stuck-at faults fixed at fabrication."""
+
+    endurance: EnduranceConfig = field(default_factory=EnduranceConfig)
+    """Write endurance."""
+
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    """Weight-to-conductance mapping, tiling, DAC/ADC."""
+
+    test: TestConfig = field(default_factory=TestConfig)
+    """Imperfections of the post-fabrication test."""
+
+    # --- conversion -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (JSON/TOML-ready; ``None`` values kept)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChipConfig:
+        """Build from a nested dict; missing keys take defaults, unknown keys are an error."""
+        return _from_dict(cls, data, "")
+
+    def to_json(self) -> str:
+        """JSON text (``inf`` written as the string ``"inf"``)."""
+        return json.dumps(_encode_inf(self.to_dict()), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ChipConfig:
+        """Parse JSON text written by :meth:`to_json` (or by hand)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"invalid JSON config: {exc}") from None
+        return cls.from_dict(data)
+
+    def to_toml(self) -> str:
+        """TOML text, one table per section; ``None`` fields are omitted (they default to None)."""
+        lines: list[str] = []
+        for sname, section in self.to_dict().items():
+            lines.append(f"[{sname}]")
+            for key, value in section.items():
+                if value is not None:
+                    lines.append(f"{key} = {_toml_value(value)}")
+            lines.append("")
+        return "\n".join(lines)
+
+    @classmethod
+    def from_toml(cls, text: str) -> ChipConfig:
+        """Parse TOML text."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML config: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ChipConfig:
+        """Load a ``.toml`` or ``.json`` file."""
+        p = Path(path)
+        if p.suffix not in (".toml", ".json"):
+            raise ConfigError(f"config file {p} has suffix {p.suffix!r}; accepted .toml or .json")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        return cls.from_toml(text) if p.suffix == ".toml" else cls.from_json(text)
+
+    def save(self, path: str | Path) -> None:
+        """Write to ``.toml`` or ``.json`` (by suffix), atomically."""
+        from ittrna._io import atomic_write_text
+
+        p = Path(path)
+        if p.suffix not in (".toml", ".json"):
+            raise ConfigError(f"config file {p} has suffix {p.suffix!r}; accepted .toml or .json")
+        atomic_write_text(p, self.to_toml() if p.suffix == ".toml" else self.to_json())
+
+    @classmethod
+    def preset(cls, name: str) -> ChipConfig:
+        """A named preset from :data:`PRESETS`."""
+        try:
+            factory = PRESETS[name]
+        except KeyError:
+            raise ConfigError(f"unknown preset {name!r}; accepted one of {sorted(PRESETS)}") from None
+        return factory()
+
+    def override(self, changes: Mapping[str, Any]) -> ChipConfig:
+        """A copy with dotted-path overrides applied, e.g. ``{"faults.rate": 0.2}``; validated again."""
+        data = self.to_dict()
+        for dotted, value in changes.items():
+            parts = dotted.split(".")
+            if len(parts) != 2 or parts[0] not in data or parts[1] not in data[parts[0]]:
+                raise ConfigError(f"unknown config field {dotted!r}; accepted section.field, e.g. faults.rate")
+            data[parts[0]][parts[1]] = value
+        return ChipConfig.from_dict(data)
+
+
+def _encode_inf(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _encode_inf(v) for k, v in obj.items()}
+    if isinstance(obj, float) and math.isinf(obj):
+        return "inf" if obj > 0 else "-inf"
+    return obj
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Coerce a JSON/TOML scalar to the dataclass field's annotated type (int/float/str/bool/None)."""
+    args = typing.get_args(hint)
+    if value is None:
+        return None
+    if args and type(None) in args:  # Optional[X]
+        hint = next(a for a in args if a is not type(None))
+    if hint is float:
+        if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity"):
+            return math.inf
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'} must be a table/object")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config field {prefix}{unknown[0]!r}; accepted {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, f"{prefix}{name}.")  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+# --- presets -------------------------------------------------------------------------------------------
+def _preset_default() -> ChipConfig:
+    """Issue defaults: analog cells, ideal DAC/ADC, differential pairs on 128x128 tiles, r_on 10 kOhm,
+    r_off 1 MOhm, no faults, no variation (set rates to taste)."""
+    return ChipConfig()
+
+
+def _preset_date17() -> ChipConfig:
+    """Weight model of Chen et al. (DATE 2017) and ITT-RNA (TCAD 2020): ideal on/off ratio (Gmin = 0),
+    analog cells, ideal periphery."""
+    return ChipConfig(cell=CellConfig(r_on=10e3, r_off=math.inf))
+
+
+def _preset_quantized4() -> ChipConfig:
+    """A 4-bit (16-level) cell chip with 8-bit input DACs and 8-bit output ADCs per tile."""
+    return ChipConfig(
+        cell=CellConfig(levels=16), mapping=MappingConfig(dac_bits=8, adc_bits=8)
+    )
+
+
+def _preset_hfo2_4mb() -> ChipConfig:
+    """Stuck-at fault statistics of the 4-Mb HfO2 test chip of Chen et al. (IEEE TC 2015): 9.04 %
+    stuck-off and 1.75 % stuck-on cells (10.79 % in all)."""
+    return ChipConfig(faults=FaultConfig(rate=0.1079, stuck_on_share=HFO2_STUCK_ON_SHARE))
+
+
+#: Named presets, each a factory whose docstring cites its source.
+PRESETS: dict[str, Callable[[], ChipConfig]] = {
+    "default": _preset_default,
+    "date17": _preset_date17,
+    "quantized-4bit": _preset_quantized4,
+    "hfo2-4mb": _preset_hfo2_4mb,
+}

@@ -1,0 +1,181 @@
+"""``torch.nn`` conversion: run a model on a chip.
+
+- :func:`deploy` returns a copy of the model whose chip-mapped ``Linear``/``Conv2d`` layers compute with the
+  chip's effective weights (programming the weights first, by default); :func:`undeploy` is its inverse.
+- :func:`evaluate` measures accuracy on one chip, :func:`monte_carlo` over many fabricated chips.
+
+Deployed layers cache the effective weight and re-read it only when the chip layer is reprogrammed, so an
+ideal-periphery chip costs one ordinary ``F.linear``/``F.conv2d`` per layer. With read noise every forward
+pass re-reads the cells (one draw per batch); with DAC/ADC bits the layer computes tile by tile.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ittrna.chip import Chip
+from ittrna.config import ChipConfig
+from ittrna.data import Split
+from ittrna.mapping import tiled_matmul
+from ittrna.training import accuracy
+
+__all__ = ["AnalogConv2d", "AnalogLinear", "deploy", "evaluate", "monte_carlo", "undeploy"]
+
+
+class _AnalogLayer(nn.Module):
+    """Common part: a digital original plus a chip layer it reads its weights from."""
+
+    def __init__(self, digital: nn.Module, chip: Chip, name: str):
+        super().__init__()
+        self.digital = digital
+        """The original layer (kept for :func:`undeploy`; its weight is not used in forward)."""
+        self.chip = chip
+        self.chip_layer = name
+        self._cache: torch.Tensor | None = None
+        self._cache_version = -1
+        cfg = chip.config
+        self._ideal_periphery = cfg.mapping.dac_bits is None and cfg.mapping.adc_bits is None
+        self._read_noise = cfg.variation.read_noise > 0
+
+    def effective_weight(self) -> torch.Tensor:
+        """Weight as the chip realises it now (weight shape, on the input's device)."""
+        layer = self.chip.layer(self.chip_layer)
+        if self._read_noise:
+            return self.chip.effective_weight(self.chip_layer, read_noise=True)
+        if self._cache is None or self._cache_version != layer.version:
+            self._cache = self.chip.effective_weight(self.chip_layer)
+            self._cache_version = layer.version
+        return self._cache
+
+    def _tiled(self, cols: torch.Tensor) -> torch.Tensor:
+        """(B, K) inputs through the tiles with DAC/ADC -> (B, N)."""
+        layer = self.chip.layer(self.chip_layer)
+        matrix = self.effective_weight().reshape(layer.weight_shape[0], -1).t()  # (K, N)
+        m = self.chip.config.mapping
+        return tiled_matmul(cols, matrix, layer.grid, m.dac_bits, m.adc_bits)
+
+
+class AnalogLinear(_AnalogLayer):
+    """A ``Linear`` layer computed on crossbar tiles; the bias is added digitally."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lin = self.digital
+        assert isinstance(lin, nn.Linear)
+        if self._ideal_periphery:
+            return F.linear(x, self.effective_weight().to(x.dtype), lin.bias)
+        lead = x.shape[:-1]
+        out = self._tiled(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
+        return out + lin.bias if lin.bias is not None else out
+
+
+class AnalogConv2d(_AnalogLayer):
+    """A ``Conv2d`` layer computed on crossbar tiles (im2col unrolling); the bias is added digitally."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.digital
+        assert isinstance(conv, nn.Conv2d)
+        if self._ideal_periphery:
+            return F.conv2d(x, self.effective_weight().to(x.dtype), conv.bias, conv.stride, conv.padding,
+                            conv.dilation)
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("tiled Conv2d supports numeric zero padding only")
+        b, _, h, w = x.shape
+        kh, kw = conv.kernel_size
+        cols = F.unfold(x, (kh, kw), dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+        oh = (h + 2 * conv.padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
+        ow = (w + 2 * conv.padding[1] - conv.dilation[1] * (kw - 1) - 1) // conv.stride[1] + 1
+        flat = cols.transpose(1, 2).reshape(b * oh * ow, -1)  # (B*L, Cin*kh*kw)
+        out = self._tiled(flat).reshape(b, oh * ow, -1).transpose(1, 2).reshape(b, -1, oh, ow)
+        return out + conv.bias.view(1, -1, 1, 1) if conv.bias is not None else out
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def deploy(model: nn.Module, chip: Chip, *, program: bool = True, inplace: bool = False) -> nn.Module:
+    """Put ``model`` on ``chip``: every chip layer is replaced by an analog layer reading the chip.
+
+    Args:
+        model: a network with the layers the chip was fabricated for.
+        chip: the chip (its state is shared, not copied).
+        program: first write the model's weights onto the chip (cell writes are counted as wear per
+            ``endurance.count_initial_programming`` on a fresh chip). False: use what the chip holds.
+        inplace: modify ``model`` instead of a deep copy.
+
+    Raises:
+        ValueError: the model's layers do not match the chip's.
+    """
+    chip.check_model(model)
+    target = model if inplace else copy.deepcopy(model)
+    modules = dict(target.named_modules())
+    if program:
+        chip.program_model(target)
+    elif any(layer.scale == 0.0 for layer in chip):
+        raise ValueError("the chip has never been programmed; deploy with program=True")
+    for name in chip.layers:
+        module = modules[name]
+        analog: nn.Module = (AnalogConv2d(module, chip, name) if isinstance(module, nn.Conv2d)
+                             else AnalogLinear(module, chip, name))
+        _set_module(target, name, analog)
+    return target
+
+
+def undeploy(model: nn.Module, *, effective: bool = False, inplace: bool = False) -> nn.Module:
+    """Inverse of :func:`deploy`: analog layers become plain ``Linear``/``Conv2d`` again.
+
+    Args:
+        model: a deployed model.
+        effective: bake the chip's effective weights into the plain layers (default: the original weights).
+        inplace: modify ``model`` instead of a copy.
+    """
+    target = model if inplace else _copy_without_chip(model)
+    for name, module in list(target.named_modules()):
+        if isinstance(module, _AnalogLayer):
+            digital = copy.deepcopy(module.digital)
+            if effective:
+                with torch.no_grad():
+                    digital.weight.copy_(module.effective_weight())  # type: ignore[operator]
+            _set_module(target, name, digital)
+    return target
+
+
+def _copy_without_chip(model: nn.Module) -> nn.Module:
+    """Deep copy sharing (not copying) the chips that analog layers point to."""
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        if isinstance(module, _AnalogLayer):
+            memo[id(module.chip)] = module.chip
+    return copy.deepcopy(model, memo)
+
+
+def evaluate(model: nn.Module, chip: Chip, data: Split, *, program: bool = True, batch_size: int = 2000) -> float:
+    """Accuracy (fraction in [0, 1]) of ``model`` deployed on ``chip``, measured on ``data``."""
+    return accuracy(deploy(model, chip, program=program), data, batch_size=batch_size)
+
+
+def monte_carlo(
+    model: nn.Module,
+    config: ChipConfig,
+    seeds: Sequence[int],
+    data: Split,
+    *,
+    batch_size: int = 2000,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """Accuracy of ``model`` on one freshly fabricated chip per seed (same order as ``seeds``)."""
+    accs = []
+    for seed in tqdm(seeds, desc="chips", unit="chip", disable=not progress, leave=False):
+        chip = Chip.fabricate(model, config, seed, filter_fn=filter_fn, device=device)
+        accs.append(evaluate(model, chip, data, batch_size=batch_size))
+    return accs

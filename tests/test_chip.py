@@ -1,0 +1,224 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ittrna.chip import Chip, MeasuredMap
+from ittrna.config import ChipConfig
+from ittrna.device import HEALTHY, STUCK_OFF, STUCK_ON
+from ittrna.mapping import weight_to_matrix
+from ittrna.models import build
+from ittrna.nn import deploy
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "lenet5", "mlp-deep"])
+@pytest.mark.parametrize("scheme", ["differential", "offset"])
+def test_ideal_chip_reproduces_software(model_name, scheme):
+    model = build(model_name, seed=1)
+    x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    cfg = ChipConfig().override({"mapping.scheme": scheme})
+    on_chip = deploy(model, Chip.fabricate(model, cfg, 0))
+    with torch.no_grad():
+        assert _rel_err(on_chip(x), model(x)) < 1e-5
+
+
+@pytest.mark.parametrize("crossbar", [(16, 16), (64, 32), (128, 128), (512, 512)])
+def test_ideal_results_independent_of_crossbar_size(crossbar):
+    model = build("lenet5", seed=2)
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    cfg = ChipConfig().override({"mapping.rows": crossbar[0], "mapping.cols": crossbar[1]})
+    with torch.no_grad():
+        assert _rel_err(deploy(model, Chip.fabricate(model, cfg, 0))(x), model(x)) < 1e-5
+
+
+def test_ideal_chip_with_fine_adc_dac_is_close():
+    model = build("lenet5", seed=2)
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    cfg = ChipConfig().override({"mapping.adc_bits": 16, "mapping.dac_bits": 16, "mapping.rows": 64})
+    with torch.no_grad():
+        assert _rel_err(deploy(model, Chip.fabricate(model, cfg, 0))(x), model(x)) < 1e-3
+
+
+def _chip_tensors(chip):
+    return {(ln, an, f): getattr(arr, f) for ln, layer in chip.layers.items()
+            for an, arr in layer.arrays.items() for f in ("fault", "theta", "g", "eps", "writes")}
+
+
+@pytest.mark.parametrize("pattern", ["uniform", "clustered", "lines"])
+def test_same_seed_bit_identical_chip(pattern):
+    model = build("mlp")
+    cfg = ChipConfig().override({"faults.rate": 0.1, "faults.pattern": pattern, "variation.sigma": 0.5,
+                                 "variation.program_noise": 0.1})
+    a, b, c = (Chip.fabricate(model, cfg, s) for s in (5, 5, 6))
+    a.program_model(model)
+    b.program_model(model)
+    ta, tb = _chip_tensors(a), _chip_tensors(b)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    tc = _chip_tensors(c)
+    assert not torch.equal(ta[("0" if "0" in a.layers else "1", "pos", "fault")],
+                           tc[("0" if "0" in c.layers else "1", "pos", "fault")])
+
+
+def test_realised_fraction_over_chip_matches_rate():
+    model = build("mlp")
+    cfg = ChipConfig().override({"faults.rate": 0.2, "faults.stuck_on_share": 0.25})
+    s = Chip.fabricate(model, cfg, 0).summary()
+    assert s["stuck_on_fraction"] + s["stuck_off_fraction"] == pytest.approx(0.2, abs=1e-5)
+    assert s["stuck_on_fraction"] == pytest.approx(0.05, abs=1e-3)
+
+
+def test_save_load_lossless(tmp_path):
+    model = build("lenet5")
+    cfg = ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.3, "variation.program_noise": 0.05,
+                                 "mapping.scheme": "offset", "cell.r_off": math.inf})
+    chip = Chip.fabricate(model, cfg, 3)
+    chip.program_model(model)
+    chip.save(tmp_path / "c.npz")
+    back = Chip.load(tmp_path / "c.npz")
+    assert back.config == chip.config and back.seed == chip.seed and back.write_epoch == chip.write_epoch
+    ta, tb = _chip_tensors(chip), _chip_tensors(back)
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) and ta[k].dtype == tb[k].dtype for k in ta)
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(deploy(model, chip, program=False)(x), deploy(model, back, program=False)(x))
+
+
+def test_load_rejects_other_files(tmp_path):
+    bad = tmp_path / "x.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable"):
+        Chip.load(bad)
+    with pytest.raises(ValueError, match="no such file"):
+        Chip.load(tmp_path / "missing.npz")
+    chip = Chip.fabricate(build("mlp"), ChipConfig(), 0)
+    chip.test().save(tmp_path / "map.npz")
+    with pytest.raises(ValueError, match="expected a 'chip'"):
+        Chip.load(tmp_path / "map.npz")
+
+
+def test_chip_on_model_with_other_shapes_is_a_clear_error():
+    chip = Chip.fabricate(build("mlp"), ChipConfig(), 0)
+    other = build("mlp-deep")
+    with pytest.raises(ValueError, match="weight shape"):
+        deploy(other, chip)
+
+
+def test_stuck_cells_ignore_programming_and_cost_no_writes():
+    model = build("mlp")
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.3}), 1)
+    writes = chip.program_model(model)
+    layer = chip.layers["1"]
+    arr = layer.arrays["pos"]
+    cfg = chip.config.cell
+    assert bool((arr.g[arr.fault != HEALTHY] == cfg.g_min).all())  # never written
+    assert int(arr.writes[arr.fault != HEALTHY].sum()) == 0 or chip.config.endurance.count_initial_programming
+    g = chip.conductances("1")["pos"]
+    assert bool((g[arr.fault == STUCK_ON] == cfg.g_max).all())
+    assert bool((g[arr.fault == STUCK_OFF] == cfg.g_min).all())
+    assert writes > 0
+    # programming the same weights again writes nothing
+    assert chip.program_model(model) == 0
+
+
+def test_write_counting_and_endurance():
+    model = nn.Sequential(nn.Linear(4, 3))
+    cfg = ChipConfig().override({"endurance.endurance": 2, "endurance.count_initial_programming": True,
+                                 "endurance.failure_state": "stuck_off", "mapping.rows": 4, "mapping.cols": 4})
+    chip = Chip.fabricate(model, cfg, 0)
+    w = torch.ones(3, 4)
+    for i in range(3):
+        chip.program_weights("0", w * (1 + i % 2) * (1 if i < 2 else -1), scale=2.0)
+    arr = chip.layers["0"].arrays["pos"]
+    # pos cells of the used 4x3 block were written 3 times (>2): now stuck_off at Gmin
+    assert bool((arr.fault[:4, :3] == STUCK_OFF).all())
+    assert int(arr.writes.max()) == 3
+    assert bool((chip.conductances("0")["pos"][:4, :3] == cfg.cell.g_min).all())
+
+
+def test_initial_programming_not_counted_by_default():
+    model = build("mlp")
+    chip = Chip.fabricate(model, ChipConfig(), 0)
+    chip.program_model(model)
+    assert all(int(a.writes.sum()) == 0 for layer in chip for a in layer.arrays.values())
+    model2 = build("mlp", seed=9)
+    n = chip.program_model(model2)
+    assert sum(int(a.writes.sum()) for layer in chip for a in layer.arrays.values()) == n > 0
+
+
+def test_variation_on_ideal_gmin_chip_is_multiplicative():
+    model = nn.Sequential(nn.Linear(50, 20))
+    cfg = ChipConfig.preset("date17").override({"variation.sigma": 0.4})
+    chip = Chip.fabricate(model, cfg, 0)
+    chip.program_model(model)
+    w = weight_to_matrix(model[0].weight.detach())  # (in, out)
+    layer = chip.layers["0"]
+    theta_active = torch.where(w > 0, layer.arrays["pos"].theta[:50, :20], layer.arrays["neg"].theta[:50, :20])
+    expected = w * torch.exp(theta_active)
+    assert torch.allclose(chip.effective_matrix("0"), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_partner_cell_can_cancel_a_stuck_on_cell():
+    """A stuck-on G+ with G- programmed to Gmax reads (near) zero weight."""
+    model = nn.Sequential(nn.Linear(4, 4))
+    chip = Chip.fabricate(model, ChipConfig().override({"mapping.rows": 4, "mapping.cols": 4}), 0)
+    chip.program_weights("0", torch.zeros(4, 4), scale=1.0)
+    layer = chip.layers["0"]
+    layer.arrays["pos"].fault[0, 0] = STUCK_ON
+    assert float(chip.effective_matrix("0")[0, 0]) == pytest.approx(1.0, rel=1e-6)  # full-scale error
+    cell = chip.config.cell
+    neg = layer.arrays["neg"].g.clone()
+    neg[0, 0] = cell.g_max
+    chip.program("0", {"neg": neg})
+    assert abs(float(chip.effective_matrix("0")[0, 0])) < 1e-6
+
+
+def test_chip_test_reports_truth_or_configured_imperfections():
+    model = build("mlp")
+    cfg = ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.5})
+    chip = Chip.fabricate(model, cfg, 0)
+    perfect = chip.test()
+    for ln, layer in chip.layers.items():
+        for an, arr in layer.arrays.items():
+            assert torch.equal(perfect.layers[ln][an]["fault"], arr.fault)
+            assert torch.equal(perfect.layers[ln][an]["theta"], arr.theta)
+    chip.config = chip.config.override({"test.miss_rate": 0.5, "test.theta_noise": 0.1})
+    noisy = chip.test(seed=1)
+    truth = torch.cat([a.fault.flatten() for layer in chip for a in layer.arrays.values()])
+    seen = torch.cat([noisy.layers[ln][an]["fault"].flatten() for ln, layer in chip.layers.items()
+                      for an in layer.arrays])
+    assert bool(((seen != HEALTHY) <= (truth != HEALTHY)).all())  # never invents a fault
+    assert float((seen != HEALTHY).sum() / (truth != HEALTHY).sum()) == pytest.approx(0.5, abs=0.01)
+    d = noisy.layers["1"]["pos"]["theta"] - chip.layers["1"].arrays["pos"].theta
+    assert float(d.std()) == pytest.approx(0.1, rel=0.05)
+
+
+def test_measured_map_roundtrip(tmp_path):
+    chip = Chip.fabricate(build("lenet5"), ChipConfig().override({"faults.rate": 0.1}), 4)
+    m = chip.test()
+    m.save(tmp_path / "m.npz")
+    back = MeasuredMap.load(tmp_path / "m.npz")
+    assert back.config == m.config and back.seed == m.seed and back.meta == m.meta
+    for ln in m.layers:
+        for an in m.layers[ln]:
+            for f in ("fault", "theta"):
+                assert torch.equal(back.layers[ln][an][f], m.layers[ln][an][f])
+
+
+def test_invalid_seed_rejected():
+    with pytest.raises(ValueError, match="seed"):
+        Chip.fabricate(build("mlp"), ChipConfig(), -1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():  # pragma: no cover - runs where a GPU exists
+    model = build("lenet5")
+    cfg = ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.5})
+    x = torch.rand(8, 1, 28, 28)
+    cpu = deploy(model, Chip.fabricate(model, cfg, 0))(x)
+    gpu = deploy(model.cuda(), Chip.fabricate(model, cfg, 0, device="cuda"))(x.cuda())
+    assert torch.allclose(cpu, gpu.cpu(), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,120 @@
+import json
+
+import pytest
+
+from ittrna.cli import main
+from ittrna.models import build, save_checkpoint
+
+
+def run(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> bool:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    return len(lines) == 1 and "Traceback" not in err
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "mlp.pt"
+    save_checkpoint(path, build("mlp"), {"model": "mlp", "dataset": "mnist", "in_shape": [1, 28, 28],
+                                         "num_classes": 10})
+    return path
+
+
+@pytest.mark.parametrize("argv", [
+    ("train", "--model", "resnet", "--dataset", "mnist", "--out", "x.pt"),
+    ("train", "--model", "mlp", "--dataset", "imagenet", "--out", "x.pt"),
+    ("train", "--model", "mlp", "--dataset", "mnist", "--epochs", "-1", "--out", "x.pt"),
+    ("evaluate", "--model", "/nonexistent/model.pt"),
+    ("chip", "make", "--model", "m.pt", "--saf-rate", "1.5", "--out", "c.npz"),
+    ("chip", "make", "--model", "m.pt", "--crossbar", "0x128", "--out", "c.npz"),
+    ("chip", "show", "/nonexistent.npz"),
+    ("config", "show", "--preset", "nope"),
+])
+def test_bad_input_one_line_error(capsys, argv):
+    code, _, err = run(capsys, *argv)
+    assert code != 0 and one_line_error(err), err
+
+
+def test_wrong_file_type(capsys, tmp_path):
+    bogus = tmp_path / "model.pt"
+    bogus.write_text("not a checkpoint")
+    code, _, err = run(capsys, "chip", "make", "--model", str(bogus), "--out", str(tmp_path / "c.npz"))
+    assert code != 0 and one_line_error(err) and "not an ittrna checkpoint" in err
+    code, _, err = run(capsys, "chip", "show", str(bogus))
+    assert code != 0 and one_line_error(err)
+
+
+def test_negative_epochs_message_names_range(capsys):
+    code, _, err = run(capsys, "train", "--model", "mlp", "--dataset", "mnist", "--epochs", "-3", "--out", "x.pt")
+    assert code == 2 and "-3" in err and ">= 0" in err
+
+
+def test_chip_make_show_test_json(capsys, ckpt, tmp_path):
+    chip = tmp_path / "c.npz"
+    code, out, err = run(capsys, "chip", "make", "--model", str(ckpt), "--saf-rate", "0.1", "--sigma", "0.3",
+                         "--pattern", "clustered", "--crossbar", "64x64", "--seed", "3", "--out", str(chip), "--json")
+    assert code == 0, err
+    payload = json.loads(out.strip().splitlines()[-1])
+    assert payload["stuck_on_fraction"] + payload["stuck_off_fraction"] == pytest.approx(0.1, abs=1e-4)
+    assert payload["cells"] > 0 and payload["out"] == str(chip)
+    code, out, _ = run(capsys, "chip", "show", str(chip), "--png", str(tmp_path / "f.png"), "--json")
+    assert code == 0 and (tmp_path / "f.png").stat().st_size > 1000
+    shown = json.loads(out.strip().splitlines()[-1])
+    assert len(shown["layers"]) == 3
+    code, out, _ = run(capsys, "chip", "test", str(chip), "--miss-rate", "0.1", "--out", str(tmp_path / "m.npz"))
+    assert code == 0 and (tmp_path / "m.npz").exists()
+
+
+def test_config_commands(capsys, tmp_path):
+    code, out, _ = run(capsys, "config", "show", "--preset", "date17", "--format", "toml")
+    assert code == 0 and "r_off = inf" in out
+    (tmp_path / "c.toml").write_text(out)
+    code, out, _ = run(capsys, "config", "show", "--config", str(tmp_path / "c.toml"), "--format", "json")
+    assert code == 0 and json.loads(out)["cell"]["r_off"] == "inf"
+    code, out, _ = run(capsys, "config", "presets", "--json")
+    assert code == 0 and "date17" in json.loads(out.strip().splitlines()[-1])["presets"]
+
+
+def test_set_override_and_bad_set(capsys, ckpt, tmp_path):
+    code, _, err = run(capsys, "chip", "make", "--model", str(ckpt), "--set", "cell.levels=1",
+                       "--out", str(tmp_path / "c.npz"))
+    assert code == 2 and one_line_error(err) and "cell.levels" in err
+
+
+def test_evaluate_and_train_json(capsys, tmp_path, mnist_test):
+    out_pt = tmp_path / "m.pt"
+    code, out, err = run(capsys, "train", "--model", "mlp", "--dataset", "mnist", "--epochs", "0",
+                         "--out", str(out_pt), "--json", "--quiet")
+    assert code == 0, err
+    t = json.loads(out.strip().splitlines()[-1])
+    assert set(t) >= {"test_accuracy", "seconds", "out"} and 0 <= t["test_accuracy"] <= 1
+    code, out, err = run(capsys, "evaluate", "--model", str(out_pt), "--chips", "2", "--saf-rate", "0.1",
+                         "--json", "--quiet")
+    assert code == 0, err
+    e = json.loads(out.strip().splitlines()[-1])
+    assert len(e["accuracies"]) == 2 and 0 <= e["accuracy_mean"] <= 1 and e["ideal_accuracy"] == t["test_accuracy"]
+
+
+def test_sweep_resumes(capsys, tmp_path, trained_mlp, mnist_test):
+    pt = tmp_path / "m.pt"
+    save_checkpoint(pt, trained_mlp, {"model": "mlp", "dataset": "mnist", "in_shape": [1, 28, 28],
+                                      "num_classes": 10})
+    args = ("sweep", "--model", str(pt), "--saf-rates", "0,0.2", "--sigmas", "0.5", "--chips", "2",
+            "--out", str(tmp_path / "s"), "--quiet", "--json")
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    first = json.loads(out.strip().splitlines()[-1])
+    lines = (tmp_path / "s" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    code, out, _ = run(capsys, *args)  # resumed: nothing recomputed, same numbers
+    assert len((tmp_path / "s" / "results.jsonl").read_text().splitlines()) == 6
+    assert json.loads(out.strip().splitlines()[-1])["rows"] == first["rows"]
+    assert (tmp_path / "s" / "collapse.png").stat().st_size > 1000

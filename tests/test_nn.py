@@ -1,0 +1,90 @@
+import pytest
+import torch
+from torch import nn
+
+from ittrna.chip import Chip
+from ittrna.config import ChipConfig
+from ittrna.models import build
+from ittrna.nn import AnalogConv2d, AnalogLinear, deploy, evaluate, monte_carlo, undeploy
+from ittrna.training import accuracy
+
+
+def test_deploy_copies_and_undeploy_inverts():
+    model = build("lenet5", seed=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.2}), 0)
+    dep = deploy(model, chip)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # original untouched
+    assert isinstance(dep[0], AnalogConv2d) and isinstance(dep[-1], AnalogLinear)
+    plain = undeploy(dep)
+    assert type(plain[0]) is nn.Conv2d and type(plain[-1]) is nn.Linear
+    assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
+    baked = undeploy(dep, effective=True)
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(baked(x), dep(x), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(baked(x), model(x), atol=1e-3)  # faults do change the outputs
+
+
+def test_filter_fn_keeps_some_layers_digital():
+    model = build("lenet5")
+    chip = Chip.fabricate(model, ChipConfig(), 0, filter_fn=lambda m, name: isinstance(m, nn.Linear))
+    assert set(chip.layers) == {"7", "9", "11"}
+    dep = deploy(model, chip)
+    assert type(dep[0]) is nn.Conv2d and isinstance(dep[7], AnalogLinear)
+
+
+def test_deployed_layer_rereads_after_reprogramming():
+    model = nn.Sequential(nn.Linear(8, 4))
+    chip = Chip.fabricate(model, ChipConfig(), 0)
+    dep = deploy(model, chip)
+    x = torch.rand(2, 8)
+    y0 = dep(x).detach()
+    chip.program_weights("0", torch.zeros(4, 8), scale=1.0)
+    assert torch.allclose(dep(x), model[0].bias.expand(2, 4))
+    assert not torch.allclose(dep(x), y0)
+
+
+def test_read_noise_redrawn_each_forward():
+    model = build("mlp")
+    x = torch.rand(4, 1, 28, 28)
+    quiet = deploy(model, Chip.fabricate(model, ChipConfig(), 0))
+    assert torch.equal(quiet(x), quiet(x))
+    noisy = deploy(model, Chip.fabricate(model, ChipConfig().override({"variation.read_noise": 0.1}), 0))
+    assert not torch.equal(noisy(x), noisy(x))
+
+
+def test_programming_noise_fixed_until_rewritten():
+    model = build("mlp")
+    cfg = ChipConfig().override({"variation.program_noise": 0.2})
+    chip = Chip.fabricate(model, cfg, 0)
+    dep = deploy(model, chip)
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        y = dep(x)
+        assert torch.equal(y, dep(x))
+        assert not torch.allclose(y, model(x), atol=1e-4)
+
+
+def test_monte_carlo_is_deterministic_and_collapses_with_faults(trained_mlp, mnist_test):
+    data = mnist_test.subset(2000)
+    ideal = accuracy(trained_mlp, data)
+    ok = monte_carlo(trained_mlp, ChipConfig(), [0, 1], data, progress=False)
+    assert ok == pytest.approx([ideal, ideal], abs=1e-9)
+    cfg = ChipConfig().override({"faults.rate": 0.3})
+    a = monte_carlo(trained_mlp, cfg, [10, 11, 12], data, progress=False)
+    assert a == monte_carlo(trained_mlp, cfg, [10, 11, 12], data, progress=False)
+    assert len(set(a)) > 1  # different chips differ
+    assert max(a) < ideal - 0.05  # 30 % stuck cells hurt a normally trained network
+    one = evaluate(trained_mlp, Chip.fabricate(trained_mlp, cfg, 10), data)
+    assert one == a[0]
+
+
+def test_sigma_hurts_more_when_larger(trained_mlp, mnist_test):
+    data = mnist_test.subset(2000)
+    means = []
+    for sigma in (0.0, 0.5, 1.5):
+        accs = monte_carlo(trained_mlp, ChipConfig().override({"variation.sigma": sigma}), [0, 1, 2], data,
+                           progress=False)
+        means.append(sum(accs) / len(accs))
+    assert means[0] > means[1] > means[2]
