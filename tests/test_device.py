@@ -27,14 +27,16 @@ def test_realised_fraction_matches_rate_and_share(pattern, rate):
     codes = sample_faults(SHAPE, TILE, cfg, gen(1))
     n = codes.numel()
     stuck = int((codes != HEALTHY).sum())
-    assert stuck == round(rate * n)  # exact for every pattern
     on = int((codes == STUCK_ON).sum())
-    if pattern == "lines":  # one type per line: as many independent draws as lines
-        p, n_lines = cfg.stuck_on_share, stuck / TILE[0]
-        tol = 4 * (p * (1 - p) / n_lines) ** 0.5
-    else:  # exact split of the faulty cells
-        tol = 1 / stuck
-    assert on / stuck == pytest.approx(cfg.stuck_on_share, abs=tol)
+    p = cfg.stuck_on_share
+    if pattern == "uniform":  # i.i.d. cells: binomial count, 5-sigma tolerance
+        assert stuck / n == pytest.approx(rate, abs=5 * (rate * (1 - rate) / n) ** 0.5)
+        tol = 5 * (p * (1 - p) / stuck) ** 0.5
+    else:
+        assert stuck == round(rate * n)  # exact count
+        # lines: one type per line, so only as many independent draws as lines
+        tol = 4 * (p * (1 - p) / (stuck / TILE[0])) ** 0.5 if pattern == "lines" else 1 / stuck
+    assert on / stuck == pytest.approx(p, abs=tol)
     assert set(codes.unique().tolist()) <= {HEALTHY, STUCK_OFF, STUCK_ON}
 
 

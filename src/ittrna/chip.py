@@ -250,8 +250,10 @@ class Chip:
             t = quantize_levels(t, cfg.cell)
             write = (t != arr.g) & (arr.fault == HEALTHY)  # (rows, cols)
             arr.g = torch.where(write, t, arr.g)
-            noise = lognormal_factor_log(tuple(arr.g.shape), cfg.variation.program_noise, gen, device=arr.g.device)
-            arr.eps = torch.where(write, noise, arr.eps)
+            if cfg.variation.program_noise > 0:
+                noise = lognormal_factor_log(tuple(arr.g.shape), cfg.variation.program_noise, gen,
+                                             device=arr.g.device)
+                arr.eps = torch.where(write, noise, arr.eps)
             if count_wear:
                 arr.writes = arr.writes + write.to(arr.writes.dtype)
                 arr.fault = wear_out(arr.writes, arr.fault, cfg.endurance)
@@ -326,7 +328,7 @@ class Chip:
     def effective_weight(self, name: str, *, read_noise: bool = False) -> torch.Tensor:
         """The layer's effective weight in its own shape (``Linear``: (out, in); ``Conv2d``: OIHW)."""
         layer = self.layer(name)
-        return self.effective_matrix(name, read_noise=read_noise).t().reshape(layer.weight_shape)
+        return self.effective_matrix(name, read_noise=read_noise).t().reshape(layer.weight_shape).contiguous()
 
     # --- test, statistics --------------------------------------------------------------------------------
     def test(self, seed: int = 0) -> MeasuredMap:

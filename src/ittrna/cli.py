@@ -238,7 +238,7 @@ def _plot_fault_map(chip: Any, path: Path) -> None:
     for i, layer in enumerate(layers):
         for j, (aname, arr) in enumerate(layer.arrays.items()):
             ax = axes[i][j]
-            ax.imshow(arr.fault.cpu().numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest", aspect="auto")
+            ax.imshow(arr.fault.cpu().numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest", aspect="equal")
             ax.set_title(f"{layer.name} / {aname}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])

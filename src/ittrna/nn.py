@@ -174,8 +174,10 @@ def monte_carlo(
     progress: bool = True,
 ) -> list[float]:
     """Accuracy of ``model`` on one freshly fabricated chip per seed (same order as ``seeds``)."""
+    if device is not None:
+        model = copy.deepcopy(model).to(device)
     accs = []
-    for seed in tqdm(seeds, desc="chips", unit="chip", disable=not progress, leave=False):
+    for seed in tqdm(seeds, desc="chips", unit="chip", disable=None if progress else True, leave=False):
         chip = Chip.fabricate(model, config, seed, filter_fn=filter_fn, device=device)
         accs.append(evaluate(model, chip, data, batch_size=batch_size))
     return accs

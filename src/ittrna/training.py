@@ -62,7 +62,7 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    with tqdm(total=steps, desc="train", unit="batch", disable=not progress, leave=False) as bar:
+    with tqdm(total=steps, desc="train", unit="batch", disable=None if progress else True, leave=False) as bar:
         for epoch in range(epochs):
             for x, y in data.batches(batch_size, generator=gen):
                 opt.zero_grad(set_to_none=True)

@@ -53,8 +53,8 @@ def read_conductance(
         cell: conductance range.
     """
     healthy = g * torch.exp(log_factor)
-    out = torch.where(fault == STUCK_OFF, torch.full_like(g, cell.g_min), healthy)
-    return torch.where(fault == STUCK_ON, torch.full_like(g, cell.g_max), out)
+    out = torch.where(fault == STUCK_OFF, cell.g_min, healthy)
+    return torch.where(fault == STUCK_ON, cell.g_max, out)
 
 
 def wear_out(writes: torch.Tensor, fault: torch.Tensor, cfg: EnduranceConfig) -> torch.Tensor:

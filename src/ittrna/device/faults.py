@@ -7,9 +7,11 @@ Source for rates: up to ~20 % of cells on immature RRAM; 9.04 % stuck-off and 1.
 HfO2 test chip (Chen et al., IEEE Trans. Computers 2015). Valid ranges: rate in [0, 1), stuck-on share in
 [0, 1].
 
-Patterns (each draws exactly ``round(rate * cells)`` faulty cells, so the realised fraction equals the rate):
+Patterns (the realised fraction matches the rate: ``uniform`` in expectation, with binomial spread
+sqrt(rate (1 - rate) / cells); ``clustered`` and ``lines`` exactly, ``round(rate * cells)`` cells):
 
-- ``uniform``: positions uniformly at random without replacement.
+- ``uniform``: every cell independently (i.i.d.) stuck_on with probability rate * share and stuck_off with
+  probability rate * (1 - share).
 - ``clustered``: a Thomas cluster process (Poisson cluster centres, bivariate-Gaussian spread of
   ``cluster_radius`` cells around each, ``cluster_size`` faults per cluster on average) plus a uniform
   background share; cells are drawn without replacement with probability proportional to that intensity.
@@ -55,15 +57,18 @@ def sample_faults(
     codes = torch.zeros(n, dtype=torch.int8)
     if k == 0:
         return codes.view(h, w)
+    if cfg.pattern == "uniform":
+        # i.i.d. cells, one uniform draw each: stuck_on below rate*share, stuck_off up to rate
+        u = torch.rand(n, generator=generator)
+        codes = torch.where(u < cfg.rate, STUCK_OFF, HEALTHY).to(torch.int8)
+        codes[u < cfg.rate * cfg.stuck_on_share] = STUCK_ON
+        return codes.view(h, w)
     if cfg.pattern == "lines":
         return _lines(shape, tile, k, cfg.stuck_on_share, generator)
-    if cfg.pattern == "uniform":
-        idx = torch.randperm(n, generator=generator)[:k]  # random order already
-    elif cfg.pattern == "clustered":
-        idx = _clustered_indices(shape, k, cfg, generator)
-        idx = idx[torch.randperm(k, generator=generator)]  # decouple type from intensity rank
-    else:  # validated by FaultConfig
+    if cfg.pattern != "clustered":  # validated by FaultConfig
         raise ValueError(f"faults.pattern = {cfg.pattern!r} is invalid")
+    idx = _clustered_indices(shape, k, cfg, generator)
+    idx = idx[torch.randperm(k, generator=generator)]  # decouple type from intensity rank
     n_on = round(cfg.stuck_on_share * k)
     codes[idx[:n_on]] = STUCK_ON
     codes[idx[n_on:]] = STUCK_OFF

@@ -58,7 +58,7 @@ def run_sweep(
     """
     done = store.keys()
     todo = [(p, s) for p in points for s in seeds if f"{p.key}#{s}" not in done]
-    for point, seed in tqdm(todo, desc="sweep", unit="chip", disable=not progress):
+    for point, seed in tqdm(todo, desc="sweep", unit="chip", disable=None if progress else True):
         cfg = base.override(point.overrides)
         chip = Chip.fabricate(model, cfg, seed)
         acc = evaluate(model, chip, data)

@@ -1,0 +1,81 @@
+"""Monte-Carlo evaluation overhead: seconds per simulated chip versus plain PyTorch inference.
+
+For `mlp` and `lenet5` on the 10k MNIST test images, measured side by side in one run:
+
+- plain: ``accuracy(model, test)`` with ordinary PyTorch layers;
+- per chip: fabricate a chip (faults + variation), program the weights, run the 10k images on the
+  deployed model — what ``monte_carlo`` does for each chip — and its parts.
+
+Prints seconds per chip and the ratio to plain inference (target <= 1.15). Run: ``make bench`` or
+``python benchmarks/bench_evaluate.py --chips 10``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from ittrna.chip import Chip
+from ittrna.config import ChipConfig
+from ittrna.data import load
+from ittrna.models import build
+from ittrna.nn import deploy
+from ittrna.training import accuracy
+
+
+def _timed(fn):  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def bench(name: str, chips: int, repeats: int, batch_size: int) -> dict[str, float]:
+    test = load("mnist", "test")
+    model = build(name, seed=0).eval()
+    cfg = ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.5})
+    accuracy(model, test, batch_size=batch_size)  # warm-up
+    plain = [_timed(lambda: accuracy(model, test, batch_size=batch_size))[0] for _ in range(repeats)]
+    fab, prog, infer, total = [], [], [], []
+    for seed in range(chips):
+        t_fab, chip = _timed(lambda s=seed: Chip.fabricate(model, cfg, s))
+        t_prog, dep = _timed(lambda c=chip: deploy(model, c))
+        t_inf, _ = _timed(lambda d=dep: accuracy(d, test, batch_size=batch_size))
+        fab.append(t_fab)
+        prog.append(t_prog)
+        infer.append(t_inf)
+        total.append(t_fab + t_prog + t_inf)
+    p = statistics.median(plain)
+    return {"plain_s": p, "fabricate_s": statistics.median(fab), "program_s": statistics.median(prog),
+            "inference_s": statistics.median(infer), "per_chip_s": statistics.median(total),
+            "ratio_per_chip": statistics.median(total) / p, "ratio_inference": statistics.median(infer) / p}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chips", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=2000)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    results = {}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 10k MNIST test images, "
+          f"{args.chips} chips (SAF 10 %, sigma 0.5)")
+    print(f"{'model':<8} {'plain s':>8} {'fab s':>8} {'prog s':>8} {'infer s':>8} {'chip s':>8} "
+          f"{'ratio':>6} {'infer ratio':>11}")
+    for name in ("mlp", "lenet5"):
+        r = bench(name, args.chips, args.repeats, args.batch_size)
+        results[name] = r
+        print(f"{name:<8} {r['plain_s']:>8.4f} {r['fabricate_s']:>8.4f} {r['program_s']:>8.4f} "
+              f"{r['inference_s']:>8.4f} {r['per_chip_s']:>8.4f} {r['ratio_per_chip']:>6.2f} "
+              f"{r['ratio_inference']:>11.2f}")
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
