@@ -32,7 +32,7 @@ __all__ = ["HEALTHY", "STUCK_OFF", "STUCK_ON", "sample_faults"]
 
 HEALTHY = 0
 STUCK_OFF = 1
-STUCK_ON = 2
+STUCK_ON = 2  # the codes are ordered: the uniform sampler adds two threshold tests
 
 
 def sample_faults(
@@ -60,8 +60,8 @@ def sample_faults(
     if cfg.pattern == "uniform":
         # i.i.d. cells, one uniform draw each: stuck_on below rate*share, stuck_off up to rate
         u = torch.rand(n, generator=generator)
-        codes = torch.where(u < cfg.rate, STUCK_OFF, HEALTHY).to(torch.int8)
-        codes[u < cfg.rate * cfg.stuck_on_share] = STUCK_ON
+        # codes: 0 healthy, +1 below rate (stuck_off), +1 more below rate * share (stuck_on = 2)
+        codes = (u < cfg.rate).to(torch.int8) + (u < cfg.rate * cfg.stuck_on_share).to(torch.int8)
         return codes.view(h, w)
     if cfg.pattern == "lines":
         return _lines(shape, tile, k, cfg.stuck_on_share, generator)
