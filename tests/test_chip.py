@@ -226,3 +226,18 @@ def test_cuda_matches_cpu():  # pragma: no cover - runs where a GPU exists
     cpu = deploy(model, Chip.fabricate(model, cfg, 0))(x)
     gpu = deploy(model.cuda(), Chip.fabricate(model, cfg, 0, device="cuda"))(x.cuda())
     assert torch.allclose(cpu, gpu.cpu(), rtol=1e-4, atol=1e-5)
+
+
+def test_same_seed_is_the_same_die_at_every_setting():
+    """Common random numbers: nested uniform faults across rates, theta proportional to sigma."""
+    model = build("mlp")
+    base = ChipConfig()
+    lo = Chip.fabricate(model, base.override({"faults.rate": 0.1, "variation.sigma": 0.5}), 7)
+    hi = Chip.fabricate(model, base.override({"faults.rate": 0.2, "variation.sigma": 1.0}), 7)
+    for name in lo.layers:
+        for an, a in lo.layers[name].arrays.items():
+            b = hi.layers[name].arrays[an]
+            assert bool(((a.fault != HEALTHY) <= (b.fault != HEALTHY)).all())
+            assert bool(((a.fault == STUCK_ON) <= (b.fault == STUCK_ON)).all())
+            assert torch.allclose(2 * a.theta, b.theta)
+    assert hi.summary()["stuck_off_fraction"] > lo.summary()["stuck_off_fraction"]

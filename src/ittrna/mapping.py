@@ -190,6 +190,8 @@ CONVERTERS: dict[str, Converter] = {"differential": Differential(), "offset": Of
 def quantize_signed(x: torch.Tensor, bits: int, full_scale: torch.Tensor) -> torch.Tensor:
     """Uniform signed quantisation to ``2**(bits-1) - 1`` steps per polarity over +/- ``full_scale``
     (broadcast against ``x``); values beyond full scale saturate. 1 bit gives {-fs, 0, fs}."""
+    if not 1 <= bits <= 32:
+        raise ValueError(f"bits = {bits} is out of range; accepted an integer in [1, 32]")
     steps = max(2 ** (bits - 1) - 1, 1)
     fs = full_scale.clamp_min(torch.finfo(x.dtype).tiny)
     return torch.round((x / fs).clamp(-1, 1) * steps) / steps * fs

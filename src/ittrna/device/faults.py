@@ -55,7 +55,7 @@ def sample_faults(
     n = h * w
     k = round(cfg.rate * n)
     codes = torch.zeros(n, dtype=torch.int8)
-    if k == 0:
+    if cfg.rate == 0 or (k == 0 and cfg.pattern != "uniform"):
         return codes.view(h, w)
     if cfg.pattern == "uniform":
         # i.i.d. cells, one uniform draw each: stuck_on below rate*share, stuck_off up to rate
