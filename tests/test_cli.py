@@ -117,4 +117,8 @@ def test_sweep_resumes(capsys, tmp_path, trained_mlp, mnist_test):
     code, out, _ = run(capsys, *args)  # resumed: nothing recomputed, same numbers
     assert len((tmp_path / "s" / "results.jsonl").read_text().splitlines()) == 6
     assert json.loads(out.strip().splitlines()[-1])["rows"] == first["rows"]
+    # another chip setting in the same folder is not mistaken for the stored results
+    code, out, _ = run(capsys, *args, "--pattern", "lines")
+    assert code == 0 and len((tmp_path / "s" / "results.jsonl").read_text().splitlines()) == 12
+    assert json.loads(out.strip().splitlines()[-1])["rows"] != first["rows"]
     assert (tmp_path / "s" / "collapse.png").stat().st_size > 1000

@@ -7,6 +7,7 @@ Every command has ``--help`` with examples; ``--json`` prints one JSON object as
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -299,8 +300,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "results.jsonl")
     points = collapse_points(args.saf_rates, args.sigmas)
+    model_id = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()
     records = run_sweep(model, base, points, range(args.seed, args.seed + args.chips), data, store,
-                        progress=not args.quiet)
+                        model_id=model_id, data_id=f"{meta['dataset']}/{args.split}", progress=not args.quiet)
     rows = aggregate(records)
     write_csv(out / "summary.csv", rows)
     summary = {"model": meta["model"], "dataset": meta["dataset"], "split": args.split, "ideal_accuracy": ideal,

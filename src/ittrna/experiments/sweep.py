@@ -3,6 +3,7 @@ sigma), resumable through a :class:`ResultStore`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from collections.abc import Sequence
@@ -29,9 +30,6 @@ class SweepPoint:
     value: float
     overrides: dict[str, Any]
 
-    @property
-    def key(self) -> str:
-        return json.dumps({"axis": self.axis, "overrides": self.overrides}, sort_keys=True)
 
 
 def collapse_points(saf_rates: Sequence[float], sigmas: Sequence[float]) -> list[SweepPoint]:
@@ -39,6 +37,13 @@ def collapse_points(saf_rates: Sequence[float], sigmas: Sequence[float]) -> list
     pts = [SweepPoint("saf_rate", r, {"faults.rate": r, "variation.sigma": 0.0}) for r in saf_rates]
     pts += [SweepPoint("sigma", s, {"faults.rate": 0.0, "variation.sigma": s}) for s in sigmas]
     return pts
+
+
+def _key(model_id: str, data_id: str, cfg: ChipConfig, seed: int) -> str:
+    """Identity of one evaluation: model, data, the full chip config and the chip seed."""
+    text = json.dumps({"model": model_id, "data": data_id, "config": json.loads(cfg.to_json()), "seed": seed},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def run_sweep(
@@ -49,22 +54,29 @@ def run_sweep(
     data: Split,
     store: ResultStore,
     *,
+    model_id: str,
+    data_id: str,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Evaluate ``model`` on one chip per (point, seed), skipping pairs already in ``store``.
+    """Evaluate ``model`` on one chip per (point, seed), skipping evaluations already in ``store``.
 
-    Every point uses the same chip seeds, so points differ only in their settings. Returns all records of
-    these points (old and new).
+    Every point uses the same chip seeds, so points differ only in their settings (and, with independent
+    random streams per quantity, the same dies). A stored record is reused only when the model, the data,
+    the full chip configuration and the seed all match. Returns the records of these points.
+
+    Args:
+        model_id: identifies the model's weights (e.g. the checkpoint's sha256).
+        data_id: identifies the evaluation data (e.g. ``mnist/test``).
     """
+    keyed = [(p, s, _key(model_id, data_id, base.override(p.overrides), s)) for p in points for s in seeds]
     done = store.keys()
-    todo = [(p, s) for p in points for s in seeds if f"{p.key}#{s}" not in done]
-    for point, seed in tqdm(todo, desc="sweep", unit="chip", disable=None if progress else True):
-        cfg = base.override(point.overrides)
-        chip = Chip.fabricate(model, cfg, seed)
+    todo = [(p, s, k) for p, s, k in keyed if k not in done]
+    for point, seed, key in tqdm(todo, desc="sweep", unit="chip", disable=None if progress else True):
+        chip = Chip.fabricate(model, base.override(point.overrides), seed)
         acc = evaluate(model, chip, data)
-        store.append({"key": f"{point.key}#{seed}", "axis": point.axis, "value": point.value,
-                      "overrides": point.overrides, "seed": seed, "accuracy": acc})
-    wanted = {f"{p.key}#{s}" for p in points for s in seeds}
+        store.append({"key": key, "axis": point.axis, "value": point.value, "overrides": point.overrides,
+                      "seed": seed, "accuracy": acc, "model": model_id, "data": data_id})
+    wanted = {k for _, _, k in keyed}
     return [r for r in store if r.get("key") in wanted]
 
 
