@@ -130,3 +130,10 @@ def test_wear_out_sticks_cells_past_endurance():
     fault = torch.tensor([HEALTHY, HEALTHY, HEALTHY, STUCK_OFF], dtype=torch.int8)
     out = wear_out(writes, fault, EnduranceConfig(endurance=5, failure_state="stuck_on"))
     assert out.tolist() == [HEALTHY, HEALTHY, STUCK_ON, STUCK_OFF]
+
+
+def test_every_configurable_pattern_has_a_sampler():
+    from ittrna.config import FAULT_PATTERNS
+    from ittrna.device.faults import PATTERNS
+
+    assert set(PATTERNS) == set(FAULT_PATTERNS)

@@ -22,13 +22,14 @@ sqrt(rate (1 - rate) / cells); ``clustered`` and ``lines`` exactly, ``round(rate
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ittrna.config import FaultConfig
 
-__all__ = ["HEALTHY", "STUCK_OFF", "STUCK_ON", "sample_faults"]
+__all__ = ["HEALTHY", "PATTERNS", "STUCK_OFF", "STUCK_ON", "sample_faults"]
 
 HEALTHY = 0
 STUCK_OFF = 1
@@ -52,27 +53,37 @@ def sample_faults(
     h, w = shape
     if h % tile[0] or w % tile[1]:
         raise ValueError(f"array {shape} is not a whole number of {tile} tiles")
-    n = h * w
+    if cfg.rate == 0:
+        return torch.zeros(shape, dtype=torch.int8)
+    try:
+        sampler = PATTERNS[cfg.pattern]
+    except KeyError:  # FaultConfig validates against FAULT_PATTERNS; this guards a registry mismatch
+        raise ValueError(f"faults.pattern = {cfg.pattern!r} has no sampler; accepted {sorted(PATTERNS)}") from None
+    return sampler(shape, tile, cfg, generator)
+
+
+def _uniform(shape: tuple[int, int], tile: tuple[int, int], cfg: FaultConfig, gen: torch.Generator) -> torch.Tensor:
+    """i.i.d. cells, one uniform draw each: stuck_on below rate*share, stuck_off below rate."""
+    u = torch.rand(shape, generator=gen)
+    # 0 healthy, +1 below rate (stuck_off), +1 more below rate * share (stuck_on = 2)
+    return (u < cfg.rate).to(torch.int8) + (u < cfg.rate * cfg.stuck_on_share).to(torch.int8)
+
+
+def _clustered(
+    shape: tuple[int, int], tile: tuple[int, int], cfg: FaultConfig, gen: torch.Generator
+) -> torch.Tensor:
+    """Exactly round(rate * cells) cells from a Thomas-process intensity; exact stuck-on share."""
+    n = shape[0] * shape[1]
     k = round(cfg.rate * n)
     codes = torch.zeros(n, dtype=torch.int8)
-    if cfg.rate == 0 or (k == 0 and cfg.pattern != "uniform"):
-        return codes.view(h, w)
-    if cfg.pattern == "uniform":
-        # i.i.d. cells, one uniform draw each: stuck_on below rate*share, stuck_off up to rate
-        u = torch.rand(n, generator=generator)
-        # codes: 0 healthy, +1 below rate (stuck_off), +1 more below rate * share (stuck_on = 2)
-        codes = (u < cfg.rate).to(torch.int8) + (u < cfg.rate * cfg.stuck_on_share).to(torch.int8)
-        return codes.view(h, w)
-    if cfg.pattern == "lines":
-        return _lines(shape, tile, k, cfg.stuck_on_share, generator)
-    if cfg.pattern != "clustered":  # validated by FaultConfig
-        raise ValueError(f"faults.pattern = {cfg.pattern!r} is invalid")
-    idx = _clustered_indices(shape, k, cfg, generator)
-    idx = idx[torch.randperm(k, generator=generator)]  # decouple type from intensity rank
+    if k == 0:
+        return codes.view(shape)
+    idx = _clustered_indices(shape, k, cfg, gen)
+    idx = idx[torch.randperm(k, generator=gen)]  # decouple type from intensity rank
     n_on = round(cfg.stuck_on_share * k)
     codes[idx[:n_on]] = STUCK_ON
     codes[idx[n_on:]] = STUCK_OFF
-    return codes.view(h, w)
+    return codes.view(shape)
 
 
 def _gaussian_kernel(radius: float, limit: int) -> torch.Tensor:
@@ -104,11 +115,11 @@ def _clustered_indices(
     return torch.topk(keys, k, sorted=False).indices
 
 
-def _lines(
-    shape: tuple[int, int], tile: tuple[int, int], k: int, share: float, generator: torch.Generator
-) -> torch.Tensor:
-    """Broken word/bit lines covering exactly k cells (the last line of each round broken part way)."""
+def _lines(shape: tuple[int, int], tile: tuple[int, int], cfg: FaultConfig, generator: torch.Generator) -> torch.Tensor:
+    """Broken word/bit lines covering exactly round(rate * cells) cells (the last line of each round broken
+    part way); one type per line, stuck_on with probability ``stuck_on_share``."""
     h, w = shape
+    k, share = round(cfg.rate * h * w), cfg.stuck_on_share
     r, c = tile
     n_row_lines = h * (w // c)  # one per (row, tile column), length c
     n_col_lines = w * (h // r)  # one per (column, tile row), length r
@@ -164,3 +175,11 @@ def _line_cells(
     steps = torch.arange(int(max(r, c)))
     cells = base.unsqueeze(1) + steps.unsqueeze(0) * stride.unsqueeze(1)  # (L, max(r, c))
     return cells[steps.unsqueeze(0) < sizes.unsqueeze(1)]
+
+
+#: Fault-pattern samplers by ``FaultConfig.pattern``: (shape, tile, config, generator) -> int8 codes.
+PATTERNS: dict[str, Callable[[tuple[int, int], tuple[int, int], FaultConfig, torch.Generator], torch.Tensor]] = {
+    "uniform": _uniform,
+    "clustered": _clustered,
+    "lines": _lines,
+}
