@@ -122,3 +122,30 @@ def test_sweep_resumes(capsys, tmp_path, trained_mlp, mnist_test):
     assert code == 0 and len((tmp_path / "s" / "results.jsonl").read_text().splitlines()) == 12
     assert json.loads(out.strip().splitlines()[-1])["rows"] != first["rows"]
     assert (tmp_path / "s" / "collapse.png").stat().st_size > 1000
+
+
+def test_saved_chip_evaluates_like_a_fresh_one(capsys, tmp_path, trained_mlp, mnist_test):
+    pt = tmp_path / "m.pt"
+    save_checkpoint(pt, trained_mlp, {"model": "mlp", "dataset": "mnist", "in_shape": [1, 28, 28],
+                                      "num_classes": 10})
+    chip = tmp_path / "c.npz"
+    assert run(capsys, "chip", "make", "--model", str(pt), "--saf-rate", "0.15", "--sigma", "0.4",
+               "--seed", "42", "--out", str(chip))[0] == 0
+    code, out, err = run(capsys, "evaluate", "--model", str(pt), "--chip", str(chip), "--json")
+    assert code == 0, err
+    saved = json.loads(out.strip().splitlines()[-1])
+    code, out, _ = run(capsys, "evaluate", "--model", str(pt), "--chips", "1", "--seed", "42", "--saf-rate", "0.15",
+                       "--sigma", "0.4", "--json", "--quiet")
+    fresh = json.loads(out.strip().splitlines()[-1])
+    assert saved["accuracies"] == fresh["accuracies"]
+    assert saved["accuracy_mean"] < saved["ideal_accuracy"] - 0.02
+
+
+def test_chip_for_another_model_is_a_clear_error(capsys, tmp_path, ckpt):
+    other = tmp_path / "deep.pt"
+    save_checkpoint(other, build("mlp-deep"), {"model": "mlp-deep", "dataset": "mnist", "in_shape": [1, 28, 28],
+                                               "num_classes": 10})
+    chip = tmp_path / "c.npz"
+    assert run(capsys, "chip", "make", "--model", str(other), "--out", str(chip))[0] == 0
+    code, _, err = run(capsys, "evaluate", "--model", str(ckpt), "--chip", str(chip))
+    assert code != 0 and one_line_error(err) and "weight shape" in err
