@@ -101,3 +101,12 @@ def test_roundtrip_property(rate, share, sigma, rows):
     )
     assert ChipConfig.from_toml(cfg.to_toml()) == cfg
     assert ChipConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_json_dict_is_strict_json_and_roundtrips():
+    import json
+
+    cfg = ChipConfig.preset("date17")
+    data = cfg.to_json_dict()
+    json.dumps(data, allow_nan=False)  # strict JSON: no Infinity
+    assert ChipConfig.from_dict(data) == cfg

@@ -18,7 +18,6 @@ programmed target conductance, the programming-noise log factor of its last writ
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -136,7 +135,7 @@ class MeasuredMap:
             for aname, fields in arrs.items()
             for fname, t in fields.items()
         }
-        header = {"kind": "measured-map", "format": FORMAT_VERSION, "config": _cfg_dict(self.config),
+        header = {"kind": "measured-map", "format": FORMAT_VERSION, "config": self.config.to_json_dict(),
                   "seed": self.seed, "meta": self.meta}
         save_npz(path, header, arrays)
 
@@ -149,11 +148,6 @@ class MeasuredMap:
             lname, aname, fname = key.split("|")
             layers.setdefault(lname, {}).setdefault(aname, {})[fname] = torch.from_numpy(value)
         return cls(ChipConfig.from_dict(header["config"]), int(header["seed"]), layers, header["meta"])
-
-
-def _cfg_dict(cfg: ChipConfig) -> dict[str, Any]:
-    """The config as JSON-safe data (``inf`` as a string)."""
-    return dict(json.loads(cfg.to_json()))
 
 
 class Chip:
@@ -406,7 +400,7 @@ class Chip:
             for aname, arr in layer.arrays.items():
                 for f in _FIELDS:
                     arrays[f"{layer.name}|{aname}|{f}"] = getattr(arr, f).cpu().numpy()
-        header = {"kind": "chip", "format": FORMAT_VERSION, "config": _cfg_dict(self.config),
+        header = {"kind": "chip", "format": FORMAT_VERSION, "config": self.config.to_json_dict(),
                   "seed": self.seed, "write_epoch": self.write_epoch, "layers": meta}
         save_npz(path, header, arrays)
 

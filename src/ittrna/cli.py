@@ -306,7 +306,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     rows = aggregate(records)
     write_csv(out / "summary.csv", rows)
     summary = {"model": meta["model"], "dataset": meta["dataset"], "split": args.split, "ideal_accuracy": ideal,
-               "chips": args.chips, "first_seed": args.seed, "base_config": json.loads(base.to_json()), "rows": rows}
+               "chips": args.chips, "first_seed": args.seed, "base_config": base.to_json_dict(), "rows": rows}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     title = f"{meta['model']} on {meta['dataset']}: accuracy on imperfect chips ({args.chips} chips per point)"
     plot_collapse(out / "collapse.png", rows, title=title, ideal=ideal)

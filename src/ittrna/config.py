@@ -333,9 +333,13 @@ class ChipConfig(_Section):
         """Build from a nested dict; missing keys take defaults, unknown keys are an error."""
         return _from_dict(cls, data, "")
 
+    def to_json_dict(self) -> dict[str, Any]:
+        """Nested dict safe for strict JSON (``inf`` as the string ``"inf"``); :meth:`from_dict` reads it."""
+        return dict(_encode_inf(self.to_dict()))
+
     def to_json(self) -> str:
         """JSON text (``inf`` written as the string ``"inf"``)."""
-        return json.dumps(_encode_inf(self.to_dict()), indent=2, sort_keys=True)
+        return json.dumps(self.to_json_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ChipConfig:

@@ -31,7 +31,6 @@ class SweepPoint:
     overrides: dict[str, Any]
 
 
-
 def collapse_points(saf_rates: Sequence[float], sigmas: Sequence[float]) -> list[SweepPoint]:
     """The two classic collapse curves: SAF rate with sigma = 0, and sigma with no faults."""
     pts = [SweepPoint("saf_rate", r, {"faults.rate": r, "variation.sigma": 0.0}) for r in saf_rates]
@@ -41,7 +40,7 @@ def collapse_points(saf_rates: Sequence[float], sigmas: Sequence[float]) -> list
 
 def _key(model_id: str, data_id: str, cfg: ChipConfig, seed: int) -> str:
     """Identity of one evaluation: model, data, the full chip config and the chip seed."""
-    text = json.dumps({"model": model_id, "data": data_id, "config": json.loads(cfg.to_json()), "seed": seed},
+    text = json.dumps({"model": model_id, "data": data_id, "config": cfg.to_json_dict(), "seed": seed},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -68,15 +67,16 @@ def run_sweep(
         model_id: identifies the model's weights (e.g. the checkpoint's sha256).
         data_id: identifies the evaluation data (e.g. ``mnist/test``).
     """
-    keyed = [(p, s, _key(model_id, data_id, base.override(p.overrides), s)) for p in points for s in seeds]
+    configs = [base.override(p.overrides) for p in points]  # one validated config per point
+    keyed = [(p, c, s, _key(model_id, data_id, c, s)) for p, c in zip(points, configs, strict=True) for s in seeds]
     done = store.keys()
-    todo = [(p, s, k) for p, s, k in keyed if k not in done]
-    for point, seed, key in tqdm(todo, desc="sweep", unit="chip", disable=None if progress else True):
-        chip = Chip.fabricate(model, base.override(point.overrides), seed)
+    todo = [(p, c, s, k) for p, c, s, k in keyed if k not in done]
+    for point, cfg, seed, key in tqdm(todo, desc="sweep", unit="chip", disable=None if progress else True):
+        chip = Chip.fabricate(model, cfg, seed)
         acc = evaluate(model, chip, data)
         store.append({"key": key, "axis": point.axis, "value": point.value, "overrides": point.overrides,
                       "seed": seed, "accuracy": acc, "model": model_id, "data": data_id})
-    wanted = {k for _, _, k in keyed}
+    wanted = {k for *_, k in keyed}
     return [r for r in store if r.get("key") in wanted]
 
 
