@@ -241,10 +241,10 @@ def _spec(name: str) -> DatasetSpec:
         raise DataError(f"unknown dataset {name!r}; accepted one of {sorted(DATASETS)}") from None
 
 
-def _bad_files(spec: DatasetSpec, folder: Path) -> list[str]:
-    """Names of the files in ``folder`` that are missing or fail their checksum."""
+def _bad_files(spec: DatasetSpec, folder: Path, roles: tuple[str, ...] | None = None) -> list[str]:
+    """Names of the files in ``folder`` (all, or those of ``roles``) that are missing or fail their checksum."""
     bad = []
-    for fname, digest in spec.files.values():
+    for fname, digest in (spec.files[r] for r in (roles or tuple(spec.files))):
         p = folder / fname
         if not p.is_file() or _sha256(p) != digest:
             bad.append(fname)
@@ -410,17 +410,26 @@ def load(name: str, split: str = "train", *, data_dir: str | Path | None = None,
             raise DataError(f"{name} needs --data-dir: {spec.source}")
         full = _load_cifar(Path(data_dir), test=split == "test")
         return full if split == "test" else _carve(full, split)
-    folder = Path(data_dir) if data_dir is not None else (_installed(spec) or cache_dir() / name)
-    bad = _bad_files(spec, folder)
-    if bad:
+    prefix = "test" if split == "test" else "train"
+    roles = (f"{prefix}-images", f"{prefix}-labels")  # only the files this split reads are verified, once
+    if data_dir is not None:
+        candidates = [Path(data_dir)]
+    else:
+        candidates = [d for d in (spec.system_dir, cache_dir() / name) if d is not None]
+    folder: Path | None = None
+    for candidate in candidates:
+        bad = _bad_files(spec, candidate, roles)
+        if not bad:
+            folder = candidate
+            break
+    if folder is None:
         if not fetch_missing or data_dir is not None:
             raise DataError(
-                f"{name}: {', '.join(bad)} missing or failing its sha256 check in {folder}; "
+                f"{name}: {', '.join(bad)} missing or failing its sha256 check in {candidates[-1]}; "
                 f"run `ittrna data fetch {name}`"
             )
         folder = fetch(name)
-    prefix = "test" if split == "test" else "train"
-    images = _read_idx(folder / spec.files[f"{prefix}-images"][0])
-    labels = _read_idx(folder / spec.files[f"{prefix}-labels"][0])
+    images = _read_idx(folder / spec.files[roles[0]][0])
+    labels = _read_idx(folder / spec.files[roles[1]][0])
     full = _to_split(images, labels, spec.in_shape)
     return full if split == "test" else _carve(full, split)
