@@ -112,6 +112,10 @@ class LayerTiles:
         """Physical cells of all arrays."""
         return sum(a.fault.numel() for a in self.arrays.values())
 
+    def shape_meta(self) -> dict[str, Any]:
+        """What identifies the layer's geometry in file headers: kind, weight shape, matrix size."""
+        return {"kind": self.kind, "weight_shape": list(self.weight_shape), "k": self.grid.k, "n": self.grid.n}
+
 
 @dataclass
 class MeasuredMap:
@@ -293,8 +297,8 @@ class Chip:
 
     def program_model(self, model: nn.Module) -> int:
         """Program every chip layer from the same-named layer of ``model``; returns total writes."""
-        modules = dict(model.named_modules())
         self.check_model(model)
+        modules = dict(model.named_modules())
         return sum(self.program_weights(n, modules[n].weight) for n in self.layers)
 
     def check_model(self, model: nn.Module) -> None:
@@ -355,8 +359,7 @@ class Chip:
                 if tcfg.theta_noise > 0:
                     theta = theta + torch.randn(theta.shape, generator=gen) * tcfg.theta_noise
                 layers[lname][aname] = {"fault": fault, "theta": theta}
-            meta[lname] = {"kind": layer.kind, "weight_shape": list(layer.weight_shape),
-                           "k": layer.grid.k, "n": layer.grid.n}
+            meta[lname] = layer.shape_meta()
         return MeasuredMap(self.config, self.seed, layers, meta)
 
     def stats(self) -> list[dict[str, Any]]:
@@ -394,8 +397,7 @@ class Chip:
         arrays: dict[str, np.ndarray] = {}
         meta = []
         for layer in self.layers.values():
-            meta.append({"name": layer.name, "kind": layer.kind, "weight_shape": list(layer.weight_shape),
-                         "k": layer.grid.k, "n": layer.grid.n, "scale": layer.scale, "version": layer.version,
+            meta.append({"name": layer.name, **layer.shape_meta(), "scale": layer.scale, "version": layer.version,
                          "arrays": list(layer.arrays)})
             for aname, arr in layer.arrays.items():
                 for f in _FIELDS:

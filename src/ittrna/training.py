@@ -11,12 +11,17 @@ from ittrna.data import Split
 __all__ = ["accuracy", "train"]
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a parameter-free model)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, data: Split, *, batch_size: int = 2000) -> float:
     """Fraction of ``data`` that ``model`` classifies correctly, in [0, 1]."""
     was_training = model.training
     model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = _device(model)
     correct = 0
     for x, y in data.batches(batch_size):
         correct += int((model(x.to(device)).argmax(dim=1) == y.to(device)).sum())
@@ -56,7 +61,7 @@ def train(
     if batch_size < 1:
         raise ValueError(f"batch_size = {batch_size} is invalid; accepted an integer >= 1")
     gen = torch.Generator().manual_seed(seed)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = _device(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * -(-len(data) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
