@@ -107,11 +107,6 @@ class LayerTiles:
     version: int = 0
     """Incremented at every programming, so deployed layers know when to re-read."""
 
-    @property
-    def cells(self) -> int:
-        """Physical cells of all arrays."""
-        return sum(a.fault.numel() for a in self.arrays.values())
-
     def shape_meta(self) -> dict[str, Any]:
         """What identifies the layer's geometry in file headers: kind, weight shape, matrix size."""
         return {"kind": self.kind, "weight_shape": list(self.weight_shape), "k": self.grid.k, "n": self.grid.n}

@@ -3,7 +3,6 @@ stuck-at fault maps, programming/read noise and endurance. Imports only :mod:`it
 
 from ittrna.device.cells import (
     clamp_to_range,
-    conductance_range,
     quantize_levels,
     read_conductance,
     wear_out,
@@ -16,7 +15,6 @@ __all__ = [
     "STUCK_OFF",
     "STUCK_ON",
     "clamp_to_range",
-    "conductance_range",
     "lognormal_factor_log",
     "quantize_levels",
     "read_conductance",

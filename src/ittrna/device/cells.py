@@ -12,12 +12,7 @@ import torch
 from ittrna.config import CellConfig, EnduranceConfig
 from ittrna.device.faults import HEALTHY, STUCK_OFF, STUCK_ON
 
-__all__ = ["clamp_to_range", "conductance_range", "quantize_levels", "read_conductance", "wear_out"]
-
-
-def conductance_range(cell: CellConfig) -> tuple[float, float]:
-    """(Gmin, Gmax) in siemens."""
-    return cell.g_min, cell.g_max
+__all__ = ["clamp_to_range", "quantize_levels", "read_conductance", "wear_out"]
 
 
 def clamp_to_range(g: torch.Tensor, cell: CellConfig) -> torch.Tensor:
