@@ -112,21 +112,36 @@ def test_chip_on_model_with_other_shapes_is_a_clear_error():
         deploy(other, chip)
 
 
-def test_stuck_cells_ignore_programming_and_cost_no_writes():
+def test_stuck_cells_ignore_programming_and_perform_no_writes():
     model = build("mlp")
-    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.3}), 1)
+    cfg_chip = ChipConfig().override({"faults.rate": 0.3, "endurance.count_initial_programming": True})
+    chip = Chip.fabricate(model, cfg_chip, 1)
     writes = chip.program_model(model)
     layer = chip.layers["1"]
     arr = layer.arrays["pos"]
     cfg = chip.config.cell
-    assert bool((arr.g[arr.fault != HEALTHY] == cfg.g_min).all())  # never written
-    assert int(arr.writes[arr.fault != HEALTHY].sum()) == 0 or chip.config.endurance.count_initial_programming
+    assert int(arr.writes[arr.fault != HEALTHY].sum()) == 0  # wear: stuck cells perform no write
+    assert int(arr.writes[arr.fault == HEALTHY].sum()) > 0
     g = chip.conductances("1")["pos"]
     assert bool((g[arr.fault == STUCK_ON] == cfg.g_max).all())
     assert bool((g[arr.fault == STUCK_OFF] == cfg.g_min).all())
     assert writes > 0
+    stats = chip.write_stats()
+    assert stats["writes_issued"] == writes > stats["writes_performed"] > 0
     # programming the same weights again writes nothing
     assert chip.program_model(model) == 0
+
+
+def test_issued_writes_do_not_reveal_faults():
+    """A host sees writes issued: the same requests cost the same on a perfect and a 30 % fault chip."""
+    model = build("mlp")
+    clean = Chip.fabricate(model, ChipConfig(), 1)
+    faulty = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.3}), 1)
+    assert clean.program_model(model) == faulty.program_model(model)
+    other = build("mlp", seed=5)
+    assert clean.program_model(other) == faulty.program_model(other)  # counted as wear (not the first)
+    assert clean.write_stats()["writes_issued"] == faulty.write_stats()["writes_issued"]
+    assert faulty.write_stats()["writes_performed"] < clean.write_stats()["writes_performed"]
 
 
 def test_write_counting_and_endurance():
@@ -206,7 +221,7 @@ def test_measured_map_roundtrip(tmp_path):
     m = chip.test()
     m.save(tmp_path / "m.npz")
     back = MeasuredMap.load(tmp_path / "m.npz")
-    assert back.config == m.config and back.seed == m.seed and back.meta == m.meta
+    assert back.design == m.design and back.chip_id == m.chip_id == chip.chip_id and back.meta == m.meta
     for ln in m.layers:
         for an in m.layers[ln]:
             for f in ("fault", "theta"):
@@ -241,3 +256,17 @@ def test_same_seed_is_the_same_die_at_every_setting():
             assert bool(((a.fault == STUCK_ON) <= (b.fault == STUCK_ON)).all())
             assert torch.allclose(2 * a.theta, b.theta)
     assert hi.summary()["stuck_off_fraction"] > lo.summary()["stuck_off_fraction"]
+
+
+def test_measured_map_carries_nothing_to_rebuild_the_truth():
+    """No seed, and a config without the fabricated fault statistics or sigma: re-fabricating from what
+    the map holds does not give the true chip."""
+    model = build("mlp")
+    cfg = ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.7, "test.miss_rate": 0.1})
+    chip = Chip.fabricate(model, cfg, 1234)
+    m = chip.test()
+    assert not hasattr(m, "seed") and "1234" not in m.chip_id
+    assert m.design.faults.rate == 0.0 and m.design.variation.sigma == 0.0
+    assert m.design.test == cfg.test and m.design.mapping == cfg.mapping and m.design.cell == cfg.cell
+    rebuilt = Chip.fabricate(model, m.design, 0)
+    assert all(int(a.fault.count_nonzero()) == 0 for layer in rebuilt for a in layer.arrays.values())

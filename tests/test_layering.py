@@ -1,4 +1,13 @@
-"""Lower layers never import higher ones (config -> device -> mapping -> chip -> nn -> experiments -> cli)."""
+"""Import rules, checked on the source's syntax tree.
+
+1. Lower layers never import higher ones (config -> device -> mapping -> host -> chip -> nn -> methods ->
+   experiments -> cli).
+2. The host/chip boundary: the methods layer, which stands where a real host stands, imports neither the
+   chip (the true cell state) nor ``nn`` (deployment on a true chip), ``experiments`` or ``cli``.
+
+Every import form counts: ``import ittrna.x``, ``from ittrna.x import y``, ``from ittrna import x`` (the
+package root re-exports the chip, so it counts as the root unless ``x`` is a submodule) and relative imports.
+"""
 
 import ast
 from pathlib import Path
@@ -6,22 +15,62 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ittrna"
-RANK = {"_io": 0, "config": 0, "device": 1, "mapping": 2, "chip": 3, "data": 3, "models": 3, "training": 4,
-        "nn": 5, "methods": 6, "experiments": 7, "cli": 8, "__init__": 9, "__main__": 9}
+RANK = {"_io": 0, "_validate": 0, "errors": 0, "config": 0, "device": 1, "mapping": 2, "host": 3, "chip": 4,
+        "data": 4, "models": 4, "training": 5, "nn": 6, "methods": 7, "experiments": 8, "cli": 9,
+        "__init__": 10, "__main__": 10}
+FORBIDDEN = {"methods": {"chip", "nn", "experiments", "cli", "__init__"}}
+SUBMODULES = {p.name.removesuffix(".py") for p in SRC.iterdir() if p.suffix == ".py" or p.is_dir()}
 
 
 def _layer(path: Path) -> str:
-    rel = path.relative_to(SRC).parts
-    return rel[0].removesuffix(".py")
+    return path.relative_to(SRC).parts[0].removesuffix(".py")
+
+
+def imported_layers(path: Path) -> list[tuple[int, str]]:
+    """(line, top-level ittrna module) for every ittrna import in ``path`` (root imports as ``__init__``)."""
+    rel = path.relative_to(SRC)
+    package = ["ittrna", *rel.parts[:-1]]  # the importing module's package
+    found: list[tuple[int, str]] = []
+
+    def add(line: int, dotted: str, names: list[str]) -> None:
+        parts = dotted.split(".")
+        if parts[0] != "ittrna":
+            return
+        if len(parts) > 1:
+            found.append((line, parts[1]))
+        else:  # from ittrna import x: a submodule, or a name re-exported by the package root
+            found.extend((line, n if n in SUBMODULES else "__init__") for n in names)
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(node.lineno, alias.name, [])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the importing package
+                base = package[: len(package) - node.level + 1]
+                dotted = ".".join(base + ([node.module] if node.module else []))
+            else:
+                dotted = node.module or ""
+            add(node.lineno, dotted, [a.name for a in node.names])
+    return found
 
 
 @pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
 def test_imports_point_down(path):
     me = _layer(path)
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ittrna."):
-            target = node.module.split(".")[1]
-            assert RANK[target] <= RANK[me], f"{me} imports {node.module}"
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                assert not alias.name.startswith("ittrna.") or RANK[alias.name.split(".")[1]] <= RANK[me]
+    for line, target in imported_layers(path):
+        if target == me:
+            continue
+        assert target in RANK, f"{path.name}:{line}: unknown layer {target!r}; add it to RANK"
+        assert RANK[target] <= RANK[me], f"{me} imports {target} (line {line})"
+        assert target not in FORBIDDEN.get(me, set()), f"{me} must not import {target} (line {line})"
+
+
+def test_rule_sees_every_import_form(tmp_path, monkeypatch):
+    """The checker itself catches root, relative and plain imports (a rule that sees nothing passes all)."""
+    fake = SRC / "methods" / "_probe_for_test.py"
+    code = ("from ittrna import Chip\nfrom .. import chip\nfrom ..nn import deploy\nimport ittrna.chip\n"
+            "from ittrna import training\n")
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: code if self == fake else "")
+    layers = [t for _, t in imported_layers(fake)]
+    assert layers == ["__init__", "chip", "nn", "chip", "training"]

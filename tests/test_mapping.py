@@ -6,11 +6,14 @@ from hypothesis import strategies as st
 from ittrna.config import CellConfig
 from ittrna.mapping import (
     CONVERTERS,
+    LayerLayout,
     TileGrid,
     matrix_to_weight,
     quantize_signed,
     tiled_matmul,
     weight_scale,
+    to_logical,
+    to_physical,
     weight_to_matrix,
 )
 
@@ -29,7 +32,7 @@ def test_conversion_roundtrip_is_exact(k, n, rows, cols, scheme, cell, seed):
     assert {a: tuple(t.shape) for a, t in g.items()} == conv.array_shapes(grid)
     for t in g.values():  # targets within the programmable range
         assert float(t.min()) >= cell.g_min * (1 - 1e-6) and float(t.max()) <= cell.g_max * (1 + 1e-6)
-    back = conv.to_matrix(g, s, cell, grid)
+    back = to_logical(conv.to_matrix(g, s, cell, grid), grid)
     assert torch.allclose(back, w, rtol=1e-5, atol=1e-5 * s)
 
 
@@ -49,7 +52,7 @@ def test_clipping_percentile():
     cell = CellConfig(r_off=float("inf"))
     grid = TileGrid(1, 1001, 8, 2048)
     conv = CONVERTERS["differential"]
-    back = conv.to_matrix(conv.to_conductance(w, 0.5, cell, grid), 0.5, cell, grid)
+    back = to_logical(conv.to_matrix(conv.to_conductance(w, 0.5, cell, grid), 0.5, cell, grid), grid)
     assert float(back.abs().max()) == pytest.approx(0.5)
 
 
@@ -88,3 +91,37 @@ def test_quantize_signed_levels():
     q = quantize_signed(x, 3, torch.tensor(1.0))  # 3 steps per polarity
     assert set(torch.round(q * 3).tolist()) <= {-3, -2, -1, 0, 1, 2, 3}
     assert float(q.abs().max()) == 1.0
+
+
+@settings(deadline=None, max_examples=25)
+@given(k=st.integers(1, 40), n=st.integers(1, 30), rows=st.integers(1, 9), cols=st.integers(1, 9),
+       spare=st.integers(0, 3), seed=st.integers(0, 2**31))
+def test_layout_roundtrip_and_routing(k, n, rows, cols, spare, seed):
+    """A random valid layout (per-tile row routing onto spare lines, column polarity) round-trips exactly,
+    keeps every row in its own tile row and leaves unused physical rows at zero."""
+    gen = torch.Generator().manual_seed(seed)
+    grid = TileGrid(k, n, rows, cols, spare)
+    tr, tc = grid.tiles
+    row_map = torch.stack([
+        torch.cat([i * grid.tile_rows + torch.randperm(grid.tile_rows, generator=gen)[:rows] for i in range(tr)])
+        for _ in range(tc)])
+    sign = torch.where(torch.rand(grid.padded[1], generator=gen) < 0.5, -1.0, 1.0)
+    layout = LayerLayout(row_map, sign)
+    layout.check(grid)
+    w = torch.randn(k, n, generator=gen)
+    phys = to_physical(w, grid, layout)
+    assert tuple(phys.shape) == grid.physical
+    assert torch.equal(to_logical(phys, grid, layout), w)
+    assert int(phys.count_nonzero()) == int(w.count_nonzero())
+
+
+def test_layout_check_rejects_bad_routing():
+    grid = TileGrid(4, 2, 2, 2, 1)
+    ok = LayerLayout.identity(grid)
+    ok.check(grid)
+    with pytest.raises(ValueError, match="own tile row"):
+        LayerLayout(torch.tensor([[0, 1, 2, 3]]), torch.ones(2)).check(grid)  # row 2 is tile row 0's spare
+    with pytest.raises(ValueError, match="one word line"):
+        LayerLayout(torch.tensor([[0, 0, 3, 4]]), torch.ones(2)).check(grid)
+    with pytest.raises(ValueError, match="col_sign"):
+        LayerLayout(ok.row_map, torch.tensor([1.0, 0.5])).check(grid)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,23 @@ from ittrna.device import (
     sample_theta,
     wear_out,
 )
-from ittrna.mapping import CONVERTERS, Converter, TileGrid, mapped_modules, weight_scale, weight_to_matrix
+from ittrna.host import Deployment, MeasuredMap, design_config
+from ittrna.mapping import (
+    CONVERTERS,
+    Converter,
+    LayerLayout,
+    TileGrid,
+    mapped_modules,
+    to_logical,
+    to_physical,
+    weight_scale,
+    weight_to_matrix,
+)
 
 __all__ = ["CellArray", "Chip", "LayerTiles", "MeasuredMap"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_FORMATS = (1, 2)  # format 1 chips have no layouts (identity) and no issued-write count
 _FIELDS = ("fault", "theta", "g", "eps", "writes")
 
 
@@ -106,58 +118,33 @@ class LayerTiles:
     """Weight units per full conductance span; set when weights are programmed (0 = never programmed)."""
     version: int = 0
     """Incremented at every programming, so deployed layers know when to re-read."""
+    layout: LayerLayout | None = None
+    """Digital layout (row routing, column polarity); None until set = the identity layout."""
+
+    def get_layout(self) -> LayerLayout:
+        """The layer's layout (identity when none was set)."""
+        if self.layout is None:
+            self.layout = LayerLayout.identity(self.grid)
+        return self.layout
 
     def shape_meta(self) -> dict[str, Any]:
         """What identifies the layer's geometry in file headers: kind, weight shape, matrix size."""
         return {"kind": self.kind, "weight_shape": list(self.weight_shape), "k": self.grid.k, "n": self.grid.n}
 
 
-@dataclass
-class MeasuredMap:
-    """What the post-fabrication test reports: per layer and array, fault codes and measured theta.
-
-    It may miss faults (``test.miss_rate``) and carry measurement error on theta (``test.theta_noise``).
-    """
-
-    config: ChipConfig
-    seed: int
-    layers: dict[str, dict[str, dict[str, torch.Tensor]]]
-    """layer -> array -> {"fault": int8, "theta": float32}."""
-    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """layer -> {"kind", "weight_shape", "k", "n"} (shapes of the chip it came from)."""
-
-    def save(self, path: str | Path) -> None:
-        """Write to ``.npz`` (JSON header, no pickle), atomically."""
-        arrays = {
-            f"{lname}|{aname}|{fname}": t.cpu().numpy()
-            for lname, arrs in self.layers.items()
-            for aname, fields in arrs.items()
-            for fname, t in fields.items()
-        }
-        header = {"kind": "measured-map", "format": FORMAT_VERSION, "config": self.config.to_json_dict(),
-                  "seed": self.seed, "meta": self.meta}
-        save_npz(path, header, arrays)
-
-    @classmethod
-    def load(cls, path: str | Path) -> MeasuredMap:
-        """Read a map written by :meth:`save`."""
-        header, arrays = load_npz(path, "measured-map")
-        layers: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
-        for key, value in arrays.items():
-            lname, aname, fname = key.split("|")
-            layers.setdefault(lname, {}).setdefault(aname, {})[fname] = torch.from_numpy(value)
-        return cls(ChipConfig.from_dict(header["config"]), int(header["seed"]), layers, header["meta"])
-
-
 class Chip:
     """A simulated RRAM chip holding one model's layers. Build with :meth:`fabricate` or :meth:`load`."""
 
-    def __init__(self, config: ChipConfig, seed: int, layers: dict[str, LayerTiles], write_epoch: int = 0):
+    def __init__(self, config: ChipConfig, seed: int, layers: dict[str, LayerTiles], write_epoch: int = 0,
+                 writes_issued: int = 0):
         self.config = config
         self.seed = seed
         self.layers = layers
         self.write_epoch = write_epoch
         """Number of programming operations so far (seeds each one's programming noise)."""
+        self.writes_issued = writes_issued
+        """Cell writes the host has asked for (every changed target, stuck cells included): the only write
+        count a host sees. Writes *performed* (true wear) are in the cells' counters; see :meth:`write_stats`."""
         self._read_gen = torch.Generator().manual_seed(_derive_seed(seed, 0x52454144))
 
     # --- construction ------------------------------------------------------------------------------------
@@ -190,7 +177,7 @@ class Chip:
             weight = module.weight
             assert isinstance(weight, torch.Tensor)
             k, n = weight_to_matrix(weight).shape
-            grid = TileGrid(k, n, config.mapping.rows, config.mapping.cols)
+            grid = TileGrid(k, n, config.mapping.rows, config.mapping.cols, config.mapping.spare_rows)
             arrays = {}
             tiles = conv.array_tiles(grid)
             for ai, (aname, shape) in enumerate(conv.array_shapes(grid).items()):
@@ -211,6 +198,8 @@ class Chip:
         """Move the cell state to ``device`` (in place); returns self."""
         for layer in self.layers.values():
             layer.arrays = {k: a.to(device) for k, a in layer.arrays.items()}
+            if layer.layout is not None:
+                layer.layout = layer.layout.to(device)
         return self
 
     @property
@@ -230,12 +219,13 @@ class Chip:
     def program(self, name: str, targets: dict[str, torch.Tensor], *, count_wear: bool = True) -> int:
         """Write target conductances (siemens) into a layer's arrays.
 
-        Targets are clamped to [Gmin, Gmax] and rounded to the cell levels. Only cells whose target changes
-        are written (one write each, counted when ``count_wear``); stuck cells ignore writes and are not
-        counted. Written cells draw fresh programming noise; cells past their endurance become stuck.
+        Targets are clamped to [Gmin, Gmax] and rounded to the cell levels. Every cell whose target changes
+        is one write *issued* (the host cannot tell a stuck cell from a healthy one, so it pays for both); a
+        stuck cell ignores it, so only healthy cells perform the write (counted as wear when
+        ``count_wear``), draw fresh programming noise, and may wear out past their endurance.
 
         Returns:
-            The number of cell writes performed.
+            The number of cell writes issued (what a host sees; writes performed are in :meth:`write_stats`).
         """
         layer = self.layer(name)
         cfg = self.config
@@ -250,8 +240,9 @@ class Chip:
                 raise ValueError(f"layer {name!r} array {aname!r}: target shape {tuple(t.shape)} "
                                  f"!= array shape {tuple(arr.g.shape)}")
             t = quantize_levels(t, cfg.cell)
-            write = (t != arr.g) & (arr.fault == HEALTHY)  # (rows, cols)
-            arr.g = torch.where(write, t, arr.g)
+            issued = t != arr.g  # (rows, cols): the target changes
+            write = issued & (arr.fault == HEALTHY)  # performed: stuck cells ignore the write
+            arr.g = t  # the programmed target (a stuck cell reads its stuck state whatever it is)
             if cfg.variation.program_noise > 0:
                 noise = lognormal_factor_log(tuple(arr.g.shape), cfg.variation.program_noise, gen,
                                              device=arr.g.device)
@@ -259,12 +250,20 @@ class Chip:
             if count_wear:
                 arr.writes = arr.writes + write.to(arr.writes.dtype)
                 arr.fault = wear_out(arr.writes, arr.fault, cfg.endurance)
-            total += int(write.sum())
+            total += int(issued.sum())
         layer.version += 1
+        self.writes_issued += total
         return total
 
     def program_weights(
-        self, name: str, weight: torch.Tensor, *, scale: float | None = None, count_wear: bool | None = None
+        self,
+        name: str,
+        weight: torch.Tensor,
+        *,
+        scale: float | None = None,
+        layout: LayerLayout | None = None,
+        targets: dict[str, torch.Tensor] | None = None,
+        count_wear: bool | None = None,
     ) -> int:
         """Map a weight tensor to conductances with the chip's converter and program it.
 
@@ -272,10 +271,12 @@ class Chip:
             name: layer name.
             weight: tensor of the layer's weight shape.
             scale: weight scale s; default from ``mapping.clip_percentile`` of |w|.
+            layout: digital layout to set first (costs no writes); default: keep the layer's.
+            targets: explicit target conductances per array (physical shapes) instead of the converter's.
             count_wear: default ``endurance.count_initial_programming`` for a never-programmed layer, else True.
 
         Returns:
-            Cell writes performed.
+            Cell writes issued.
         """
         layer = self.layer(name)
         if tuple(weight.shape) != layer.weight_shape:
@@ -283,18 +284,54 @@ class Chip:
                 f"layer {name!r}: weight shape {tuple(weight.shape)} does not match the chip's {layer.weight_shape}"
             )
         first = layer.scale == 0.0
+        if layout is not None:
+            layout.check(layer.grid, f"layer {name!r} layout")
+            layer.layout = layout.to(layer.arrays[next(iter(layer.arrays))].g.device)
+        if scale is not None and not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"layer {name!r}: scale = {scale!r} is invalid; accepted a finite number > 0")
         layer.scale = float(scale) if scale is not None else weight_scale(weight, self.config.mapping.clip_percentile)
-        matrix = weight_to_matrix(weight.detach()).to(torch.float32)
-        targets = self.converter.to_conductance(matrix, layer.scale, self.config.cell, layer.grid)
+        if targets is None:
+            matrix = weight_to_matrix(weight.detach()).to(torch.float32)
+            physical = to_physical(matrix, layer.grid, layer.get_layout())  # (Kph, Np)
+            targets = self.converter.to_conductance(physical, layer.scale, self.config.cell, layer.grid)
         if count_wear is None:
             count_wear = self.config.endurance.count_initial_programming if first else True
         return self.program(name, targets, count_wear=count_wear)
 
     def program_model(self, model: nn.Module) -> int:
-        """Program every chip layer from the same-named layer of ``model``; returns total writes."""
+        """Program every chip layer from the same-named layer of ``model``; returns total writes issued."""
         self.check_model(model)
         modules = dict(model.named_modules())
         return sum(self.program_weights(n, modules[n].weight) for n in self.layers)
+
+    def program_deployment(self, deployment: Deployment) -> int:
+        """Program a method's :class:`~ittrna.host.Deployment`: per layer its layout, scale and either its
+        explicit targets or its weight through the converter. Returns total writes issued."""
+        total = 0
+        for name, layer in self.layers.items():
+            key = f"{name}.weight"
+            if key not in deployment.state_dict:
+                raise ValueError(f"deployment has no weight for chip layer {name!r}")
+            weight = deployment.state_dict[key]
+            if tuple(weight.shape) != layer.weight_shape:
+                raise ValueError(f"deployment weight {key!r} has shape {tuple(weight.shape)}, chip layer "
+                                 f"{name!r} holds {layer.weight_shape}")
+            total += self.program_weights(name, weight, scale=deployment.scales.get(name),
+                                          layout=deployment.layouts.get(name),
+                                          targets=deployment.targets.get(name))
+        return total
+
+    def write_stats(self) -> dict[str, Any]:
+        """Evaluator-only wear figures: writes issued (host-visible) and performed (true wear), the largest
+        count on one cell, the fraction of cells ever written and the cells worn out."""
+        writes = torch.cat([a.writes.flatten() for layer in self for a in layer.arrays.values()])
+        return {
+            "writes_issued": self.writes_issued,
+            "writes_performed": int(writes.sum()),
+            "max_writes_per_cell": int(writes.max()) if writes.numel() else 0,
+            "fraction_cells_written": float((writes > 0).float().mean()) if writes.numel() else 0.0,
+            "cells_worn_out": int((writes > self.config.endurance.endurance).sum()),
+        }
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ValueError unless ``model`` has every chip layer with the same weight shape."""
@@ -325,7 +362,8 @@ class Chip:
         """(K, N) matrix the layer really computes (weight units)."""
         layer = self.layer(name)
         g = self.conductances(name, read_noise=read_noise)
-        return self.converter.to_matrix(g, layer.scale, self.config.cell, layer.grid)
+        physical = self.converter.to_matrix(g, layer.scale, self.config.cell, layer.grid)  # (Kph, Np)
+        return to_logical(physical, layer.grid, layer.get_layout())
 
     def effective_weight(self, name: str, *, read_noise: bool = False) -> torch.Tensor:
         """The layer's effective weight in its own shape (``Linear``: (out, in); ``Conv2d``: OIHW)."""
@@ -333,6 +371,16 @@ class Chip:
         return self.effective_matrix(name, read_noise=read_noise).t().reshape(layer.weight_shape).contiguous()
 
     # --- test, statistics --------------------------------------------------------------------------------
+    @property
+    def chip_id(self) -> str:
+        """Opaque identity shared by the chip and its measured maps (a salted hash of seed and config)."""
+        import hashlib
+        import json
+
+        text = json.dumps({"salt": "ittrna-chip-id-v1", "seed": self.seed, "config": self.config.to_json_dict(),
+                           "layers": {n: layer.shape_meta() for n, layer in self.layers.items()}}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
     def test(self, seed: int = 0) -> MeasuredMap:
         """Post-fabrication test: the measured defect map (faults, theta) with the configured imperfections.
 
@@ -355,7 +403,7 @@ class Chip:
                     theta = theta + torch.randn(theta.shape, generator=gen) * tcfg.theta_noise
                 layers[lname][aname] = {"fault": fault, "theta": theta}
             meta[lname] = layer.shape_meta()
-        return MeasuredMap(self.config, self.seed, layers, meta)
+        return MeasuredMap(design_config(self.config), self.chip_id, layers, meta)
 
     def stats(self) -> list[dict[str, Any]]:
         """Per-layer statistics: cells, tiles, realised stuck-on/off fractions, theta spread, writes."""
@@ -397,8 +445,12 @@ class Chip:
             for aname, arr in layer.arrays.items():
                 for f in _FIELDS:
                     arrays[f"{layer.name}|{aname}|{f}"] = getattr(arr, f).cpu().numpy()
+            lay = layer.get_layout()
+            arrays[f"{layer.name}|_layout|row_map"] = lay.row_map.cpu().numpy()
+            arrays[f"{layer.name}|_layout|col_sign"] = lay.col_sign.cpu().numpy()
         header = {"kind": "chip", "format": FORMAT_VERSION, "config": self.config.to_json_dict(),
-                  "seed": self.seed, "write_epoch": self.write_epoch, "layers": meta}
+                  "seed": self.seed, "write_epoch": self.write_epoch, "writes_issued": self.writes_issued,
+                  "layers": meta}
         save_npz(path, header, arrays)
 
     @classmethod
@@ -409,22 +461,28 @@ class Chip:
             ValueError: unreadable file, not a chip, unsupported format version, or inconsistent arrays.
         """
         header, arrays = load_npz(path, "chip")
-        if header.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: chip format {header.get('format')} unsupported; accepted {FORMAT_VERSION}")
+        if header.get("format") not in _READABLE_FORMATS:
+            raise ValueError(f"{path}: chip format {header.get('format')} unsupported; accepted {_READABLE_FORMATS}")
         try:
             config = ChipConfig.from_dict(header["config"])
         except ConfigError as exc:
             raise ValueError(f"{path}: invalid chip config: {exc}") from None
         layers = {}
         for m in header["layers"]:
-            grid = TileGrid(int(m["k"]), int(m["n"]), config.mapping.rows, config.mapping.cols)
+            grid = TileGrid(int(m["k"]), int(m["n"]), config.mapping.rows, config.mapping.cols,
+                            config.mapping.spare_rows)
             arrs = {}
             for aname in m["arrays"]:
                 try:
                     arrs[aname] = CellArray(*(torch.from_numpy(arrays[f"{m['name']}|{aname}|{f}"]) for f in _FIELDS))
                 except KeyError as exc:
                     raise ValueError(f"{path}: missing array {exc.args[0]!r}") from None
+            layout = None
+            if f"{m['name']}|_layout|row_map" in arrays:
+                layout = LayerLayout(torch.from_numpy(arrays[f"{m['name']}|_layout|row_map"]),
+                                     torch.from_numpy(arrays[f"{m['name']}|_layout|col_sign"]))
+                layout.check(grid, f"{path}: layer {m['name']!r} layout")
             layers[m["name"]] = LayerTiles(m["name"], m["kind"], tuple(m["weight_shape"]), grid, arrs,
-                                           float(m["scale"]), int(m["version"]))
-        chip = cls(config, int(header["seed"]), layers, int(header["write_epoch"]))
+                                           float(m["scale"]), int(m["version"]), layout)
+        chip = cls(config, int(header["seed"]), layers, int(header["write_epoch"]), int(header.get("writes_issued", 0)))
         return chip.to(device) if device is not None else chip

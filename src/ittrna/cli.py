@@ -271,10 +271,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from ittrna.nn import evaluate, monte_carlo
     from ittrna.training import accuracy
 
-    model, meta = _load_model(args.model)
+    from ittrna.experiments.tolerate import evaluate_deployment, load_tuned
+
+    model, meta, deployment = load_tuned(args.model)
     data = _eval_split(meta, args)
     ideal = accuracy(model, data)
-    if args.chip is not None:
+    if deployment is not None:
+        if args.chip is None:
+            raise CliError(f"{args.model} is tuned for one chip; give it with --chip CHIP.npz")
+        chip = Chip.load(args.chip)
+        if chip.chip_id != meta.get("tuned_for_chip"):
+            raise CliError(f"{args.model} was tuned for another chip than {args.chip}")
+        accs = [evaluate_deployment(model, chip, deployment, data)]
+    elif args.chip is not None:
         accs = [evaluate(model, Chip.load(args.chip), data)]
     else:
         cfg = _chip_config(args)
@@ -313,6 +322,63 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     text = (f"{meta['model']} on {meta['dataset']} ({args.split}); software accuracy {100 * ideal:.2f}%\n"
             + format_table(rows, ideal) + f"\nresults: {out}/summary.csv, plot: {out}/collapse.png")
     _emit(args, text, {"ideal_accuracy": ideal, "rows": rows, "out": str(out)})
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    from ittrna.methods import METHODS
+
+    rows = [{"name": s.name, "kind": s.kind, "version": s.version, "description": s.description,
+             "settings": s.config().to_dict()} for s in METHODS.values()]
+    text = "\n".join(f"{r['name']:<10} {r['kind']:<11} v{r['version']}  {r['description']}" for r in rows)
+    _emit(args, text, {"methods": rows})
+
+
+def cmd_tolerate(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from ittrna.chip import Chip, MeasuredMap
+    from ittrna.config import TestConfig
+    from ittrna.data import load
+    from ittrna.experiments.tolerate import save_tuned, tolerate
+    from ittrna.methods import get_method
+
+    spec = get_method(args.method)
+    settings: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.startswith("method."):
+            raise CliError(f"--set {item!r} is not method.FIELD=VALUE")
+        try:
+            settings[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            settings[key.strip()] = raw
+    if args.epochs is not None:
+        settings["method.epochs"] = args.epochs
+    spec.make_config(settings)  # validate before any work
+    model, meta = _load_model(args.model)
+    chip = Chip.load(args.chip)
+    measured = None
+    if args.map is not None:
+        if args.miss_rate is not None or args.theta_noise is not None:
+            raise CliError("--miss-rate/--theta-noise describe a test run here; with --map the test is done")
+        measured = MeasuredMap.load(args.map)
+    elif args.miss_rate is not None or args.theta_noise is not None:
+        chip.config = replace(chip.config, test=TestConfig(
+            miss_rate=args.miss_rate if args.miss_rate is not None else chip.config.test.miss_rate,
+            theta_noise=args.theta_noise if args.theta_noise is not None else chip.config.test.theta_noise))
+    dataset = meta["dataset"]
+    splits = {s: load(dataset, s, data_dir=args.data_dir) for s in ("train", "val", "test")}
+    result, deployment = tolerate(model, chip, args.method, train=splits["train"], val=splits["val"],
+                                  test=splits["test"], settings=settings, measured=measured,
+                                  test_seed=args.test_seed, seed=args.seed, progress=not args.quiet)
+    save_tuned(args.out, model, meta, deployment, chip.chip_id)
+    text = (f"{args.method} on {args.chip}: software {100 * result['ideal_accuracy']:.2f}%, chip before "
+            f"{100 * result['chip_accuracy_before']:.2f}%, after {100 * result['chip_accuracy']:.2f}% "
+            f"({result['writes']} writes issued, {result['seconds']:.1f}s) -> {args.out}")
+    payload = {k: result[k] for k in ("method", "ideal_accuracy", "chip_accuracy_before", "chip_accuracy",
+                                      "writes", "seconds")}
+    _emit(args, text, {**payload, "version": result["version"], "out": str(args.out),
+                       "val_accuracy": result["report"].get("val_accuracy")})
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
@@ -423,6 +489,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, summary.csv, collapse.png")
     p.add_argument("--quiet", action="store_true")
     _add_chip_options(p)
+
+    from ittrna.methods import METHODS
+
+    _sub(subs, "methods", "list the tolerance methods", "  ittrna methods\n  ittrna methods --json\n", cmd_methods)
+    p = _sub(subs, "tolerate", "run a tolerance method for one chip, program the chip and evaluate it",
+             "  ittrna tolerate --method remap-fat --model mlp.pt --chip chip.npz --out tuned.pt\n"
+             "  ittrna tolerate --method fat --model mlp.pt --chip chip.npz --miss-rate 0.05 --theta-noise 0.1 "
+             "--out t.pt\n"
+             "  ittrna tolerate --method aft --model mlp.pt --chip chip.npz --map map.npz --epochs 2 "
+             "--set method.tau=0.5 --out t.pt --json\n"
+             "  ittrna evaluate --model t.pt --chip chip.npz      # reproduces chip_accuracy\n", cmd_tolerate)
+    p.add_argument("--method", required=True, choices=list(METHODS), help="tolerance method (`ittrna methods`)")
+    p.add_argument("--model", type=Path, required=True, help="software checkpoint from `ittrna train`")
+    p.add_argument("--chip", type=Path, required=True, help="fabricated chip from `ittrna chip make`")
+    p.add_argument("--map", type=Path, default=None, help="measured map from `ittrna chip test` (else tested here)")
+    p.add_argument("--miss-rate", type=_float_in(0, 1), default=None, help="test here with this miss rate")
+    p.add_argument("--theta-noise", type=_float_in(0, 3), default=None, help="test here with this theta error")
+    p.add_argument("--test-seed", type=_int_at_least(0), default=0, help="seed of the test's imperfections")
+    p.add_argument("--epochs", type=_int_at_least(0), default=None, help="retraining epochs (method.epochs)")
+    p.add_argument("--set", action="append", default=[], metavar="method.FIELD=VALUE",
+                   help="any method setting, e.g. --set method.headroom_min=0.2 (repeatable)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the method's own randomness")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--out", type=Path, required=True, help="tuned file to write (.pt)")
+    p.add_argument("--quiet", action="store_true")
 
     cfg = subs.add_parser("config", help="show chip configurations and presets")
     gsubs = cfg.add_subparsers(dest="config_command", required=True)

@@ -260,6 +260,10 @@ class MappingConfig(_Section):
     cols: int = 128
     """Crossbar bit lines (outputs) per tile. Accepted [1, 65536]."""
 
+    spare_rows: int = 0
+    """Spare word lines per tile beyond ``rows`` (fabricated, faulty or not like every cell), which a
+    remapping may route logical inputs onto (Liu et al., DAC 2017). Accepted [0, 65536]."""
+
     clip_percentile: float = 100.0
     """Per-layer weight scale: this percentile of |w| maps to Gmax - Gmin; larger weights are clipped.
     100 = max |w| (no clipping). Accepted (0, 100]."""
@@ -275,6 +279,7 @@ class MappingConfig(_Section):
         self._choice("scheme", MAPPING_SCHEMES)
         self._int_range("rows", 1, 65536)
         self._int_range("cols", 1, 65536)
+        self._int_range("spare_rows", 0, 65536)
         self._range("clip_percentile", 0.0, 100.0, lo_open=True)
         self._int_range("dac_bits", 1, 32, optional=True)
         self._int_range("adc_bits", 1, 32, optional=True)

@@ -3,16 +3,23 @@
 A layer's weight becomes a matrix of K rows (inputs, word lines) by N columns (outputs, bit lines):
 ``Linear`` (out, in) -> its transpose (in, out); ``Conv2d`` (Cout, Cin, kh, kw) -> (Cin*kh*kw, Cout), the
 im2col unrolling. The matrix is tiled over ``rows x cols`` crossbars; the physical cell arrays are padded to
-a whole number of tiles (padding cells are fabricated, faulty or not, but carry no weight).
+a whole number of tiles (padding cells are fabricated, faulty or not, but carry no weight). Each tile may
+have ``spare`` extra word lines (``mapping.spare_rows``), so a physical array has (Kph, Np) =
+(tiles along K * (rows + spare), tiles along N * cols) cells.
+
+A :class:`LayerLayout` is the layer's digital periphery, which costs no cell writes: a per-tile row routing
+(logical input -> physical word line, within the tile row, spare lines included) and a per-column polarity.
+:func:`to_physical` / :func:`to_logical` move a matrix between the logical (K, N) and physical (Kph, Np)
+views; converters work on the physical view.
 
 Converters (explicit registry :data:`CONVERTERS`) turn a matrix into named cell arrays of target
 conductances and back:
 
 - ``differential`` (default): w = s * (G+ - G-) / (Gmax - Gmin); the active cell carries |w|, the
-  inactive one sits at Gmin. Arrays ``pos`` and ``neg``, each (Kp, Np).
+  inactive one sits at Gmin. Arrays ``pos`` and ``neg``, each (Kph, Np).
 - ``offset``: w = 2 s * (G - Gref) / (Gmax - Gmin) with one cell per weight around mid-range and a
   reference column per tile at Gref = (Gmin + Gmax)/2, whose current every column of that tile subtracts.
-  Arrays ``main`` (Kp, Np) and ``ref`` (Kp, tiles along N).
+  Arrays ``main`` (Kph, Np) and ``ref`` (Kph, tiles along N).
 
 ``s`` is the per-layer weight scale: the ``clip_percentile`` percentile of |w| (100 = max |w|).
 """
@@ -32,11 +39,14 @@ __all__ = [
     "CONVERTERS",
     "Converter",
     "Differential",
+    "LayerLayout",
     "Offset",
     "TileGrid",
     "matrix_to_weight",
     "quantize_signed",
     "tiled_matmul",
+    "to_logical",
+    "to_physical",
     "weight_scale",
     "weight_to_matrix",
 ]
@@ -54,6 +64,9 @@ class TileGrid:
     """Tile rows."""
     cols: int
     """Tile columns."""
+    spare: int = 0
+    """Spare word lines per tile beyond ``rows`` (physical rows per tile = rows + spare); a layout's row
+    permutation may route a logical row onto a spare one."""
 
     @property
     def tiles(self) -> tuple[int, int]:
@@ -62,9 +75,93 @@ class TileGrid:
 
     @property
     def padded(self) -> tuple[int, int]:
-        """(Kp, Np): the matrix padded to whole tiles."""
+        """(Kp, Np): the logical matrix padded to whole tiles."""
         tr, tc = self.tiles
         return tr * self.rows, tc * self.cols
+
+    @property
+    def tile_rows(self) -> int:
+        """Physical word lines per tile (rows + spare)."""
+        return self.rows + self.spare
+
+    @property
+    def physical(self) -> tuple[int, int]:
+        """(Kph, Np): rows and columns of a physical cell array (spare rows included)."""
+        tr, tc = self.tiles
+        return tr * self.tile_rows, tc * self.cols
+
+
+@dataclass(frozen=True, eq=False)
+class LayerLayout:
+    """Digital layout of one layer on its tiles: input routing and column polarity (costs no cell writes).
+
+    - ``row_map`` (tc, Kp) int64: for tile column ``c``, logical (padded) row ``k`` drives physical word line
+      ``row_map[c, k]`` of the same tile row (rows of tile row ``i`` go to physical rows
+      ``[i * (rows + spare), (i + 1) * (rows + spare))``); unused physical rows get no input.
+    - ``col_sign`` (Np,) float32 of +/-1: -1 swaps the roles of a column's cells (G+ holds the negative
+      part) and the periphery negates that column's output digitally.
+    """
+
+    row_map: torch.Tensor
+    """(tiles along N, Kp) int64 logical row -> physical word line, per tile column."""
+    col_sign: torch.Tensor
+    """(Np,) float32 column polarity, +1 or -1."""
+
+    @classmethod
+    def identity(cls, grid: TileGrid) -> LayerLayout:
+        """Logical row k of tile row i on physical row i * (rows + spare) + k % rows; all polarities +1."""
+        kp, np_ = grid.padded
+        k = torch.arange(kp)
+        rows = (k // grid.rows) * grid.tile_rows + k % grid.rows
+        return cls(rows.unsqueeze(0).repeat(grid.tiles[1], 1), torch.ones(np_))
+
+    def check(self, grid: TileGrid, where: str = "layout") -> None:
+        """Raise ValueError unless this layout fits ``grid`` (shapes, same-tile routing, no shared line)."""
+        tc = grid.tiles[1]
+        kp, np_ = grid.padded
+        if tuple(self.row_map.shape) != (tc, kp) or self.row_map.dtype != torch.int64:
+            raise ValueError(f"{where}: row_map must be int64 of shape {(tc, kp)}, got "
+                             f"{self.row_map.dtype} {tuple(self.row_map.shape)}")
+        if tuple(self.col_sign.shape) != (np_,):
+            raise ValueError(f"{where}: col_sign must have shape {(np_,)}, got {tuple(self.col_sign.shape)}")
+        if not bool(((self.col_sign == 1) | (self.col_sign == -1)).all()):
+            raise ValueError(f"{where}: col_sign values must be +1 or -1")
+        tile_of_logical = torch.arange(kp) // grid.rows
+        if not bool((self.row_map // grid.tile_rows == tile_of_logical).all()) or int(self.row_map.min()) < 0:
+            raise ValueError(f"{where}: row_map routes a row outside its own tile row")
+        if any(torch.unique(r).numel() != kp for r in self.row_map):
+            raise ValueError(f"{where}: row_map routes two logical rows onto one word line")
+
+    def index(self, grid: TileGrid) -> torch.Tensor:
+        """(Kp, Np) physical row of every logical (padded) matrix entry."""
+        return self.row_map.repeat_interleave(grid.cols, dim=0).t().contiguous()
+
+    def to(self, device: torch.device | str) -> LayerLayout:
+        return LayerLayout(self.row_map.to(device), self.col_sign.to(device))
+
+    def equals(self, other: LayerLayout) -> bool:
+        return torch.equal(self.row_map.cpu(), other.row_map.cpu()) and torch.equal(
+            self.col_sign.cpu(), other.col_sign.cpu())
+
+
+def to_physical(matrix: torch.Tensor, grid: TileGrid, layout: LayerLayout | None = None) -> torch.Tensor:
+    """(K, N) logical weight matrix -> (Kph, Np) matrix as the physical arrays hold it (spare rows 0)."""
+    kp, np_ = grid.padded
+    padded = torch.nn.functional.pad(matrix, (0, np_ - grid.n, 0, kp - grid.k))  # (Kp, Np)
+    if layout is None:
+        layout = LayerLayout.identity(grid)
+    idx = layout.index(grid).to(matrix.device)  # (Kp, Np)
+    out = torch.zeros(grid.physical, dtype=matrix.dtype, device=matrix.device)
+    return out.scatter(0, idx, padded * layout.col_sign.to(matrix.device, matrix.dtype))
+
+
+def to_logical(physical: torch.Tensor, grid: TileGrid, layout: LayerLayout | None = None) -> torch.Tensor:
+    """Inverse of :func:`to_physical`: (Kph, Np) -> (K, N), polarity undone digitally."""
+    if layout is None:
+        layout = LayerLayout.identity(grid)
+    idx = layout.index(grid).to(physical.device)  # (Kp, Np)
+    logical = physical.gather(0, idx) * layout.col_sign.to(physical.device, physical.dtype)
+    return logical[: grid.k, : grid.n]
 
 
 def weight_to_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -113,19 +210,22 @@ class Converter(Protocol):
     def to_conductance(
         self, matrix: torch.Tensor, scale: float, cell: CellConfig, grid: TileGrid
     ) -> dict[str, torch.Tensor]:
-        """Ideal target conductances (siemens) for a (K, N) matrix, padded to the arrays' shapes."""
+        """Ideal target conductances (siemens) for a physical (Kph, Np) matrix (a (K, N) one is placed with
+        the identity layout)."""
         ...
 
     def to_matrix(
         self, g: dict[str, torch.Tensor], scale: float, cell: CellConfig, grid: TileGrid
     ) -> torch.Tensor:
-        """The (K, N) weight matrix that conductances ``g`` realise."""
+        """The (Kph, Np) physical weight matrix that conductances ``g`` realise (see :func:`to_logical`)."""
         ...
 
 
 def _pad(matrix: torch.Tensor, grid: TileGrid) -> torch.Tensor:
-    kp, np_ = grid.padded
-    return torch.nn.functional.pad(matrix, (0, np_ - grid.n, 0, kp - grid.k))
+    """A (K, N) logical matrix (identity layout) or an already physical (Kph, Np) one -> (Kph, Np)."""
+    if tuple(matrix.shape) == grid.physical:
+        return matrix
+    return to_physical(matrix, grid)
 
 
 class Differential:
@@ -134,23 +234,23 @@ class Differential:
     name = "differential"
 
     def array_shapes(self, grid: TileGrid) -> dict[str, tuple[int, int]]:
-        return {"pos": grid.padded, "neg": grid.padded}
+        return {"pos": grid.physical, "neg": grid.physical}
 
     def array_tiles(self, grid: TileGrid) -> dict[str, tuple[int, int]]:
-        return {"pos": (grid.rows, grid.cols), "neg": (grid.rows, grid.cols)}
+        return {"pos": (grid.tile_rows, grid.cols), "neg": (grid.tile_rows, grid.cols)}
 
     def to_conductance(
         self, matrix: torch.Tensor, scale: float, cell: CellConfig, grid: TileGrid
     ) -> dict[str, torch.Tensor]:
         span = cell.g_max - cell.g_min
-        wc = _pad(matrix, grid).clamp(-scale, scale) / scale  # (Kp, Np) in [-1, 1]
+        wc = _pad(matrix, grid).clamp(-scale, scale) / scale  # (Kph, Np) in [-1, 1]
         return {"pos": cell.g_min + span * wc.clamp_min(0), "neg": cell.g_min + span * (-wc).clamp_min(0)}
 
     def to_matrix(
         self, g: dict[str, torch.Tensor], scale: float, cell: CellConfig, grid: TileGrid
     ) -> torch.Tensor:
         span = cell.g_max - cell.g_min
-        return ((g["pos"] - g["neg"]) * (scale / span))[: grid.k, : grid.n]
+        return (g["pos"] - g["neg"]) * (scale / span)  # (Kph, Np)
 
 
 class Offset:
@@ -159,28 +259,28 @@ class Offset:
     name = "offset"
 
     def array_shapes(self, grid: TileGrid) -> dict[str, tuple[int, int]]:
-        kp, np_ = grid.padded
-        return {"main": (kp, np_), "ref": (kp, grid.tiles[1])}
+        kph, np_ = grid.physical
+        return {"main": (kph, np_), "ref": (kph, grid.tiles[1])}
 
     def array_tiles(self, grid: TileGrid) -> dict[str, tuple[int, int]]:
-        return {"main": (grid.rows, grid.cols), "ref": (grid.rows, 1)}
+        return {"main": (grid.tile_rows, grid.cols), "ref": (grid.tile_rows, 1)}
 
     def to_conductance(
         self, matrix: torch.Tensor, scale: float, cell: CellConfig, grid: TileGrid
     ) -> dict[str, torch.Tensor]:
         mid = 0.5 * (cell.g_min + cell.g_max)
         half = 0.5 * (cell.g_max - cell.g_min)
-        wc = _pad(matrix, grid).clamp(-scale, scale) / scale  # (Kp, Np)
-        kp = grid.padded[0]
-        return {"main": mid + half * wc, "ref": torch.full((kp, grid.tiles[1]), mid, dtype=matrix.dtype,
-                                                            device=matrix.device)}
+        wc = _pad(matrix, grid).clamp(-scale, scale) / scale  # (Kph, Np)
+        kph = grid.physical[0]
+        return {"main": mid + half * wc, "ref": torch.full((kph, grid.tiles[1]), mid, dtype=matrix.dtype,
+                                                             device=matrix.device)}
 
     def to_matrix(
         self, g: dict[str, torch.Tensor], scale: float, cell: CellConfig, grid: TileGrid
     ) -> torch.Tensor:
         half = 0.5 * (cell.g_max - cell.g_min)
-        ref = g["ref"].repeat_interleave(grid.cols, dim=1)  # (Kp, Np): each tile's reference column
-        return ((g["main"] - ref) * (scale / half))[: grid.k, : grid.n]
+        ref = g["ref"].repeat_interleave(grid.cols, dim=1)  # (Kph, Np): each tile's reference column
+        return (g["main"] - ref) * (scale / half)  # (Kph, Np)
 
 
 #: Mapping schemes by the name used in ``MappingConfig.scheme``.
@@ -223,7 +323,7 @@ def tiled_matmul(
     kp, np_ = grid.padded
     b = x.shape[0]
     xt = torch.nn.functional.pad(x, (0, kp - grid.k)).view(b, tr, grid.rows)  # (B, tr, R)
-    wt = _pad(matrix, grid).view(tr, grid.rows, np_)  # (tr, R, Np)
+    wt = torch.nn.functional.pad(matrix, (0, np_ - grid.n, 0, kp - grid.k)).view(tr, grid.rows, np_)  # (tr, R, Np)
     partial = torch.einsum("btr,trn->btn", xt, wt).view(b, tr, tc, grid.cols)  # (B, tr, tc, C)
     fs = partial.abs().amax(dim=(0, 3), keepdim=True)  # (1, tr, tc, 1): one full scale per tile
     partial = quantize_signed(partial, adc_bits, fs)

@@ -29,14 +29,18 @@ __all__ = ["AnalogConv2d", "AnalogLinear", "deploy", "evaluate", "monte_carlo", 
 
 
 class _AnalogLayer(nn.Module):
-    """Common part: a digital original plus a chip layer it reads its weights from."""
+    """Common part: a digital original plus a chip layer it reads its weights from.
+
+    The chip is held privately (``_chip``): a deployed model computes with the chip but does not offer it;
+    code that stands where a host stands (:mod:`ittrna.methods`) never receives a deployed model anyway.
+    """
 
     def __init__(self, digital: nn.Module, chip: Chip, name: str):
         super().__init__()
         self.digital = digital
         """The original layer (kept for :func:`undeploy`; its weight is not used in forward)."""
-        self.chip = chip
-        self.chip_layer = name
+        self._chip = chip
+        self._chip_layer = name
         self._cache: torch.Tensor | None = None
         self._cache_version = -1
         cfg = chip.config
@@ -45,19 +49,19 @@ class _AnalogLayer(nn.Module):
 
     def effective_weight(self) -> torch.Tensor:
         """Weight as the chip realises it now (weight shape, on the input's device)."""
-        layer = self.chip.layer(self.chip_layer)
+        layer = self._chip.layer(self._chip_layer)
         if self._read_noise:
-            return self.chip.effective_weight(self.chip_layer, read_noise=True)
+            return self._chip.effective_weight(self._chip_layer, read_noise=True)
         if self._cache is None or self._cache_version != layer.version:
-            self._cache = self.chip.effective_weight(self.chip_layer)
+            self._cache = self._chip.effective_weight(self._chip_layer)
             self._cache_version = layer.version
         return self._cache
 
     def _tiled(self, cols: torch.Tensor) -> torch.Tensor:
         """(B, K) inputs through the tiles with DAC/ADC -> (B, N)."""
-        layer = self.chip.layer(self.chip_layer)
+        layer = self._chip.layer(self._chip_layer)
         matrix = self.effective_weight().reshape(layer.weight_shape[0], -1).t()  # (K, N)
-        m = self.chip.config.mapping
+        m = self._chip.config.mapping
         return tiled_matmul(cols, matrix, layer.grid, m.dac_bits, m.adc_bits)
 
 
@@ -153,7 +157,7 @@ def _copy_without_chip(model: nn.Module) -> nn.Module:
     memo: dict[int, object] = {}
     for module in model.modules():
         if isinstance(module, _AnalogLayer):
-            memo[id(module.chip)] = module.chip
+            memo[id(module._chip)] = module._chip
     return copy.deepcopy(model, memo)
 
 

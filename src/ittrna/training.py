@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ittrna.data import Split
 
-__all__ = ["accuracy", "train"]
+__all__ = ["FitReport", "TrainHooks", "accuracy", "fit", "train"]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -29,7 +33,30 @@ def accuracy(model: nn.Module, data: Split, *, batch_size: int = 2000) -> float:
     return correct / max(len(data), 1)
 
 
-def train(
+@dataclass
+class TrainHooks:
+    """Callbacks into :func:`fit`'s loop (methods extend the one loop rather than copying it)."""
+
+    before_epoch: Callable[[int], None] | None = None
+    """Called with the epoch index before each epoch (e.g. freeze the next group of weights)."""
+    after_step: Callable[[int], None] | None = None
+    """Called with the global step index after each optimiser step."""
+
+
+@dataclass
+class FitReport:
+    """What a :func:`fit` run did."""
+
+    epochs: int = 0
+    """Epochs run (fewer than asked when early stopping triggered)."""
+    best_epoch: int = -1
+    """Epoch whose weights were kept (-1: the initial weights, or no validation)."""
+    val_history: list[float] = field(default_factory=list)
+    """Validation accuracy before training (first entry) and after each epoch; empty without ``val``."""
+    seconds: float = 0.0
+
+
+def fit(
     model: nn.Module,
     data: Split,
     *,
@@ -37,19 +64,31 @@ def train(
     lr: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
+    params: Iterable[nn.Parameter] | None = None,
+    val: Split | None = None,
+    patience: int | None = None,
+    hooks: TrainHooks | None = None,
     progress: bool = True,
-) -> nn.Module:
+    desc: str = "train",
+) -> FitReport:
     """Train ``model`` in place with Adam (cosine-annealed learning rate) and cross-entropy; deterministic
-    for a given seed on CPU.
+    for a given seed on CPU. Methods reuse this loop with parametrizations (e.g. a chip model in the forward
+    pass), a subset of parameters and hooks.
 
     Args:
-        model: the network (modified in place and returned).
+        model: the network (modified in place).
         data: training split.
-        epochs: passes over ``data``; accepted >= 0.
-        lr: Adam learning rate; accepted (0, 10].
+        epochs: passes over ``data`` (the cosine schedule spans them); accepted >= 0.
+        lr: Adam peak learning rate; accepted (0, 10].
         batch_size: mini-batch size; accepted >= 1.
         seed: seeds the private generator that shuffles the mini-batches.
+        params: parameters to optimise (default: every parameter that requires grad).
+        val: validation split; when given, accuracy is measured before training and after every epoch and
+            the best weights are restored at the end (ties keep the earlier, fewer-epoch weights).
+        patience: with ``val``, stop after this many epochs without improvement (None: run all epochs).
+        hooks: callbacks into the loop.
         progress: show a progress bar.
+        desc: progress-bar label.
 
     Raises:
         ValueError: a hyper-parameter outside its accepted range.
@@ -60,22 +99,79 @@ def train(
         raise ValueError(f"lr = {lr} is invalid; accepted (0, 10]")
     if batch_size < 1:
         raise ValueError(f"batch_size = {batch_size} is invalid; accepted an integer >= 1")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience = {patience} is invalid; accepted an integer >= 1 or None")
+    t0 = time.perf_counter()
+    hooks = hooks or TrainHooks()
     gen = torch.Generator().manual_seed(seed)
     device = _device(model)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    chosen = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    report = FitReport()
+    if not chosen or epochs == 0:
+        if val is not None:
+            report.val_history.append(accuracy(model, val))
+        report.seconds = time.perf_counter() - t0
+        model.eval()
+        return report
+    opt = torch.optim.Adam(chosen, lr=lr)
     steps = epochs * -(-len(data) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     loss_fn = nn.CrossEntropyLoss()
+    best_state: dict[str, torch.Tensor] | None = None
+    best = -1.0
+    if val is not None:
+        best = accuracy(model, val)
+        report.val_history.append(best)
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    since_best = 0
+    step = 0
     model.train()
-    with tqdm(total=steps, desc="train", unit="batch", disable=None if progress else True, leave=False) as bar:
+    with tqdm(total=steps, desc=desc, unit="batch", disable=None if progress else True, leave=False) as bar:
         for epoch in range(epochs):
+            if hooks.before_epoch is not None:
+                hooks.before_epoch(epoch)
+            model.train()
             for x, y in data.batches(batch_size, generator=gen):
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x.to(device)), y.to(device))
                 loss.backward()
                 opt.step()
                 sched.step()
+                step += 1
+                if hooks.after_step is not None:
+                    hooks.after_step(step)
                 bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            report.epochs = epoch + 1
+            postfix = {"epoch": epoch + 1, "loss": f"{loss.item():.3f}"}
+            if val is not None:
+                acc = accuracy(model, val)
+                report.val_history.append(acc)
+                postfix["val"] = f"{100 * acc:.2f}"
+                if acc > best:
+                    best, since_best, report.best_epoch = acc, 0, epoch
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    since_best += 1
+            bar.set_postfix(postfix)
+            if patience is not None and since_best >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def train(
+    model: nn.Module,
+    data: Split,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> nn.Module:
+    """Train ``model`` in place (see :func:`fit`, without validation) and return it."""
+    fit(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
     return model

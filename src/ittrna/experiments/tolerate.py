@@ -1,0 +1,125 @@
+"""The evaluator of tolerance methods: test a chip, run a method on its measured map, program the true chip
+with the result and measure the test split. The only place where a method's output meets the truth.
+
+A *tuned* file (``.pt``) is an ordinary checkpoint (it loads with :func:`ittrna.models.load_checkpoint`,
+giving the tuned weights) plus the deployment (scales, layouts, explicit targets) and the chip it was made
+for, so ``evaluate_tuned`` reproduces the reported accuracy on that chip.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ittrna._io import atomic_write
+from ittrna.chip import Chip
+from ittrna.data import Split
+from ittrna.host import Deployment, MeasuredMap
+from ittrna.methods import Context, apply_method, get_method
+from ittrna.models import CHECKPOINT_FORMAT, load_checkpoint
+from ittrna.nn import deploy
+from ittrna.training import accuracy
+
+__all__ = ["check_map_fits", "evaluate_deployment", "load_tuned", "save_tuned", "tolerate"]
+
+
+def check_map_fits(measured: MeasuredMap, chip: Chip) -> None:
+    """Raise ValueError unless ``measured`` is a test result of ``chip`` (same chip id and geometry)."""
+    if measured.chip_id != chip.chip_id:
+        raise ValueError(f"the measured map is of another chip (id {measured.chip_id or '?'}, this chip "
+                         f"{chip.chip_id}); make it with `ittrna chip test` on this chip")
+    geometry = {n: layer.shape_meta() for n, layer in chip.layers.items()}
+    if {n: dict(m) for n, m in measured.meta.items()} != geometry:
+        raise ValueError("the measured map's layer geometry differs from the chip's")
+
+
+def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, data: Split) -> float:
+    """Program ``deployment`` onto ``chip`` (in place) and return the accuracy on ``data``."""
+    tuned = copy.deepcopy(model)
+    tuned.load_state_dict(deployment.state_dict)
+    chip.program_deployment(deployment)
+    return accuracy(deploy(tuned, chip, program=False), data)
+
+
+def tolerate(
+    model: nn.Module,
+    chip: Chip,
+    method: str,
+    *,
+    train: Split,
+    val: Split,
+    test: Split,
+    settings: Mapping[str, Any] | None = None,
+    measured: MeasuredMap | None = None,
+    test_seed: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[dict[str, Any], Deployment]:
+    """Run ``method`` for ``chip`` and evaluate it on the test split.
+
+    ``chip`` must be as fabricated (never programmed): it is programmed once, with the method's deployment,
+    so the result is reproducible from the chip file. The accuracy before the method is measured on a copy.
+
+    Returns:
+        (result, deployment). ``result`` holds ``method``, ``ideal_accuracy``, ``chip_accuracy_before``,
+        ``chip_accuracy``, ``writes`` (issued), ``seconds`` (the method's run), the evaluator-only wear
+        figures and the method's report.
+    """
+    spec = get_method(method)
+    if any(layer.scale != 0.0 for layer in chip):
+        raise ValueError("the chip has been programmed already; start from the fabricated chip file")
+    cfg = spec.make_config(settings)
+    if measured is None:
+        measured = chip.test(seed=test_seed)
+    check_map_fits(measured, chip)
+    before_chip = copy.deepcopy(chip)
+    before = accuracy(deploy(model, before_chip), test)
+    t0 = time.perf_counter()
+    deployment = apply_method(method, model, measured, Context(train, val, seed=seed, progress=progress), cfg)
+    seconds = time.perf_counter() - t0
+    after = evaluate_deployment(model, chip, deployment, test)
+    wear = chip.write_stats()
+    result = {
+        "method": method,
+        "version": spec.version,
+        "ideal_accuracy": accuracy(model, test),
+        "chip_accuracy_before": before,
+        "chip_accuracy": after,
+        "writes": wear["writes_issued"],
+        "seconds": seconds,
+        **{k: v for k, v in wear.items() if k != "writes_issued"},
+        "report": deployment.report,
+    }
+    return result, deployment
+
+
+def save_tuned(path: str | Path, model: nn.Module, meta: Mapping[str, Any], deployment: Deployment,
+               chip_id: str) -> None:
+    """Write a tuned file: a checkpoint of the tuned weights plus the deployment for chip ``chip_id``."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "meta": {**dict(meta), "tuned_for_chip": chip_id, "method": deployment.report.get("method")},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in deployment.state_dict.items()},
+        "deployment": deployment.to_payload(),
+    }
+    atomic_write(path, lambda p: torch.save(payload, p))
+
+
+def load_tuned(path: str | Path) -> tuple[nn.Module, dict[str, Any], Deployment | None]:
+    """(model with the tuned weights, meta, deployment) of a tuned file; deployment None for a plain
+    checkpoint."""
+    model, meta = load_checkpoint(path)
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if "deployment" not in payload:
+        return model, meta, None
+    try:
+        deployment = Deployment.from_payload(model.state_dict(), payload["deployment"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return model, meta, deployment

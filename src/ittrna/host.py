@@ -1,0 +1,144 @@
+"""What a host knows about a chip and what it hands back: the measured defect map and a deployment.
+
+A real host (the computer that trains a network and programs an RRAM chip) knows the chip's *design* —
+cell range and levels, mapping scheme, tile geometry, periphery, the process's programming precision and
+the test's stated accuracy — and the result of the post-fabrication test. It never knows the true cell state
+(which faults the test missed, the exact theta, the programmed levels, the wear) nor anything that rebuilds
+it (the fabrication seed). This module holds exactly that host-side view, below :mod:`ittrna.chip`:
+
+- :class:`MeasuredMap`: per layer and cell array, the fault codes and theta the test reported, the design
+  config (:func:`design_config`: the fabricated fault statistics and device-to-device sigma removed) and an
+  opaque ``chip_id`` that matches a map to its chip without revealing the seed.
+- :class:`Deployment`: what a tolerance method returns for the evaluator to program onto the true chip —
+  the model's weights, each layer's scale and digital layout, and (where a method programs cell by cell)
+  explicit target conductances in the physical arrays' shapes.
+
+Files are ``.npz`` with a JSON header (no pickle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ittrna._io import load_npz, save_npz
+from ittrna.config import ChipConfig, ConfigError, FaultConfig
+from ittrna.mapping import LayerLayout, TileGrid
+
+__all__ = ["Deployment", "MeasuredMap", "design_config"]
+
+MAP_FORMAT = 2
+
+
+def design_config(config: ChipConfig) -> ChipConfig:
+    """The part of a chip config a host knows from the design: the fabricated fault statistics
+    (``faults``) and the device-to-device spread (``variation.sigma``) are reset to their defaults — the
+    test reports those per cell instead. Cell range and levels, mapping and periphery, programming and read
+    noise (process specifications), endurance and the test's stated precision are kept."""
+    return replace(config, faults=FaultConfig(), variation=replace(config.variation, sigma=0.0))
+
+
+@dataclass
+class MeasuredMap:
+    """What the post-fabrication test reports: per layer and array, fault codes and measured theta.
+
+    It may miss faults (``test.miss_rate``) and carry measurement error on theta (``test.theta_noise``).
+    It carries nothing from which the true chip can be rebuilt: no seed, and a :func:`design_config`.
+    """
+
+    design: ChipConfig
+    """The chip's design as the host knows it (see :func:`design_config`)."""
+    chip_id: str
+    """Opaque identity of the tested chip (a salted hash; the seed cannot be read from it)."""
+    layers: dict[str, dict[str, dict[str, torch.Tensor]]]
+    """layer -> array -> {"fault": int8 codes, "theta": float32}, each of the physical array's shape."""
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """layer -> {"kind", "weight_shape", "k", "n"} (geometry of the chip it came from)."""
+
+    def grid(self, name: str) -> TileGrid:
+        """The tile grid of layer ``name`` (from the design's tile geometry)."""
+        m, mp = self.meta[name], self.design.mapping
+        return TileGrid(int(m["k"]), int(m["n"]), mp.rows, mp.cols, mp.spare_rows)
+
+    def fault_fraction(self) -> float:
+        """Fraction of reported-stuck cells over all arrays (padding included)."""
+        stuck = sum(int((f["fault"] != 0).sum()) for arrs in self.layers.values() for f in arrs.values())
+        cells = sum(f["fault"].numel() for arrs in self.layers.values() for f in arrs.values())
+        return stuck / max(cells, 1)
+
+    def save(self, path: str | Path) -> None:
+        """Write to ``.npz`` (JSON header, no pickle), atomically."""
+        arrays = {
+            f"{lname}|{aname}|{fname}": t.cpu().numpy()
+            for lname, arrs in self.layers.items()
+            for aname, fields in arrs.items()
+            for fname, t in fields.items()
+        }
+        header = {"kind": "measured-map", "format": MAP_FORMAT, "config": self.design.to_json_dict(),
+                  "chip_id": self.chip_id, "meta": self.meta}
+        save_npz(path, header, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> MeasuredMap:
+        """Read a map written by :meth:`save`.
+
+        Raises:
+            ValueError: unreadable file, not a measured map, or another format version.
+        """
+        header, arrays = load_npz(path, "measured-map")
+        if header.get("format") != MAP_FORMAT:
+            raise ValueError(f"{path}: measured-map format {header.get('format')!r} unsupported; "
+                             f"accepted {MAP_FORMAT} (make a new one with `ittrna chip test`)")
+        try:
+            design = ChipConfig.from_dict(header["config"])
+        except (ConfigError, KeyError) as exc:
+            raise ValueError(f"{path}: invalid measured-map config: {exc}") from None
+        layers: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
+        for key, value in arrays.items():
+            lname, aname, fname = key.split("|")
+            layers.setdefault(lname, {}).setdefault(aname, {})[fname] = torch.from_numpy(value)
+        return cls(design, str(header.get("chip_id", "")), layers, dict(header.get("meta", {})))
+
+
+@dataclass
+class Deployment:
+    """A method's result for one chip: what the evaluator programs onto the true chip.
+
+    Every chip layer gets ``scales[name]`` and ``layouts[name]``; a layer listed in ``targets`` is
+    programmed with those conductances (siemens, physical array shapes), any other layer with its weight from
+    ``state_dict`` through the chip's converter. Parameters outside the chip layers (biases) stay digital.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    """The network's weights after the method (the full ``state_dict``)."""
+    scales: dict[str, float] = field(default_factory=dict)
+    """layer -> weight scale s (weight units per conductance span); absent: the chip's default."""
+    layouts: dict[str, LayerLayout] = field(default_factory=dict)
+    """layer -> digital layout; absent: the identity layout."""
+    targets: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """layer -> array -> target conductances (siemens), for layers programmed cell by cell."""
+    report: dict[str, Any] = field(default_factory=dict)
+    """Method report: validation accuracy, epochs, seconds, chosen settings (JSON-safe values)."""
+
+    def to_payload(self) -> dict[str, Any]:
+        """Plain nested dicts of tensors and JSON values (``torch.load(weights_only=True)``-safe)."""
+        return {
+            "scales": dict(self.scales),
+            "layouts": {n: {"row_map": lay.row_map.cpu(), "col_sign": lay.col_sign.cpu()}
+                        for n, lay in self.layouts.items()},
+            "targets": {n: {a: t.cpu() for a, t in arrs.items()} for n, arrs in self.targets.items()},
+            "report": dict(self.report),
+        }
+
+    @classmethod
+    def from_payload(cls, state_dict: dict[str, torch.Tensor], payload: dict[str, Any]) -> Deployment:
+        """Inverse of :meth:`to_payload`."""
+        try:
+            layouts = {n: LayerLayout(d["row_map"], d["col_sign"]) for n, d in payload["layouts"].items()}
+            return cls(dict(state_dict), {n: float(s) for n, s in payload["scales"].items()}, layouts,
+                       {n: dict(a) for n, a in payload["targets"].items()}, dict(payload.get("report", {})))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"deployment record is malformed ({exc!r})") from None

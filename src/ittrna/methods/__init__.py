@@ -1,0 +1,47 @@
+"""Tolerance methods behind one registry (:data:`METHODS`) and one signature.
+
+An off-device method sees what a real host sees — the software model, the training and validation splits,
+the chip's :class:`~ittrna.host.MeasuredMap`, its config and a seed — and returns a
+:class:`~ittrna.host.Deployment`. This package never imports :mod:`ittrna.chip` or :mod:`ittrna.nn`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from ittrna.host import Deployment, MeasuredMap
+from ittrna.methods import offdevice as _offdevice  # noqa: F401  (registers the off-device methods)
+from ittrna.methods.base import METHODS, Context, MethodConfig, MethodSpec, get_method
+
+__all__ = ["METHODS", "Context", "MethodConfig", "MethodSpec", "apply_method", "get_method"]
+
+
+def apply_method(
+    name: str,
+    model: nn.Module,
+    measured: MeasuredMap,
+    ctx: Context,
+    settings: Mapping[str, Any] | MethodConfig | None = None,
+) -> Deployment:
+    """Run method ``name`` on ``model`` for the chip described by ``measured``.
+
+    Args:
+        name: a key of :data:`METHODS`.
+        model: the software model (not modified).
+        measured: the chip's measured map (all a method knows of the chip).
+        ctx: training/validation splits, seed, device.
+        settings: a config of the method's class, or field overrides for its defaults.
+
+    Returns:
+        The deployment; its ``report`` also carries ``method``, ``version`` and the settings used.
+    """
+    spec = get_method(name)
+    cfg = settings if isinstance(settings, MethodConfig) else spec.make_config(settings)
+    if not isinstance(cfg, spec.config):
+        raise TypeError(f"settings for {name!r} must be a {spec.config.__name__}, got {type(cfg).__name__}")
+    deployment = spec.fn(model, measured, cfg, ctx)
+    deployment.report.update(method=name, version=spec.version, settings=cfg.to_dict())
+    return deployment

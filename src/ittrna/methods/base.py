@@ -1,0 +1,124 @@
+"""The method registry, validated method configs and the inputs every off-device method gets.
+
+A method stands where a real host stands: it receives the software model, the training and validation
+splits, the chip's :class:`~ittrna.host.MeasuredMap` (design + test result), its config and a seed — never a
+:class:`~ittrna.chip.Chip` — and returns a :class:`~ittrna.host.Deployment` for the evaluator to program
+onto the true chip. This package imports neither :mod:`ittrna.chip` nor :mod:`ittrna.nn` (tests/test_layering).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ittrna.config import ConfigError, _coerce, _Section
+from ittrna.data import Split
+from ittrna.host import Deployment, MeasuredMap
+
+__all__ = ["METHODS", "Context", "MethodConfig", "MethodSpec", "get_method", "register"]
+
+
+class MethodConfig(_Section):
+    """Base of every method's settings: a frozen dataclass whose fields carry docstrings and ranges,
+    validated in ``__post_init__`` with one-line :class:`~ittrna.config.ConfigError` messages."""
+
+    _section: ClassVar[str] = "method"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MethodConfig:
+        """Build from a flat dict; unknown keys are an error naming the accepted ones."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("method settings must be a table/object")
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown method field method.{unknown[0]}; accepted {sorted(known)}")
+        return cls(**{k: _coerce(v, hints[k], f"method.{k}") for k, v in data.items()})
+
+    def override(self, changes: Mapping[str, Any]) -> MethodConfig:
+        """A copy with fields changed (keys with or without the ``method.`` prefix); validated again."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            field = str(key).removeprefix("method.")
+            if field not in data:
+                raise ConfigError(f"unknown method field method.{field}; accepted {sorted(data)}")
+            data[field] = value
+        return type(self).from_dict(data)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything but the model, the map and the config that an off-device method receives."""
+
+    train: Split
+    """Training split (the method may train on it)."""
+    val: Split
+    """Validation split (the method may tune and early-stop on it; never the test split)."""
+    seed: int = 0
+    """Seeds every random choice of the method (shuffling, injected noise)."""
+    progress: bool = False
+    """Show progress bars."""
+    device: str = "cpu"
+    """Torch device for the method's computation."""
+
+    def generator(self, stream: int) -> torch.Generator:
+        """A CPU generator for one named random stream of this run."""
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + stream) & 0x7FFFFFFFFFFFFFFF)
+
+
+OffDeviceFn = Callable[[nn.Module, MeasuredMap, Any, Context], Deployment]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method."""
+
+    name: str
+    kind: str
+    """``off-device`` (sees the measured map only) or ``on-device`` (also a chip-in-the-loop session)."""
+    config: type[MethodConfig]
+    version: int
+    """Bumped whenever the method's behaviour changes (stored results key on it)."""
+    description: str
+    """One line, with its source."""
+    fn: OffDeviceFn
+
+    def make_config(self, changes: Mapping[str, Any] | None = None) -> MethodConfig:
+        """The default config with ``changes`` applied (validated)."""
+        cfg = self.config()
+        return cfg.override(changes) if changes else cfg
+
+
+#: Methods by name, in the order they build on each other. Filled by :func:`register` in one module
+#: (:mod:`ittrna.methods.offdevice`), imported by the package.
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(name: str, kind: str, config: type[MethodConfig], version: int, description: str
+             ) -> Callable[[OffDeviceFn], OffDeviceFn]:
+    """Decorator adding a method to :data:`METHODS` (a name may be registered once)."""
+    def wrap(fn: OffDeviceFn) -> OffDeviceFn:
+        if name in METHODS:
+            raise RuntimeError(f"method {name!r} registered twice")
+        METHODS[name] = MethodSpec(name, kind, config, version, description, fn)
+        return fn
+
+    return wrap
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registered method ``name``; a one-line error lists the accepted names."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; accepted one of {list(METHODS)}") from None

@@ -1,0 +1,280 @@
+"""The host's differentiable model of a chip, built from the measured defect map (never the true chip).
+
+For every mapped layer the host knows, per logical weight (row k, column n), the two cells that hold it —
+for the ``differential`` scheme the pair (G+, G-), for ``offset`` the weight's cell and its tile's reference
+cell — through the layer's digital :class:`~ittrna.mapping.LayerLayout`, and what the test reported about
+them: stuck (and at which state) or healthy with a measured theta. From that it predicts what the chip will
+realise for a weight under a programming rule:
+
+- ``plain``: the chip's standard converter (active cell carries |w|, the other sits at Gmin); faults and
+  theta act on it uncorrected. What a defect-unaware host programs.
+- ``pair`` (defect-aware programming): each cell's *readable* range is [Gmin e^theta, Gmax e^theta] when
+  healthy and a single point when stuck (Gmin for ``stuck_off``, Gmax for ``stuck_on``; a stuck cell carries
+  no theta). The desired difference d = w / a is clamped into the pair's reachable interval
+  [lo+ - hi-, hi+ - lo-], realised with the lowest conductances that give it (the partner of a stuck cell
+  cancels or shifts it), and each healthy cell's target is its read value divided by its measured e^theta.
+  Targets are rounded to the cell levels like the chip does.
+
+The effective weight is exact in the forward pass; its gradient is straight-through (1) wherever at least
+one cell of the pair is programmable and 0 where both are stuck ("gradients to healthy cells").
+Units: conductances in siemens, weights in the layer's weight units; a = s / (Gmax - Gmin) (differential)
+or 2 s / (Gmax - Gmin) (offset) for the layer scale s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ittrna.config import CellConfig, ChipConfig
+from ittrna.device import HEALTHY, STUCK_ON, quantize_levels
+from ittrna.host import MeasuredMap
+from ittrna.mapping import LayerLayout, TileGrid, to_physical
+
+__all__ = ["RULES", "CellView", "HostChip", "realise", "sample_view"]
+
+RULES = ("plain", "pair")
+
+
+@dataclass
+class CellView:
+    """Logical (K, N) view of the cells holding a layer's weights, as the host models them."""
+
+    fault_p: torch.Tensor
+    """int8 (K, N) fault code of the cell carrying the positive part (G+, or the offset scheme's cell)."""
+    theta_p: torch.Tensor
+    """float32 (K, N) measured theta of that cell."""
+    fault_n: torch.Tensor
+    """int8 (K, N) fault code of the negative cell (G-, or the tile's reference cell)."""
+    theta_n: torch.Tensor
+    """float32 (K, N) measured theta of that cell."""
+    sign: torch.Tensor
+    """(N,) column polarity (+1 / -1)."""
+    offset: bool
+    """True for the offset scheme: the negative cell is the reference, programmed at mid-range."""
+    _bounds: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def diff_bounds(self, cell: CellConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, N) reachable interval [lo+ - hi-, hi+ - lo-] of the read difference (siemens), cached."""
+        if self._bounds is None:
+            lo_p, hi_p = _ranges(self.fault_p, self.theta_p, cell)
+            if self.offset:
+                lo_n = hi_n = _reference(self.fault_n, self.theta_n, cell)
+            else:
+                lo_n, hi_n = _ranges(self.fault_n, self.theta_n, cell)
+            self._bounds = (lo_p - hi_n, hi_p - lo_n)
+        return self._bounds
+
+    def with_noise(self, theta_sigma: float, extra_fault_rate: float, stuck_on_share: float,
+                   generator: torch.Generator) -> CellView:
+        """A copy with the test's stated error injected: theta + N(0, theta_sigma^2) on every cell, and
+        ``extra_fault_rate`` of the reported-healthy cells made stuck (faults the test may have missed)."""
+        def perturb(fault: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if theta_sigma > 0:
+                theta = theta + torch.randn(theta.shape, generator=generator).to(theta.device) * theta_sigma
+            if extra_fault_rate > 0:
+                u = torch.rand(fault.shape, generator=generator).to(fault.device)
+                new = torch.where(u < extra_fault_rate * stuck_on_share, 2, 1).to(fault.dtype)
+                fault = torch.where((u < extra_fault_rate) & (fault == HEALTHY), new, fault)
+            return fault, theta
+
+        fp, tp = perturb(self.fault_p, self.theta_p)
+        fn, tn = (self.fault_n, self.theta_n) if self.offset else perturb(self.fault_n, self.theta_n)
+        return CellView(fp, tp, fn, tn, self.sign, self.offset)
+
+
+def _ranges(fault: torch.Tensor, theta: torch.Tensor, cell: CellConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Readable conductance range [lo, hi] (siemens) of each cell: a point when stuck."""
+    e = torch.exp(theta)
+    stuck_val = torch.where(fault == STUCK_ON, cell.g_max, cell.g_min).to(theta.dtype)
+    healthy = fault == HEALTHY
+    return torch.where(healthy, cell.g_min * e, stuck_val), torch.where(healthy, cell.g_max * e, stuck_val)
+
+
+def _reference(fault: torch.Tensor, theta: torch.Tensor, cell: CellConfig) -> torch.Tensor:
+    """Read value (siemens) of offset-scheme reference cells programmed at mid-range (on a level)."""
+    mid_q = float(quantize_levels(torch.tensor(cell.g_min + 0.5 * (cell.g_max - cell.g_min)), cell))
+    stuck_val = torch.where(fault == STUCK_ON, cell.g_max, cell.g_min).to(theta.dtype)
+    return torch.where(fault == HEALTHY, mid_q * torch.exp(theta), stuck_val)
+
+
+def realise(
+    w: torch.Tensor, view: CellView, scale: float, cell: CellConfig, rule: str, *, targets: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """What the chip realises for logical weights ``w`` (K, N) under ``rule``, and the targets it programs.
+
+    Args:
+        targets: also return the targets (False allows the fast path: with analog cells the ``pair`` rule
+            realises exactly the desired difference clamped into the pair's reachable interval).
+
+    Returns:
+        (w_eff (K, N) with straight-through gradients, target of the positive cell (K, N), target of the
+        negative cell (K, N)); targets are in siemens, already rounded to the cell levels (None when not
+        asked for on the fast path).
+    """
+    span = cell.g_max - cell.g_min
+    a = (2.0 if view.offset else 1.0) * scale / span  # weight units per siemens of difference
+    sign = view.sign.to(w.dtype).unsqueeze(0)  # (1, N)
+    d = (w.detach() * sign) / a  # (K, N) desired difference, siemens
+    trainable = (view.fault_p == HEALTHY) | (torch.zeros_like(view.fault_n, dtype=torch.bool) if view.offset
+                                             else view.fault_n == HEALTHY)
+    if rule == "pair" and cell.levels is None and not targets:
+        lo, hi = view.diff_bounds(cell)
+        exact = torch.maximum(torch.minimum(d, hi), lo) * (a * sign)
+        return torch.where(trainable, w + (exact - w).detach(), exact), None, None
+    lo_p, hi_p = _ranges(view.fault_p, view.theta_p, cell)
+    healthy_p = view.fault_p == HEALTHY
+    mid = cell.g_min + 0.5 * span
+    if view.offset:  # reference cell programmed at mid-range (on a level); the host predicts its read value
+        healthy_n = torch.zeros_like(healthy_p)
+        lo_n = hi_n = _reference(view.fault_n, view.theta_n, cell)
+    else:
+        healthy_n = view.fault_n == HEALTHY
+        lo_n, hi_n = _ranges(view.fault_n, view.theta_n, cell)
+    if rule == "pair":
+        dc = torch.maximum(torch.minimum(d, hi_p - lo_n), lo_p - hi_n)
+        low_n = dc >= lo_p - lo_n
+        gp = torch.where(low_n, dc + lo_n, lo_p)  # read values
+        gn = torch.where(low_n, lo_n, lo_p - dc)
+        tp = torch.where(healthy_p, gp / torch.exp(view.theta_p), cell.g_min)
+        tn = torch.where(healthy_n, gn / torch.exp(view.theta_n), cell.g_min)
+    elif rule == "plain":
+        if view.offset:
+            tp = mid + (d.clamp(-0.5 * span, 0.5 * span))
+        else:
+            tp = cell.g_min + d.clamp(0, span)
+        tn = cell.g_min + (-d).clamp(0, span)
+    else:
+        raise ValueError(f"programming rule {rule!r} is unknown; accepted one of {list(RULES)}")
+    tp = quantize_levels(tp, cell)
+    tn = mid * torch.ones_like(tn) if view.offset else quantize_levels(tn, cell)
+    read_p = torch.where(healthy_p, tp * torch.exp(view.theta_p), lo_p)
+    read_n = lo_n if view.offset else torch.where(healthy_n, tn * torch.exp(view.theta_n), lo_n)
+    exact = (read_p - read_n) * a * sign  # (K, N)
+    w_eff = torch.where(trainable, w + (exact - w).detach(), exact)
+    return w_eff, tp, tn
+
+
+def sample_view(
+    shape: tuple[int, int], fault_rate: float, stuck_on_share: float, sigma: float, offset: bool,
+    generator: torch.Generator, device: torch.device | str = "cpu",
+) -> CellView:
+    """A random, chip-agnostic cell view: i.i.d. faults at ``fault_rate`` and theta ~ N(0, sigma^2)
+    (used by variation/fault-injection training, which must not depend on one chip's map)."""
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        u = torch.rand(shape, generator=generator)
+        fault = (u < fault_rate).to(torch.int8) + (u < fault_rate * stuck_on_share).to(torch.int8)
+        theta = torch.randn(shape, generator=generator) * sigma
+        return fault.to(device), theta.to(device)
+
+    fp, tp = draw()
+    fn, tn = draw()
+    return CellView(fp, tp, fn, tn, torch.ones(shape[1], device=device), offset)
+
+
+class HostChip:
+    """The host's view of one chip: geometry and measured cells per layer, plus chosen layouts and scales.
+
+    Built from a :class:`~ittrna.host.MeasuredMap` only. ``view(name)`` gives a layer's logical
+    :class:`CellView` under its current layout; ``targets(name, w)`` the physical conductance targets to
+    program; ``effective(name, w)`` the differentiable realised weight.
+    """
+
+    def __init__(self, measured: MeasuredMap, device: torch.device | str = "cpu"):
+        self.measured = measured
+        self.design: ChipConfig = measured.design
+        self.cell = measured.design.cell
+        self.offset = measured.design.mapping.scheme == "offset"
+        self.device = torch.device(device)
+        self.grids: dict[str, TileGrid] = {n: measured.grid(n) for n in measured.layers}
+        self.layouts: dict[str, LayerLayout] = {n: LayerLayout.identity(g) for n, g in self.grids.items()}
+        self.scales: dict[str, float] = {}
+        self._views: dict[str, CellView] = {}
+        for name, arrays in measured.layers.items():
+            expected = ("main", "ref") if self.offset else ("pos", "neg")
+            if set(arrays) != set(expected):
+                raise ValueError(f"measured map layer {name!r} has arrays {sorted(arrays)}; the design's "
+                                 f"scheme {measured.design.mapping.scheme!r} has {list(expected)}")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.grids)
+
+    def weight_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.measured.meta[name]["weight_shape"])
+
+    def set_layout(self, name: str, layout: LayerLayout) -> None:
+        layout.check(self.grids[name], f"layer {name!r} layout")
+        self.layouts[name] = layout
+        self._views.pop(name, None)
+
+    def physical_cells(self, name: str) -> dict[str, dict[str, torch.Tensor]]:
+        """The measured arrays of a layer (physical shapes)."""
+        return self.measured.layers[name]
+
+    def view(self, name: str) -> CellView:
+        """Logical (K, N) cell view of layer ``name`` under its current layout (cached)."""
+        if name in self._views:
+            return self._views[name]
+        grid, layout = self.grids[name], self.layouts[name]
+        idx = layout.index(grid)  # (Kp, Np) physical row of each logical entry
+        arrays = self.measured.layers[name]
+        k, n = grid.k, grid.n
+
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            return t.gather(0, idx)[:k, :n].to(self.device)
+
+        if self.offset:
+            main, ref = arrays["main"], arrays["ref"]
+            col_tile = torch.arange(grid.padded[1]) // grid.cols  # (Np,)
+            ref_fault = ref["fault"][idx, col_tile.unsqueeze(0)][:k, :n]  # each entry's tile reference cell
+            ref_theta = ref["theta"][idx, col_tile.unsqueeze(0)][:k, :n]
+            view = CellView(gather(main["fault"]), gather(main["theta"].float()), ref_fault.to(self.device),
+                            ref_theta.float().to(self.device), layout.col_sign[:n].to(self.device), True)
+        else:
+            pos, neg = arrays["pos"], arrays["neg"]
+            view = CellView(gather(pos["fault"]), gather(pos["theta"].float()), gather(neg["fault"]),
+                            gather(neg["theta"].float()), layout.col_sign[:n].to(self.device), False)
+        self._views[name] = view
+        return view
+
+    def effective_matrix(self, name: str, matrix: torch.Tensor, scale: float, rule: str = "pair",
+                         view: CellView | None = None) -> torch.Tensor:
+        """Realised (K, N) matrix for logical ``matrix`` (differentiable, straight-through)."""
+        return realise(matrix, view or self.view(name), scale, self.cell, rule, targets=False)[0]
+
+    def targets(self, name: str, matrix: torch.Tensor, scale: float, rule: str = "pair") -> dict[str, torch.Tensor]:
+        """Physical target conductances (siemens) per array that make the chip realise ``matrix``.
+
+        Cells the map reports stuck, padding and unused spare rows are left at Gmin (never written);
+        the offset scheme's reference cells are programmed at mid-range.
+        """
+        grid, layout = self.grids[name], self.layouts[name]
+        with torch.no_grad():
+            _, tp, tn = realise(matrix.detach(), self.view(name), scale, self.cell, rule)
+        cell = self.cell
+
+        def place(t: torch.Tensor, fill: float) -> torch.Tensor:
+            kp, np_ = grid.padded
+            padded = torch.full((kp, np_), fill, dtype=torch.float32, device=t.device)
+            padded[: grid.k, : grid.n] = t
+            out = torch.full(grid.physical, fill, dtype=torch.float32, device=t.device)
+            return out.scatter(0, layout.index(grid).to(t.device), padded).cpu()
+
+        if self.offset:
+            mid = cell.g_min + 0.5 * (cell.g_max - cell.g_min)
+            kph = grid.physical[0]
+            main = place(tp, mid)  # unused cells at mid: they then contribute nothing against the reference
+            return {"main": main, "ref": torch.full((kph, grid.tiles[1]), mid)}
+        return {"pos": place(tp, cell.g_min), "neg": place(tn, cell.g_min)}
+
+    def default_scale(self, weight: torch.Tensor) -> float:
+        """max |w| (the chip's default scale with ``clip_percentile`` 100); 1.0 for an all-zero weight."""
+        s = float(weight.detach().abs().max())
+        return s if s > 0 and math.isfinite(s) else 1.0
+
+    def to_physical(self, name: str, matrix: torch.Tensor) -> torch.Tensor:
+        """Logical (K, N) -> physical (Kph, Np) under the layer's layout."""
+        return to_physical(matrix, self.grids[name], self.layouts[name])

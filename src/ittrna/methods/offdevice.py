@@ -1,0 +1,598 @@
+"""Off-device tolerance methods: from the software model and one chip's measured map to a deployment.
+
+Each method builds on the previous ones (the gain of every step shows in the tables):
+
+- ``none``: the software weights, programmed plainly (the loss to beat).
+- ``noise``: chip-agnostic variation/fault-injection training (Vortex, Liu et al., DAC 2015; aihwkit's
+  hardware-aware training): every batch sees freshly drawn faults and theta at the rates the map shows.
+- ``program``: defect-aware programming, closed form: the pair rule of :mod:`ittrna.methods.hostmodel` and a
+  per-layer scale s = h * max|w|, h chosen on validation data through the host model.
+- ``remap``: ``program`` plus the optimal per-tile row routing and column polarity (:mod:`.remap`).
+- ``aft``: accelerator-friendly training (Chen et al., DATE 2017; ITT-RNA part 1) after ``remap``: weights on
+  imperfect cells are shrunk and frozen progressively, most damaging first, while the rest retrain.
+- ``dynamic``: ITT-RNA part 2 (our reconstruction): layer by layer from the input, each layer's imperfect
+  weights are frozen with a threshold set from the error measured at that layer, and the layers from it on
+  retrain against the imperfect outputs of the layers before it.
+- ``fat``: exact fault-aware retraining (Liu et al., DAC 2017): the host model in the forward pass,
+  straight-through gradients to every weight with a programmable cell; with an imperfect test, the test's
+  stated error is injected while retraining.
+- ``remap-fat``: ``remap`` then ``fat`` (the combination that beats them all in our tables).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils import parametrize
+
+from ittrna.config import ConfigError
+from ittrna.data import Split
+from ittrna.host import Deployment, MeasuredMap
+from ittrna.mapping import matrix_to_weight, weight_to_matrix
+from ittrna.methods.base import Context, MethodConfig, register
+from ittrna.methods.hostmodel import HostChip, realise, sample_view
+from ittrna.methods.remap import remap_layer
+from ittrna.training import TrainHooks, fit
+
+__all__ = [
+    "AftConfig",
+    "DynamicConfig",
+    "FatConfig",
+    "NoiseConfig",
+    "NoneConfig",
+    "ProgramConfig",
+    "RemapConfig",
+]
+
+
+# --- configs ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NoneConfig(MethodConfig):
+    """``none`` has no settings."""
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ProgramConfig(NoneConfig):
+    """Defect-aware programming and its scale search."""
+
+    headroom_min: float = 0.1
+    """Smallest headroom h tried: the layer scale is s = h * max|w| (weights beyond s are clipped).
+    Accepted (0, 1]."""
+
+    headroom_steps: int = 8
+    """Headrooms tried per layer, log-spaced from ``headroom_min`` to 1. Accepted [1, 64]."""
+
+    search_passes: int = 2
+    """Coordinate-descent passes over the layers. Accepted [1, 10]."""
+
+    search_images: int = 5000
+    """Validation images the scale search scores on. Accepted [100, 1000000]."""
+
+    def _validate(self) -> None:
+        super()._validate()
+        self._range("headroom_min", 0.0, 1.0, lo_open=True)
+        self._int_range("headroom_steps", 1, 64)
+        self._int_range("search_passes", 1, 10)
+        self._int_range("search_images", 100, 1_000_000)
+
+
+@dataclass(frozen=True)
+class RemapConfig(ProgramConfig):
+    """Optimal row routing (and column polarity) per tile."""
+
+    polarity: bool = True
+    """Also choose each column's polarity (swap G+/G- roles; negated digitally)."""
+
+    rounds: int = 2
+    """Alternations of routing (optimal assignment) and polarity. Accepted [1, 10]."""
+
+    importance_images: int = 2048
+    """Training images whose RMS input per row weights the deviation. Accepted [16, 1000000]."""
+
+    def _validate(self) -> None:
+        super()._validate()
+        if not isinstance(self.polarity, bool):
+            raise ConfigError(f"method.polarity = {self.polarity!r}; accepted true/false")
+        self._int_range("rounds", 1, 10)
+        self._int_range("importance_images", 16, 1_000_000)
+
+
+def _check_training(cfg: Any) -> None:
+    cfg._int_range("epochs", 0, 1000)
+    cfg._range("lr", 0.0, 10.0, lo_open=True)
+    cfg._int_range("batch_size", 1, 65536)
+
+
+@dataclass(frozen=True)
+class NoiseConfig(NoneConfig):
+    """Chip-agnostic fault/variation injection training."""
+
+    epochs: int = 3
+    """Training epochs. Accepted [0, 1000]."""
+
+    lr: float = 1e-3
+    """Adam peak learning rate (cosine decay). Accepted (0, 10]."""
+
+    batch_size: int = 64
+    """Mini-batch size. Accepted [1, 65536]."""
+
+    sigma: float = -1.0
+    """Injected theta spread; -1 = estimated from the map (std of measured theta, less the test's stated
+    theta error). Accepted -1 or [0, 3]."""
+
+    fault_rate: float = -1.0
+    """Injected stuck-at fault rate; -1 = the map's reported rate. Accepted -1 or [0, 1)."""
+
+    def _validate(self) -> None:
+        super()._validate()
+        _check_training(self)
+        if self.sigma != -1.0:
+            self._range("sigma", 0.0, 3.0)
+        if self.fault_rate != -1.0:
+            self._range("fault_rate", 0.0, 1.0, hi_open=True)
+
+
+@dataclass(frozen=True)
+class AftConfig(RemapConfig):
+    """Accelerator-friendly training (progressive shrink-and-freeze of weights on imperfect cells)."""
+
+    epochs: int = 3
+    """Retraining epochs (one freezing phase per epoch). Accepted [0, 1000]."""
+
+    lr: float = 1e-3
+    """Adam peak learning rate (cosine decay; the original training's peak). Accepted (0, 10]."""
+
+    batch_size: int = 64
+    """Mini-batch size. Accepted [1, 65536]."""
+
+    tau: float = 1.0
+    """A healthy cell is imperfect when |e^theta - 1| > tau (measured theta). Accepted [0, 1000]."""
+
+    shrink: float = 0.5
+    """A frozen weight is set to what the chip realises for shrink * w. Accepted [0, 1]."""
+
+    remap: bool = True
+    """Start from ``remap`` (else from ``program``)."""
+
+    def _validate(self) -> None:
+        super()._validate()
+        _check_training(self)
+        self._range("tau", 0.0, 1000.0)
+        self._range("shrink", 0.0, 1.0)
+        if not isinstance(self.remap, bool):
+            raise ConfigError(f"method.remap = {self.remap!r}; accepted true/false")
+
+
+@dataclass(frozen=True)
+class DynamicConfig(AftConfig):
+    """Layer-by-layer dynamic adjustment (ITT-RNA part 2, reconstructed)."""
+
+    error_ref: float = 0.05
+    """Reference relative output error of a layer: a layer with error e uses threshold
+    tau * clamp(error_ref / e, 0.25, 4). Accepted (0, 10]."""
+
+    def _validate(self) -> None:
+        super()._validate()
+        self._range("error_ref", 0.0, 10.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class FatConfig(RemapConfig):
+    """Exact fault-aware retraining through the host chip model."""
+
+    epochs: int = 3
+    """Retraining epochs; the best epoch on validation data is kept. Accepted [0, 1000]."""
+
+    lr: float = 1e-3
+    """Adam peak learning rate (cosine decay; 1e-4 lost 1.5 pp in the prototype). Accepted (0, 10]."""
+
+    batch_size: int = 64
+    """Mini-batch size. Accepted [1, 65536]."""
+
+    remap: bool = False
+    """Start from ``remap`` (else from ``program``)."""
+
+    inject_test_error: bool = True
+    """Inject the test's stated imperfections while retraining: theta + N(0, test.theta_noise^2) per
+    cell and, with ``test.miss_rate`` > 0, the expected share of missed faults, fresh every batch."""
+
+    def _validate(self) -> None:
+        super()._validate()
+        _check_training(self)
+        for name in ("remap", "inject_test_error"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"method.{name} = {getattr(self, name)!r}; accepted true/false")
+
+
+@dataclass(frozen=True)
+class RemapFatConfig(FatConfig):
+    """``remap`` then ``fat``."""
+
+    remap: bool = True
+    """Start from ``remap`` (else from ``program``)."""
+
+
+# --- shared machinery -------------------------------------------------------------------------------------
+class _Pipeline:
+    """The host-side state one method run builds up: the host chip model, the layers, their scales."""
+
+    def __init__(self, model: nn.Module, measured: MeasuredMap, ctx: Context):
+        self.t0 = time.perf_counter()
+        self.ctx = ctx
+        self.model = copy.deepcopy(model).to(ctx.device).eval()
+        self.host = HostChip(measured, device=ctx.device)
+        modules = dict(self.model.named_modules())
+        self.mods: dict[str, nn.Module] = {}
+        for name in self.host.names:
+            m = modules.get(name)
+            shape = self.host.weight_shape(name)
+            if not isinstance(m, (nn.Linear, nn.Conv2d)) or tuple(m.weight.shape) != shape:
+                raise ValueError(f"the measured map's layer {name!r} (weight shape {shape}) does not match the "
+                                 "model: a map from another model")
+            self.mods[name] = m
+        self.scales = {n: self.host.default_scale(m.weight) for n, m in self.mods.items()}
+        self.report: dict[str, Any] = {}
+
+    # host-model evaluation -------------------------------------------------------------------------------
+    def matrix(self, name: str) -> torch.Tensor:
+        return weight_to_matrix(self.mods[name].weight.detach())
+
+    def effective(self, name: str, scale: float, rule: str, shrink: float = 1.0) -> torch.Tensor:
+        """Realised weight (layer shape) for the current weights (times ``shrink``)."""
+        with torch.no_grad():
+            eff = self.host.effective_matrix(name, shrink * self.matrix(name), scale, rule)
+        return matrix_to_weight(eff, tuple(self.mods[name].weight.shape))
+
+    def score(self, weights: dict[str, torch.Tensor], data: Split) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) of the model with ``weights`` substituted, on ``data``."""
+        correct, loss, n = 0, 0.0, 0
+        with torch.no_grad():
+            for x, y in data.batches(2000):
+                x, y = x.to(self.ctx.device), y.to(self.ctx.device)
+                out = functional_call(self.model, weights, (x,))
+                correct += int((out.argmax(1) == y).sum())
+                loss += float(F.cross_entropy(out, y, reduction="sum"))
+                n += len(y)
+        return correct / max(n, 1), loss / max(n, 1)
+
+    def host_accuracy(self, data: Split, rule: str = "pair") -> float:
+        weights = {f"{n}.weight": self.effective(n, self.scales[n], rule) for n in self.mods}
+        return self.score(weights, data)[0]
+
+    def choose_scales(self, cfg: ProgramConfig, rule: str = "pair") -> None:
+        """Per-layer headroom by coordinate descent on validation accuracy (loss breaks ties)."""
+        val = self.ctx.val.subset(min(cfg.search_images, len(self.ctx.val)))
+        grid = [cfg.headroom_min ** (1 - i / max(cfg.headroom_steps - 1, 1)) for i in range(cfg.headroom_steps)]
+        if cfg.headroom_steps == 1:
+            grid = [cfg.headroom_min]
+        top = {n: self.host.default_scale(m.weight) for n, m in self.mods.items()}
+        current = {f"{n}.weight": self.effective(n, self.scales[n], rule) for n in self.mods}
+        best_key = self.score(current, val)
+        for _ in range(cfg.search_passes):
+            for n in self.mods:
+                for h in grid:
+                    trial = dict(current)
+                    trial[f"{n}.weight"] = self.effective(n, h * top[n], rule)
+                    acc, loss = self.score(trial, val)
+                    if (acc, -loss) > (best_key[0], -best_key[1]):
+                        best_key, current, self.scales[n] = (acc, loss), trial, h * top[n]
+        self.report["headroom"] = {n: self.scales[n] / top[n] for n in self.mods}
+
+    def importance(self, images: int) -> dict[str, torch.Tensor]:
+        """RMS input of every logical row (word line) of each layer, over ``images`` training images."""
+        sums: dict[str, torch.Tensor] = {}
+        count: dict[str, int] = {}
+        hooks = []
+
+        def hook(name: str, module: nn.Module) -> Any:
+            def fn(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+                x = inputs[0].detach()
+                if isinstance(module, nn.Conv2d):
+                    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                                    stride=module.stride)  # (B, K, L)
+                    sq, cnt = (cols**2).sum(dim=(0, 2)), cols.shape[0] * cols.shape[2]
+                else:
+                    flat = x.reshape(-1, x.shape[-1])
+                    sq, cnt = (flat**2).sum(0), flat.shape[0]
+                sums[name] = sums.get(name, 0) + sq
+                count[name] = count.get(name, 0) + cnt
+            return fn
+
+        for name, m in self.mods.items():
+            hooks.append(m.register_forward_hook(hook(name, m)))
+        try:
+            with torch.no_grad():
+                for x, _ in self.ctx.train.subset(min(images, len(self.ctx.train))).batches(512):
+                    self.model(x.to(self.ctx.device))
+        finally:
+            for h in hooks:
+                h.remove()
+        return {n: (sums[n] / count[n]).sqrt() for n in self.mods}
+
+    def remap(self, cfg: RemapConfig) -> None:
+        imp = self.importance(cfg.importance_images)
+        costs = {}
+        for n in self.mods:
+            _, before, after = remap_layer(self.host, n, self.matrix(n), self.scales[n], imp[n],
+                                           polarity=cfg.polarity, rounds=cfg.rounds)
+            costs[n] = [before, after]
+        self.report["remap_cost_before_after"] = costs
+
+    def deployment(self, rule: str) -> Deployment:
+        """The current weights, scales and layouts; cell-by-cell targets under the ``pair`` rule."""
+        targets = {}
+        if rule == "pair":
+            targets = {n: self.host.targets(n, self.matrix(n), self.scales[n], "pair") for n in self.mods}
+        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.report.setdefault("val_accuracy", self.host_accuracy(self.ctx.val, rule))
+        self.report["seconds"] = time.perf_counter() - self.t0
+        return Deployment(state, dict(self.scales), dict(self.host.layouts), targets, self.report)
+
+    def imperfect(self, name: str, tau: float) -> torch.Tensor:
+        """(weight shape) bool: the weight sits on a cell reported stuck or with |e^theta - 1| > tau."""
+        v = self.host.view(name)
+        bad = (v.fault_p != 0) | ((v.theta_p.exp() - 1).abs() > tau)
+        bad = bad | (v.fault_n != 0) | ((v.theta_n.exp() - 1).abs() > tau)
+        return matrix_to_weight(bad, tuple(self.mods[name].weight.shape))
+
+    def damage(self, name: str, imp: torch.Tensor) -> torch.Tensor:
+        """(weight shape) importance-weighted |w_eff - w| under the pair rule."""
+        with torch.no_grad():
+            m = self.matrix(name)
+            dev = (self.host.effective_matrix(name, m, self.scales[name]) - m).abs() * imp.view(-1, 1)
+        return matrix_to_weight(dev, tuple(self.mods[name].weight.shape))
+
+
+class _HostEffective(nn.Module):
+    """Parametrization: weight -> what the host model predicts the chip realises (straight-through)."""
+
+    def __init__(self, host: HostChip, name: str, scale: float, inject: tuple[float, float, float] | None,
+                 generator: torch.Generator):
+        super().__init__()
+        self.host, self.name, self.scale, self.inject, self.generator = host, name, scale, inject, generator
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        view = self.host.view(self.name)
+        if self.training and self.inject is not None:
+            view = view.with_noise(*self.inject, generator=self.generator)
+        eff = realise(weight_to_matrix(w), view, self.scale, self.host.cell, "pair", targets=False)[0]
+        return matrix_to_weight(eff, tuple(w.shape))
+
+
+class _Frozen(nn.Module):
+    """Parametrization: entries under ``mask`` are held at ``values`` (no gradient reaches them)."""
+
+    def __init__(self, shape: tuple[int, ...], device: str):
+        super().__init__()
+        self.register_buffer("mask", torch.zeros(shape, dtype=torch.bool, device=device))
+        self.register_buffer("values", torch.zeros(shape, device=device))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, self.values, w)
+
+
+class _Injected(nn.Module):
+    """Parametrization for chip-agnostic injection: plain programming on a freshly drawn random chip."""
+
+    def __init__(self, host: HostChip, rate: float, share: float, sigma: float, generator: torch.Generator):
+        super().__init__()
+        self.host, self.rate, self.share, self.sigma, self.generator = host, rate, share, sigma, generator
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return w
+        m = weight_to_matrix(w)
+        view = sample_view(tuple(m.shape), self.rate, self.share, self.sigma, self.host.offset, self.generator,
+                           m.device)
+        scale = float(w.detach().abs().max()) or 1.0
+        return matrix_to_weight(realise(m, view, scale, self.host.cell, "plain", targets=False)[0], tuple(w.shape))
+
+
+def _unparametrize(model: nn.Module, keep: bool) -> None:
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=keep)
+
+
+def _test_error(host: HostChip, measured: MeasuredMap) -> tuple[float, float, float]:
+    """(theta sigma, extra fault rate, stuck-on share) of the test's stated imperfections."""
+    t = measured.design.test
+    rate = measured.fault_fraction()
+    missed = rate * t.miss_rate / max(1 - t.miss_rate, 1e-9)  # expected missed faults per reported-healthy cell
+    faults = [f["fault"] for arrs in measured.layers.values() for f in arrs.values()]
+    on = sum(int((f == 2).sum()) for f in faults)
+    stuck = sum(int((f != 0).sum()) for f in faults)
+    return t.theta_noise, missed, (on / stuck if stuck else 0.162)
+
+
+def _retrain_fat(p: _Pipeline, cfg: FatConfig, measured: MeasuredMap) -> None:
+    inject = None
+    if cfg.inject_test_error:
+        sig, missed, share = _test_error(p.host, measured)
+        if sig > 0 or missed > 0:
+            inject = (sig, missed, share)
+    gen = p.ctx.generator(11)
+    for n, m in p.mods.items():
+        parametrize.register_parametrization(m, "weight", _HostEffective(p.host, n, p.scales[n], inject, gen))
+    rep = fit(p.model, p.ctx.train, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=p.ctx.seed,
+              val=p.ctx.val, progress=p.ctx.progress, desc="fat")
+    _unparametrize(p.model, keep=False)
+    p.report.update(epochs=rep.epochs, best_epoch=rep.best_epoch, val_history=rep.val_history)
+
+
+# --- methods ----------------------------------------------------------------------------------------------
+@register("none", "off-device", NoneConfig, 1, "program the software weights as they are (the loss to beat)")
+def _none(model: nn.Module, measured: MeasuredMap, cfg: NoneConfig, ctx: Context) -> Deployment:
+    return _Pipeline(model, measured, ctx).deployment("plain")
+
+
+@register("noise", "off-device", NoiseConfig, 1,
+          "chip-agnostic fault/variation injection training (Liu et al., DAC 2015 'Vortex'; aihwkit HWA training)")
+def _noise(model: nn.Module, measured: MeasuredMap, cfg: NoiseConfig, ctx: Context) -> Deployment:
+    p = _Pipeline(model, measured, ctx)
+    sig_err, _, share = _test_error(p.host, measured)
+    thetas = torch.cat([f["theta"].flatten().float() for arrs in measured.layers.values() for f in arrs.values()])
+    sigma = cfg.sigma if cfg.sigma >= 0 else math.sqrt(max(float(thetas.var()) - sig_err**2, 0.0))
+    rate = cfg.fault_rate if cfg.fault_rate >= 0 else min(measured.fault_fraction(), 0.99)
+    gen = ctx.generator(21)
+    for m in p.mods.values():
+        parametrize.register_parametrization(m, "weight", _Injected(p.host, rate, share, sigma, gen))
+    rep = fit(p.model, ctx.train, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
+              progress=ctx.progress, desc="noise")
+    _unparametrize(p.model, keep=False)
+    p.scales = {n: p.host.default_scale(m.weight) for n, m in p.mods.items()}
+    p.report.update(epochs=rep.epochs, injected_sigma=sigma, injected_fault_rate=rate)
+    return p.deployment("plain")
+
+
+@register("program", "off-device", ProgramConfig, 1,
+          "defect-aware programming: pair partner cancels a stuck cell, measured e^theta divided out, "
+          "per-layer scale chosen on validation data (closed form, no retraining)")
+def _program(model: nn.Module, measured: MeasuredMap, cfg: ProgramConfig, ctx: Context) -> Deployment:
+    p = _Pipeline(model, measured, ctx)
+    p.choose_scales(cfg)
+    return p.deployment("pair")
+
+
+def _program_and_remap(model: nn.Module, measured: MeasuredMap, cfg: RemapConfig, ctx: Context,
+                       remap: bool = True) -> _Pipeline:
+    p = _Pipeline(model, measured, ctx)
+    p.choose_scales(cfg)
+    if remap:
+        p.remap(cfg)
+        p.choose_scales(cfg)
+    return p
+
+
+@register("remap", "off-device", RemapConfig, 1,
+          "program + per-tile optimal row routing and column polarity by linear assignment, spare rows used "
+          "(DATE'17; Liu et al., DAC 2017)")
+def _remap(model: nn.Module, measured: MeasuredMap, cfg: RemapConfig, ctx: Context) -> Deployment:
+    return _program_and_remap(model, measured, cfg, ctx).deployment("pair")
+
+
+@register("aft", "off-device", AftConfig, 1,
+          "accelerator-friendly training: weights on imperfect cells shrunk and frozen progressively, healthy "
+          "weights retrain (Chen et al., DATE 2017; ITT-RNA part 1)")
+def _aft(model: nn.Module, measured: MeasuredMap, cfg: AftConfig, ctx: Context) -> Deployment:
+    p = _program_and_remap(model, measured, cfg, ctx, remap=cfg.remap)
+    imp = p.importance(cfg.importance_images)
+    frozen: dict[str, _Frozen] = {}
+    order: dict[str, torch.Tensor] = {}
+    for n, m in p.mods.items():
+        bad = p.imperfect(n, cfg.tau)
+        dmg = torch.where(bad, p.damage(n, imp[n]), -1.0).flatten()
+        order[n] = torch.argsort(dmg, descending=True)[: int(bad.sum())]  # imperfect, most damaging first
+        frozen[n] = _Frozen(tuple(m.weight.shape), ctx.device)
+    phases = max(cfg.epochs, 1)
+
+    def freeze_phase(epoch: int) -> None:
+        for n, m in p.mods.items():
+            idx = order[n]
+            lo, hi = (epoch * idx.numel()) // phases, ((epoch + 1) * idx.numel()) // phases
+            chunk = idx[lo:hi]
+            if chunk.numel() == 0:
+                continue
+            with torch.no_grad():
+                raw = m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight
+                w = frozen[n](raw.detach())
+                eff = realise(weight_to_matrix(cfg.shrink * w), p.host.view(n), p.scales[n], p.host.cell,
+                              "pair", targets=False)[0]
+                vals = matrix_to_weight(eff, tuple(w.shape)).flatten()
+                frozen[n].values.view(-1)[chunk] = vals[chunk]
+                frozen[n].mask.view(-1)[chunk] = True
+
+    for n, m in p.mods.items():
+        parametrize.register_parametrization(m, "weight", frozen[n])
+    if cfg.epochs == 0:
+        freeze_phase(0)
+    rep = fit(p.model, ctx.train, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
+              val=None, hooks=TrainHooks(before_epoch=freeze_phase), progress=ctx.progress, desc="aft")
+    _unparametrize(p.model, keep=True)
+    p.report.update(epochs=rep.epochs, frozen={n: int(f.mask.sum()) for n, f in frozen.items()})
+    return p.deployment("pair")
+
+
+@register("dynamic", "off-device", DynamicConfig, 1,
+          "ITT-RNA part 2 (reconstructed): layer by layer from the input, freeze imperfect weights with a threshold "
+          "set by the layer's measured error, retrain the rest against the imperfect outputs before it")
+def _dynamic(model: nn.Module, measured: MeasuredMap, cfg: DynamicConfig, ctx: Context) -> Deployment:
+    p = _program_and_remap(model, measured, cfg, ctx, remap=cfg.remap)
+    names = list(p.mods)
+    imp = p.importance(cfg.importance_images)
+    probe = ctx.val.subset(min(1000, len(ctx.val)))
+    gen = ctx.generator(31)
+    per_layer = len(ctx.train) * max(cfg.epochs, 0) // max(len(names), 1)
+    taus, errors = {}, {}
+    all_modules = list(p.model.modules())
+    for li, name in enumerate(names):
+        m = p.mods[name]
+        # the error at this layer, on the imperfect outputs of the layers before it (already on the host model)
+        captured: list[torch.Tensor] = []
+        h = m.register_forward_hook(lambda _m, inp, _o: captured.append(inp[0].detach()))
+        with torch.no_grad():
+            p.model(probe.x.to(ctx.device))
+        h.remove()
+        x = captured[0]
+        with torch.no_grad():
+            w_eff = p.effective(name, p.scales[name], "pair")
+            y_sw = m._conv_forward(x, m.weight, None) if isinstance(m, nn.Conv2d) else F.linear(x, m.weight)
+            y_eff = m._conv_forward(x, w_eff, None) if isinstance(m, nn.Conv2d) else F.linear(x, w_eff)
+        err = float((y_eff - y_sw).norm() / y_sw.norm().clamp_min(1e-12))
+        tau = cfg.tau * min(4.0, max(0.25, cfg.error_ref / max(err, 1e-12)))
+        taus[name], errors[name] = tau, err
+        # freeze this layer's imperfect weights at what the chip realises for shrink * w
+        frozen = _Frozen(tuple(m.weight.shape), ctx.device)
+        bad = p.imperfect(name, tau)
+        eff = p.effective(name, p.scales[name], "pair", shrink=cfg.shrink)
+        frozen.mask.copy_(bad)
+        frozen.values.copy_(eff)
+        parametrize.register_parametrization(m, "weight", frozen)
+        # train this layer and those after it; earlier layers stay as deployed
+        later = set(names[li:])
+        trainable = [prm for n2, mod in p.mods.items() if n2 in later for prm in mod.parameters()]
+        for mod in all_modules:
+            for prm in mod.parameters(recurse=False):
+                prm.requires_grad_(any(prm is t for t in trainable))
+        if per_layer > 0:
+            idx = torch.randperm(len(ctx.train), generator=gen)[:per_layer]
+            chunk = Split(ctx.train.x[idx], ctx.train.y[idx])
+            fit(p.model, chunk, epochs=1, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed + li,
+                params=trainable, progress=ctx.progress, desc=f"dynamic {name}")
+        parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+        # from now on the layer computes as deployed (host model), so later layers see its true errors
+        parametrize.register_parametrization(m, "weight", _HostEffective(p.host, name, p.scales[name], None, gen))
+    _unparametrize(p.model, keep=False)
+    for prm in p.model.parameters():
+        prm.requires_grad_(True)
+    p.report.update(epochs=cfg.epochs, tau=taus, layer_error=errors)
+    return p.deployment("pair")
+
+
+@register("fat", "off-device", FatConfig, 1,
+          "exact fault-aware retraining through the measured effective-weight function, gradients to healthy "
+          "cells (Liu et al., DAC 2017), after program")
+def _fat(model: nn.Module, measured: MeasuredMap, cfg: FatConfig, ctx: Context) -> Deployment:
+    p = _program_and_remap(model, measured, cfg, ctx, remap=cfg.remap)
+    _retrain_fat(p, cfg, measured)
+    return p.deployment("pair")
+
+
+@register("remap-fat", "off-device", RemapFatConfig, 1,
+          "remap + program + fat: optimal routing, defect-aware programming, then fault-aware retraining")
+def _remap_fat(model: nn.Module, measured: MeasuredMap, cfg: RemapFatConfig, ctx: Context) -> Deployment:
+    return _fat(model, measured, cfg, ctx)
