@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ittrna._io import load_npz, save_npz
+from ittrna._validate import check_chip_archive, check_fabricate, check_measured_map
 from ittrna.config import ChipConfig, ConfigError
 from ittrna.device import (
     HEALTHY,
@@ -142,6 +143,7 @@ class MeasuredMap:
     def load(cls, path: str | Path) -> MeasuredMap:
         """Read a map written by :meth:`save`."""
         header, arrays = load_npz(path, "measured-map")
+        check_measured_map(path, header, arrays)
         layers: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
         for key, value in arrays.items():
             lname, aname, fname = key.split("|")
@@ -180,8 +182,7 @@ class Chip:
             filter_fn: ``(module, name) -> bool`` choosing which layers go on crossbars (default: all).
             device: where the cell state lives (draws are made on the CPU, so results match across devices).
         """
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed = {seed!r} is invalid; accepted an integer >= 0")
+        check_fabricate(model, config, seed, filter_fn)  # types, seed range, memory estimate
         conv = CONVERTERS[config.mapping.scheme]
         layers: dict[str, LayerTiles] = {}
         for li, (name, module) in enumerate(mapped_modules(model)):
@@ -409,6 +410,7 @@ class Chip:
             ValueError: unreadable file, not a chip, unsupported format version, or inconsistent arrays.
         """
         header, arrays = load_npz(path, "chip")
+        check_chip_archive(path, header, arrays)  # every field: type, dtype, shape, range, codes
         if header.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: chip format {header.get('format')} unsupported; accepted {FORMAT_VERSION}")
         try:
