@@ -6,7 +6,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ittrna._validate import check_nonempty_split, check_seed
 from ittrna.data import Split
+from ittrna.errors import InputError
 
 __all__ = ["accuracy", "train"]
 
@@ -18,7 +20,12 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, data: Split, *, batch_size: int = 2000) -> float:
-    """Fraction of ``data`` that ``model`` classifies correctly, in [0, 1]."""
+    """Fraction of ``data`` that ``model`` classifies correctly, in [0, 1].
+
+    Raises:
+        InputError: ``data`` is empty (its accuracy is undefined).
+    """
+    check_nonempty_split(data)
     was_training = model.training
     model.eval()
     device = _device(model)
@@ -48,18 +55,21 @@ def train(
         epochs: passes over ``data``; accepted >= 0.
         lr: Adam learning rate; accepted (0, 10].
         batch_size: mini-batch size; accepted >= 1.
-        seed: seeds the private generator that shuffles the mini-batches.
+        seed: seeds the private generator that shuffles the mini-batches; accepted [0, 2**63 - 1].
         progress: show a progress bar.
 
     Raises:
-        ValueError: a hyper-parameter outside its accepted range.
+        InputError: a hyper-parameter outside its accepted range, or empty training data.
     """
-    if epochs < 0:
-        raise ValueError(f"epochs = {epochs} is invalid; accepted an integer >= 0")
-    if not 0 < lr <= 10:
-        raise ValueError(f"lr = {lr} is invalid; accepted (0, 10]")
-    if batch_size < 1:
-        raise ValueError(f"batch_size = {batch_size} is invalid; accepted an integer >= 1")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise InputError(f"epochs = {epochs!r} is invalid; accepted an integer >= 0")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 10:
+        raise InputError(f"lr = {lr!r} is invalid; accepted a number in (0, 10]")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size = {batch_size!r} is invalid; accepted an integer >= 1")
+    check_seed(seed)
+    if epochs > 0:
+        check_nonempty_split(data, "training data")
     gen = torch.Generator().manual_seed(seed)
     device = _device(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
