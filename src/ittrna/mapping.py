@@ -154,7 +154,17 @@ class Differential:
 
 
 class Offset:
-    """w = 2 s * (G - Gref) / (Gmax - Gmin); one reference column per tile at Gref = (Gmin + Gmax) / 2."""
+    """w = 2 s * (G - Gref) / (Gmax - Gmin); one reference column per tile at Gref.
+
+    Gref is the mid-range conductance (Gmin + Gmax) / 2 for analog cells. With ``L`` levels it is the level
+    nearest to mid-range, level (L - 1) // 2 (mid-range itself for odd L; for even L the level half a step
+    below it, since mid-range falls between two levels). Weights map symmetrically around Gref, so the
+    realised reference that every column subtracts is exactly the nominal one and a perfect chip reproduces
+    each weight within the quantisation error s / (L - 1) (half a level step, in weight units). For even L the
+    largest positive weights would need Gmax + step/2; they clamp to Gmax, an error of the same half step.
+    (Before this fix Gref targeted mid-range and was rounded to a level like every cell, so with even L every
+    weight shifted by -s / (L - 1).)
+    """
 
     name = "offset"
 
@@ -165,15 +175,23 @@ class Offset:
     def array_tiles(self, grid: TileGrid) -> dict[str, tuple[int, int]]:
         return {"main": (grid.rows, grid.cols), "ref": (grid.rows, 1)}
 
+    @staticmethod
+    def reference(cell: CellConfig) -> float:
+        """Gref in siemens: mid-range for analog cells, else the level nearest to it (see the class)."""
+        if cell.levels is None:
+            return 0.5 * (cell.g_min + cell.g_max)
+        step = (cell.g_max - cell.g_min) / (cell.levels - 1)
+        return cell.g_min + ((cell.levels - 1) // 2) * step
+
     def to_conductance(
         self, matrix: torch.Tensor, scale: float, cell: CellConfig, grid: TileGrid
     ) -> dict[str, torch.Tensor]:
-        mid = 0.5 * (cell.g_min + cell.g_max)
+        ref = self.reference(cell)
         half = 0.5 * (cell.g_max - cell.g_min)
         wc = _pad(matrix, grid).clamp(-scale, scale) / scale  # (Kp, Np)
         kp = grid.padded[0]
-        return {"main": mid + half * wc, "ref": torch.full((kp, grid.tiles[1]), mid, dtype=matrix.dtype,
-                                                            device=matrix.device)}
+        main = (ref + half * wc).clamp(cell.g_min, cell.g_max)
+        return {"main": main, "ref": torch.full((kp, grid.tiles[1]), ref, dtype=matrix.dtype, device=matrix.device)}
 
     def to_matrix(
         self, g: dict[str, torch.Tensor], scale: float, cell: CellConfig, grid: TileGrid
