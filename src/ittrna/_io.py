@@ -183,6 +183,9 @@ def load_npz(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, np.
     raw = arrays.pop("__header__", None)
     if raw is None:
         raise FileFormatError(f"{p}: not an ittrna archive (no header)")
+    for key, value in [("__header__", raw), *arrays.items()]:
+        if not isinstance(value, np.ndarray):
+            raise FileFormatError(f"{p}: member {key!r} is not a NumPy array; not an ittrna archive")
     if raw.shape != () or raw.dtype.kind != "U":
         raise FileFormatError(f"{p}: header is a {raw.dtype} array of shape {raw.shape}; accepted a JSON string")
     try:

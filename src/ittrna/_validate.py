@@ -37,6 +37,7 @@ __all__ = [
     "check_output",
     "check_seed",
     "check_seeds",
+    "check_state_fits",
     "estimate_chip_bytes",
     "expected_array_shapes",
 ]
@@ -80,7 +81,8 @@ def _is_int(value: Any) -> bool:
 def check_seed(seed: Any, name: str = "seed") -> int:
     """Return ``seed`` as an int if it is an integer in [0, 2**63 - 1], else raise :class:`InputError`."""
     if not _is_int(seed) or not 0 <= int(seed) <= MAX_SEED:
-        shown = f"{seed:.3e}" if _is_int(seed) and abs(int(seed)) > 10**30 else repr(seed)
+        big = _is_int(seed) and abs(int(seed)) > 2**80
+        shown = f"an integer of {int(seed).bit_length()} bits" if big else repr(seed)
         raise InputError(f"{name} = {shown} is invalid; accepted an integer in [0, 2**63 - 1]")
     return int(seed)
 
@@ -228,9 +230,9 @@ def check_fabricate(
         InputError: a bad argument; ResourceError: the chip would not fit in memory.
     """
     if not isinstance(model, nn.Module):
-        raise InputError(f"model is a {type(model).__name__}; accepted a torch.nn.Module")
+        raise InputError(f"model has type {type(model).__name__}; accepted a torch.nn.Module")
     if not isinstance(config, ChipConfig):
-        raise InputError(f"config is a {type(config).__name__}; accepted an ittrna.ChipConfig")
+        raise InputError(f"config has type {type(config).__name__}; accepted an ittrna.ChipConfig")
     check_seed(seed)
     matrices = _mapped_matrices(model, filter_fn)
     peak, cells = estimate_chip_bytes(matrices, config)
@@ -260,9 +262,14 @@ def check_output(out: Path, suffix: str | None, inputs: Mapping[str, Path | None
         flag: the option that named ``out``.
 
     Raises:
-        InputError: wrong suffix, an existing folder where a file is written (or a file where a folder is),
-            or the same file as an input (also through a symlink or a hard link).
+        InputError: wrong suffix, a file where a folder is needed (or the reverse, also above ``out``), or
+            the same file as an input (also through a symlink or a hard link).
     """
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {out}: {parent} is a file, not a folder; accepted a path in a folder")
     if suffix is not None and out.suffix != suffix:
         raise InputError(f"{flag} {out}: {what} is written as {suffix}; got suffix {out.suffix!r}")
     if suffix is not None and out.is_dir():
@@ -301,7 +308,7 @@ def _config(path: Any, header: Mapping[str, Any]) -> ChipConfig:
     if "config" not in header:
         raise _fail(path, "config", "is missing; accepted a chip config object")
     if not isinstance(header["config"], Mapping):
-        raise _fail(path, "config", f"is a {type(header['config']).__name__}; accepted a chip config object")
+        raise _fail(path, "config", f"has type {type(header['config']).__name__}; accepted a chip config object")
     try:
         return ChipConfig.from_dict(header["config"])
     except ConfigError as exc:
@@ -317,7 +324,7 @@ def _format(path: Any, header: Mapping[str, Any], version: int) -> None:
 def _geometry(path: Any, field: str, meta: Any) -> tuple[str, tuple[int, ...], int, int]:
     """kind, weight_shape, k, n of one layer's header record, consistent with each other."""
     if not isinstance(meta, Mapping):
-        raise _fail(path, field, f"is a {type(meta).__name__}; accepted an object")
+        raise _fail(path, field, f"has type {type(meta).__name__}; accepted an object")
     for key in ("kind", "weight_shape", "k", "n"):
         if key not in meta:
             raise _fail(path, f"{field}.{key}", "is missing")
@@ -483,7 +490,7 @@ def check_checkpoint(path: Any, payload: Any, version: int, models: Iterable[str
                               f"format {version} expected)")
     meta = payload["meta"]
     if not isinstance(meta, dict):
-        raise _fail(path, "meta", f"is a {type(meta).__name__}; accepted an object")
+        raise _fail(path, "meta", f"has type {type(meta).__name__}; accepted an object")
     names = sorted(models)
     if "model" not in meta:
         raise _fail(path, "meta.model", f"is missing; accepted one of {names}")
@@ -499,12 +506,31 @@ def check_checkpoint(path: Any, payload: Any, version: int, models: Iterable[str
         raise _fail(path, "meta.dataset", f"= {_short(meta['dataset'])} is invalid; accepted a dataset name")
     state = payload["state_dict"]
     if not isinstance(state, dict):
-        raise _fail(path, "state_dict", f"is a {type(state).__name__}; accepted an object of tensors")
+        raise _fail(path, "state_dict", f"has type {type(state).__name__}; accepted an object of tensors")
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise _fail(path, f"state_dict[{key!r}]", f"is a {type(value).__name__}; accepted a tensor")
+            raise _fail(path, f"state_dict[{key!r}]", f"has type {type(value).__name__}; accepted a tensor")
         if not value.is_floating_point():
             raise _fail(path, f"state_dict[{key!r}]", f"has dtype {value.dtype}; accepted a floating-point tensor")
         if not bool(torch.isfinite(value).all()):
             raise _fail(path, f"state_dict[{key!r}]", "holds NaN or inf; accepted finite weights")
     return meta
+
+
+def check_state_fits(path: Any, state: Mapping[str, torch.Tensor], model: nn.Module, name: str) -> None:
+    """The checkpoint's weights have exactly the model's parameter names and shapes.
+
+    Raises:
+        FileFormatError: naming the first missing, unexpected or misshapen tensor.
+    """
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    if missing:
+        raise _fail(path, f"state_dict[{missing[0]!r}]", f"is missing; model {name!r} needs {len(want)} tensors")
+    extra = [k for k in state if k not in want]
+    if extra:
+        raise _fail(path, f"state_dict[{extra[0]!r}]", f"is not a tensor of model {name!r}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(want[key].shape):
+            raise _fail(path, f"state_dict[{key!r}]", f"has shape {tuple(value.shape)}; model {name!r} needs "
+                                                      f"{tuple(want[key].shape)}")

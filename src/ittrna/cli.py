@@ -53,7 +53,7 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if not lo <= value <= hi:
-            shown = str(value) if len(str(value)) <= 30 else f"{value:.3e}"
+            shown = str(value) if value.bit_length() <= 100 else f"an integer of {value.bit_length()} bits"
             bound = "2**63 - 1" if hi == MAX_SEED else str(hi)
             raise argparse.ArgumentTypeError(
                 f"{shown} is out of range; accepted an integer >= {lo} and <= {bound}")

@@ -77,8 +77,8 @@ class _Section:
             raise ConfigError(f"{self._name(fname)} = {value!r} is not a number; accepted "
                               f"{_fmt(lo, hi, lo_open, hi_open)}")
         if isinstance(value, int) and abs(value) > 2**1023:  # beyond float: math.isnan would overflow
-            raise ConfigError(f"{self._name(fname)} = {value:.3e} is out of range; accepted "
-                              f"{_fmt(lo, hi, lo_open, hi_open)}")
+            raise ConfigError(f"{self._name(fname)} = an integer of {value.bit_length()} bits is out of range; "
+                              f"accepted {_fmt(lo, hi, lo_open, hi_open)}")
         ok = not math.isnan(value)
         ok = ok and (value > lo if lo_open else value >= lo)
         ok = ok and (value < hi if hi_open else value <= hi)
@@ -347,7 +347,7 @@ class ChipConfig(_Section):
             expected = _SECTION_TYPES[f.name]
             if not isinstance(value, expected):
                 raise ConfigError(
-                    f"ChipConfig.{f.name} = {value!r} is a {type(value).__name__}; accepted a {expected.__name__} "
+                    f"ChipConfig.{f.name} = {value!r} has type {type(value).__name__}; accepted a {expected.__name__} "
                     f"(e.g. ChipConfig().override({{'{f.name}.<field>': ...}}))"
                 )
 
@@ -442,12 +442,12 @@ class ChipConfig(_Section):
     def override(self, changes: Mapping[str, Any]) -> ChipConfig:
         """A copy with dotted-path overrides applied, e.g. ``{"faults.rate": 0.2}``; validated again."""
         if not isinstance(changes, Mapping):
-            raise ConfigError(f"override changes = {changes!r} is a {type(changes).__name__}; accepted a mapping "
+            raise ConfigError(f"override changes = {changes!r} has type {type(changes).__name__}; accepted a mapping "
                               "of 'section.field' to value, e.g. {'faults.rate': 0.1}")
         data = self.to_dict()
         for dotted, value in changes.items():
             if not isinstance(dotted, str):
-                raise ConfigError(f"config field {dotted!r} is a {type(dotted).__name__}; accepted a "
+                raise ConfigError(f"config field {dotted!r} has type {type(dotted).__name__}; accepted a "
                                   "'section.field' string, e.g. 'faults.rate'")
             parts = dotted.split(".")
             if len(parts) != 2 or parts[0] not in data or parts[1] not in data[parts[0]]:
@@ -513,7 +513,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             try:
                 return float(value)
             except OverflowError:
-                raise ConfigError(f"{name} = {value:.3e} is out of range (beyond a float)") from None
+                raise ConfigError(f"{name} = an integer of {value.bit_length()} bits is out of range (beyond a "
+                                  "float)") from None
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)
     return value

@@ -8,6 +8,7 @@ initialised from an explicit ``torch.Generator``.
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,14 @@ import torch
 from torch import nn
 
 from ittrna._io import atomic_write
-from ittrna._validate import MAX_CLASSES, MAX_IN_SIDE, check_checkpoint, check_memory, check_seed
+from ittrna._validate import (
+    MAX_CLASSES,
+    MAX_IN_SIDE,
+    check_checkpoint,
+    check_memory,
+    check_seed,
+    check_state_fits,
+)
 from ittrna.errors import FileFormatError, InputError, ResourceError, UnknownNameError
 
 __all__ = ["MODELS", "ModelSpec", "build", "load_checkpoint", "save_checkpoint"]
@@ -186,6 +194,11 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if not p.is_file():
         raise FileFormatError(f"{p}: not a regular file; accepted a .pt checkpoint")
     check_memory(2 * p.stat().st_size, f"reading {p} ({p.stat().st_size} bytes)")
+    if not zipfile.is_zipfile(p):
+        raise FileFormatError(f"{p}: not an ittrna checkpoint (not a torch.save archive)")
+    with zipfile.ZipFile(p) as zf:
+        if "__header__.npy" in zf.namelist():
+            raise FileFormatError(f"{p}: not an ittrna checkpoint (an ittrna .npz archive: a chip or a map)")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign files
@@ -199,11 +212,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except InputError as exc:
         raise FileFormatError(f"{p}: field meta.in_shape/num_classes: {exc}") from None
     model = build(meta["model"], tuple(meta["in_shape"]), int(meta["num_classes"]))
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise FileFormatError(
-            f"{p}: field state_dict: weights do not fit model {meta['model']!r}: {str(exc).splitlines()[0]}"
-        ) from None
+    check_state_fits(p, payload["state_dict"], model, meta["model"])
+    model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, meta
