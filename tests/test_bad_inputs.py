@@ -30,7 +30,7 @@ from ittrna import _validate
 from ittrna.chip import Chip, MeasuredMap
 from ittrna.cli import main
 from ittrna.config import ChipConfig
-from ittrna.data import Split, cache_dir, load
+from ittrna.data import Split, cache_dir, load, status
 from ittrna.errors import ConfigError, DataError, FileFormatError, InputError, ResourceError, UnknownNameError
 from ittrna.mapping import CONVERTERS, TileGrid
 from ittrna.models import build, load_checkpoint, save_checkpoint
@@ -166,6 +166,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "bool.json").write_text('{"cell": {"levels": true}}')
     (d / "nested.json").write_text("[" * 100000 + "]" * 100000)
     (d / "cfg.yaml").write_text("cell: {}\n")
+
+    # sweep result stores edited by hand
+    for i, line in enumerate(['[1, 2]', '{"key": "k", "axis": "sigma", "value": 0.5, "accuracy": "high"}'], 1):
+        (d / f"badsweep{i}").mkdir()
+        (d / f"badsweep{i}" / "results.jsonl").write_text(line + "\n")
     return d
 
 
@@ -346,6 +351,8 @@ CLI_CASES: list[tuple[str, list[str], str]] = [
     ("sweep-missing-model", [*SWEEP, "--model", "{d}/missing.pt"], "missing.pt"),
     ("sweep-crossbar-memory", [*SWEEP, "--crossbar", "65536x65536"], "memory"),
     ("sweep-nan-weights", [*SWEEP, "--model", "{d}/nan.pt"], "NaN"),
+    ("sweep-results-not-objects", [*SWEEP, "--out", "{d}/badsweep1"], "JSON list"),
+    ("sweep-results-bad-record", [*SWEEP, "--out", "{d}/badsweep2"], "accuracy"),
     ("config-no-subcommand", ["config"], ""),
     ("config-show-unknown-preset", ["config", "show", "--preset", "nope"], "nope"),
     ("config-show-latin1", ["config", "show", "--config", "{d}/latin1.toml"], "latin1.toml"),
@@ -369,6 +376,8 @@ def test_cli_table_is_large_and_covers_every_command():
 def test_hostile_cli_input(world, argv, needle, capsys, monkeypatch):
     if "cuda:99" in argv and torch.cuda.device_count() > 99:  # pragma: no cover
         pytest.skip("this machine has 100 CUDA devices")
+    if "badsweep" in " ".join(argv) and not status("mnist").startswith("ok"):
+        pytest.skip("the sweep reads its results after loading the data; mnist not fetched")
     monkeypatch.chdir(world)
     args = [a.format(d=world, name=world.name) for a in argv]
     before, cache_before = _snapshot(world), _cache_snapshot()
