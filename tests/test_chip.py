@@ -270,3 +270,29 @@ def test_measured_map_carries_nothing_to_rebuild_the_truth():
     assert m.design.test == cfg.test and m.design.mapping == cfg.mapping and m.design.cell == cfg.cell
     rebuilt = Chip.fabricate(model, m.design, 0)
     assert all(int(a.fault.count_nonzero()) == 0 for layer in rebuilt for a in layer.arrays.values())
+
+
+@pytest.mark.parametrize("scheme", ["differential", "offset"])
+@pytest.mark.parametrize("levels", [2, 3, 15, 16, 256, None])
+def test_perfect_chip_equals_software_within_quantisation_error(scheme, levels):
+    """No faults, no variation: each realised weight is within the level quantisation error, without bias.
+
+    Half a level step in weight units is s/(2(L-1)) for differential pairs (span Gmax - Gmin per polarity)
+    and s/(L-1) for the offset scheme (span 2s over Gmax - Gmin). Before the offset fix, even L shifted
+    every weight by -s/(L-1).
+    """
+    model = nn.Sequential(nn.Linear(300, 70))
+    cfg = ChipConfig().override({"mapping.scheme": scheme, "cell.levels": levels, "mapping.rows": 64,
+                                 "mapping.cols": 32})
+    chip = Chip.fabricate(model, cfg, 0)
+    chip.program_model(model)
+    w = weight_to_matrix(model[0].weight.detach())
+    s = chip.layers["0"].scale
+    err = chip.effective_matrix("0") - w
+    if levels is None:
+        assert float(err.abs().max()) < 1e-5 * s
+        return
+    half_step = s / (levels - 1) / (2 if scheme == "differential" else 1)
+    assert float(err.abs().max()) <= half_step * (1 + 1e-4)
+    if levels > 2:  # no systematic shift: the mean error is far below half a step
+        assert abs(float(err.mean())) < 0.1 * half_step

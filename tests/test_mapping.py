@@ -11,9 +11,9 @@ from ittrna.mapping import (
     matrix_to_weight,
     quantize_signed,
     tiled_matmul,
-    weight_scale,
     to_logical,
     to_physical,
+    weight_scale,
     weight_to_matrix,
 )
 

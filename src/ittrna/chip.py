@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ittrna._io import load_npz, save_npz
+from ittrna._validate import check_chip_archive, check_fabricate
 from ittrna.config import ChipConfig, ConfigError
 from ittrna.device import (
     HEALTHY,
@@ -41,6 +42,7 @@ from ittrna.device import (
     sample_theta,
     wear_out,
 )
+from ittrna.errors import FileFormatError, InputError
 from ittrna.host import Deployment, MeasuredMap, design_config
 from ittrna.mapping import (
     CONVERTERS,
@@ -167,8 +169,7 @@ class Chip:
             filter_fn: ``(module, name) -> bool`` choosing which layers go on crossbars (default: all).
             device: where the cell state lives (draws are made on the CPU, so results match across devices).
         """
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed = {seed!r} is invalid; accepted an integer >= 0")
+        check_fabricate(model, config, seed, filter_fn)  # types, seed range, memory estimate
         conv = CONVERTERS[config.mapping.scheme]
         layers: dict[str, LayerTiles] = {}
         for li, (name, module) in enumerate(mapped_modules(model)):
@@ -288,7 +289,7 @@ class Chip:
             layout.check(layer.grid, f"layer {name!r} layout")
             layer.layout = layout.to(layer.arrays[next(iter(layer.arrays))].g.device)
         if scale is not None and not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"layer {name!r}: scale = {scale!r} is invalid; accepted a finite number > 0")
+            raise InputError(f"layer {name!r}: scale = {scale!r} is invalid; accepted a finite number > 0")
         layer.scale = float(scale) if scale is not None else weight_scale(weight, self.config.mapping.clip_percentile)
         if targets is None:
             matrix = weight_to_matrix(weight.detach()).to(torch.float32)
@@ -311,10 +312,10 @@ class Chip:
         for name, layer in self.layers.items():
             key = f"{name}.weight"
             if key not in deployment.state_dict:
-                raise ValueError(f"deployment has no weight for chip layer {name!r}")
+                raise InputError(f"deployment has no weight for chip layer {name!r}")
             weight = deployment.state_dict[key]
             if tuple(weight.shape) != layer.weight_shape:
-                raise ValueError(f"deployment weight {key!r} has shape {tuple(weight.shape)}, chip layer "
+                raise InputError(f"deployment weight {key!r} has shape {tuple(weight.shape)}, chip layer "
                                  f"{name!r} holds {layer.weight_shape}")
             total += self.program_weights(name, weight, scale=deployment.scales.get(name),
                                           layout=deployment.layouts.get(name),
@@ -461,8 +462,7 @@ class Chip:
             ValueError: unreadable file, not a chip, unsupported format version, or inconsistent arrays.
         """
         header, arrays = load_npz(path, "chip")
-        if header.get("format") not in _READABLE_FORMATS:
-            raise ValueError(f"{path}: chip format {header.get('format')} unsupported; accepted {_READABLE_FORMATS}")
+        check_chip_archive(path, header, arrays)  # every field: type, dtype, shape, range, codes, layouts
         try:
             config = ChipConfig.from_dict(header["config"])
         except ConfigError as exc:
@@ -481,7 +481,10 @@ class Chip:
             if f"{m['name']}|_layout|row_map" in arrays:
                 layout = LayerLayout(torch.from_numpy(arrays[f"{m['name']}|_layout|row_map"]),
                                      torch.from_numpy(arrays[f"{m['name']}|_layout|col_sign"]))
-                layout.check(grid, f"{path}: layer {m['name']!r} layout")
+                try:
+                    layout.check(grid, f"{path}: layer {m['name']!r} layout")
+                except InputError as exc:
+                    raise FileFormatError(str(exc)) from None
             layers[m["name"]] = LayerTiles(m["name"], m["kind"], tuple(m["weight_shape"]), grid, arrs,
                                            float(m["scale"]), int(m["version"]), layout)
         chip = cls(config, int(header["seed"]), layers, int(header["write_epoch"]), int(header.get("writes_issued", 0)))

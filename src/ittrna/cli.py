@@ -1,7 +1,10 @@
 """The ``ittrna`` command line: thin wrappers over the library.
 
 Every command has ``--help`` with examples; ``--json`` prints one JSON object as the last line of stdout
-(accuracies as fractions in [0, 1]); bad input gives one line on stderr and a non-zero exit, no traceback.
+(accuracies as fractions in [0, 1]). Bad input (an :class:`~ittrna.errors.InputError`, a bad option, or a
+file that cannot be accessed) gives one line on stderr naming the value or file and what is accepted, and a
+non-zero exit, no traceback; inputs are checked before any output is written, and no output may overwrite
+an input. Any other exception is a bug and surfaces with its traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+from ittrna.errors import ConfigError, InputError
 
 __all__ = ["main"]
 
@@ -35,14 +40,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --- argument types ---------------------------------------------------------------------------------------
-def _int_at_least(lo: int) -> Callable[[str], int]:
+MAX_SEED = 2**63 - 1
+"""Largest seed (seeds are mixed as 64-bit integers; larger ones would alias smaller ones)."""
+MAX_CHIPS = 100_000
+"""Most chips one command fabricates."""
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = int(text.strip()) if text.strip().isascii() else int("x")
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"{value} is out of range; accepted an integer >= {lo}")
+        if not lo <= value <= hi:
+            shown = str(value) if value.bit_length() <= 100 else f"an integer of {value.bit_length()} bits"
+            bound = "2**63 - 1" if hi == MAX_SEED else str(hi)
+            raise argparse.ArgumentTypeError(
+                f"{shown} is out of range; accepted an integer >= {lo} and <= {bound}")
         return value
 
     return parse
@@ -54,7 +68,7 @@ def _float_in(lo: float, hi: float, hi_open: bool = False) -> Callable[[str], fl
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if math.isnan(value) or value < lo or (value >= hi if hi_open else value > hi):
+        if not math.isfinite(value) or value < lo or (value >= hi if hi_open else value > hi):
             raise argparse.ArgumentTypeError(
                 f"{value:g} is out of range; accepted [{lo:g}, {hi:g}{')' if hi_open else ']'}"
             )
@@ -65,14 +79,19 @@ def _float_in(lo: float, hi: float, hi_open: bool = False) -> Callable[[str], fl
 
 def _float_list(text: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: accepted a non-empty comma-separated list of finite numbers")
+    return values
 
 
 def _crossbar(text: str) -> tuple[int, int]:
     parts = text.lower().split("x")
     try:
+        if len(parts) != 2 or not text.isascii():
+            raise ValueError(text)
         rows, cols = (int(p) for p in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not ROWSxCOLS, e.g. 128x128") from None
@@ -127,16 +146,39 @@ def _chip_config(args: argparse.Namespace) -> Any:
     return cfg.override(changes) if changes else cfg
 
 
+_CHIP_FLAGS = ("preset", "config", "saf_rate", "stuck_on_share", "sigma", "pattern", "crossbar", "scheme")
+
+
+def _given_chip_settings(args: argparse.Namespace) -> list[str]:
+    """The chip-setting options given on the command line (as ``--flag``)."""
+    given = [f"--{f.replace('_', '-')}" for f in _CHIP_FLAGS if getattr(args, f, None) is not None]
+    return given + (["--set"] if getattr(args, "set", None) else [])
+
+
 def _load_model(path: Path) -> tuple[Any, dict[str, Any]]:
     from ittrna.models import load_checkpoint
 
     return load_checkpoint(path)
 
 
-def _eval_split(meta: dict[str, Any], args: argparse.Namespace) -> Any:
-    from ittrna.data import load
+def _check_seeds(args: argparse.Namespace) -> None:
+    if args.seed + args.chips - 1 > MAX_SEED:
+        raise CliError(f"--seed {args.seed} with --chips {args.chips} runs past seed 2**63 - 1; accepted "
+                       "--seed + --chips - 1 <= 2**63 - 1")
 
-    return load(meta["dataset"], args.split, data_dir=args.data_dir)
+
+def _eval_split(meta: dict[str, Any], args: argparse.Namespace) -> Any:
+    from ittrna.data import DATASETS, load
+
+    name = meta.get("dataset")
+    if not isinstance(name, str) or name not in DATASETS:
+        raise InputError(f"{args.model}: field meta.dataset = {name!r} is invalid; accepted one of "
+                         f"{sorted(DATASETS)}")
+    spec = DATASETS[name]
+    if list(meta["in_shape"]) != list(spec.in_shape) or meta["num_classes"] != spec.num_classes:
+        raise InputError(f"{args.model}: model for in_shape {list(meta['in_shape'])} and {meta['num_classes']} "
+                         f"classes does not fit dataset {name!r} ({list(spec.in_shape)}, {spec.num_classes} classes)")
+    return load(name, args.split, data_dir=args.data_dir)
 
 
 # --- commands --------------------------------------------------------------------------------------------
@@ -159,6 +201,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
+    from ittrna._validate import check_device, check_output
     from ittrna.data import DATASETS, load
     from ittrna.models import MODELS, build, save_checkpoint
     from ittrna.training import accuracy, train
@@ -167,11 +210,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise CliError(f"unknown model {args.model!r}; accepted one of {sorted(MODELS)}")
     if args.dataset not in DATASETS:
         raise CliError(f"unknown dataset {args.dataset!r}; accepted one of {sorted(DATASETS)}")
+    check_output(args.out, ".pt", {"--data-dir": args.data_dir}, what="a checkpoint")
+    device = check_device(args.device)
     spec = DATASETS[args.dataset]
     train_split = load(args.dataset, "train", data_dir=args.data_dir)
     val_split = load(args.dataset, "val", data_dir=args.data_dir)
     test_split = load(args.dataset, "test", data_dir=args.data_dir)
-    model = build(args.model, spec.in_shape, spec.num_classes, seed=args.seed).to(args.device)
+    model = build(args.model, spec.in_shape, spec.num_classes, seed=args.seed).to(device)
     t0 = time.perf_counter()
     train(model, train_split, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
           progress=not args.quiet)
@@ -191,10 +236,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_chip_make(args: argparse.Namespace) -> None:
+    from ittrna._validate import check_output
     from ittrna.chip import Chip
 
-    model, _ = _load_model(args.model)
+    check_output(args.out, ".npz", {"--model": args.model, "--config": args.config}, what="a chip")
     cfg = _chip_config(args)
+    model, _ = _load_model(args.model)
     chip = Chip.fabricate(model, cfg, args.seed)
     chip.save(args.out)
     s = chip.summary()
@@ -204,8 +251,11 @@ def cmd_chip_make(args: argparse.Namespace) -> None:
 
 
 def cmd_chip_show(args: argparse.Namespace) -> None:
+    from ittrna._validate import check_output
     from ittrna.chip import Chip
 
+    if args.png is not None:
+        check_output(args.png, ".png", {"chip": args.chip}, what="the fault map image", flag="--png")
     chip = Chip.load(args.chip)
     rows = chip.stats()
     lines = [f"chip seed {chip.seed}, scheme {chip.config.mapping.scheme}, "
@@ -254,9 +304,11 @@ def _plot_fault_map(chip: Any, path: Path) -> None:
 def cmd_chip_test(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
+    from ittrna._validate import check_output
     from ittrna.chip import Chip
     from ittrna.config import TestConfig
 
+    check_output(args.out, ".npz", {"chip": args.chip}, what="a measured defect map")
     chip = Chip.load(args.chip)
     chip.config = replace(chip.config, test=TestConfig(miss_rate=args.miss_rate, theta_noise=args.theta_noise))
     measured = chip.test(seed=args.seed)
@@ -267,26 +319,37 @@ def cmd_chip_test(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import statistics
 
+    from ittrna._validate import check_fabricate
     from ittrna.chip import Chip
+    from ittrna.experiments.tolerate import evaluate_deployment, load_tuned
     from ittrna.nn import evaluate, monte_carlo
     from ittrna.training import accuracy
 
-    from ittrna.experiments.tolerate import evaluate_deployment, load_tuned
-
-    model, meta, deployment = load_tuned(args.model)
-    data = _eval_split(meta, args)
-    ideal = accuracy(model, data)
-    if deployment is not None:
-        if args.chip is None:
-            raise CliError(f"{args.model} is tuned for one chip; give it with --chip CHIP.npz")
+    if args.chip is not None:
+        if _given_chip_settings(args):
+            raise CliError(f"{', '.join(_given_chip_settings(args))} cannot change a saved chip (--chip); give "
+                           "chip settings with --chips only")
+        model, meta, deployment = load_tuned(args.model)
         chip = Chip.load(args.chip)
-        if chip.chip_id != meta.get("tuned_for_chip"):
-            raise CliError(f"{args.model} was tuned for another chip than {args.chip}")
-        accs = [evaluate_deployment(model, chip, deployment, data)]
-    elif args.chip is not None:
-        accs = [evaluate(model, Chip.load(args.chip), data)]
+        try:
+            chip.check_model(model)
+        except ValueError as exc:
+            raise InputError(f"--chip {args.chip} does not fit --model {args.model}: {exc}") from None
+        data = _eval_split(meta, args)
+        ideal = accuracy(model, data)
+        if deployment is not None:
+            if chip.chip_id != meta.get("tuned_for_chip"):
+                raise CliError(f"{args.model} was tuned for another chip than {args.chip}")
+            accs = [evaluate_deployment(model, chip, deployment, data)]
+        else:
+            accs = [evaluate(model, chip, data)]
     else:
+        _check_seeds(args)
         cfg = _chip_config(args)
+        model, meta = _load_model(args.model)
+        check_fabricate(model, cfg, args.seed)
+        data = _eval_split(meta, args)
+        ideal = accuracy(model, data)
         accs = monte_carlo(model, cfg, range(args.seed, args.seed + args.chips), data, progress=not args.quiet)
     mean = statistics.fmean(accs)
     std = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -297,18 +360,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from ittrna._io import atomic_write_text
+    from ittrna._validate import check_fabricate, check_output
     from ittrna.experiments import ResultStore, aggregate, collapse_points, run_sweep
     from ittrna.experiments.report import format_table, plot_collapse, write_csv
     from ittrna.training import accuracy
 
-    model, meta = _load_model(args.model)
-    data = _eval_split(meta, args)
-    base = _chip_config(args)
-    ideal = accuracy(model, data)
     out: Path = args.out
+    inputs = {"--model": args.model, "--config": args.config}
+    check_output(out, None, inputs, what="the results folder")
+    for name, suffix in (("results.jsonl", ".jsonl"), ("summary.csv", ".csv"), ("summary.json", ".json"),
+                         ("collapse.png", ".png")):
+        check_output(out / name, suffix, inputs, what=f"the sweep's {name}")
+    _check_seeds(args)
+    base = _chip_config(args)
+    points = collapse_points(args.saf_rates, args.sigmas)
+    configs = [base.override(p.overrides) for p in points]  # every point's settings valid before any work
+    model, meta = _load_model(args.model)
+    for cfg in configs:
+        check_fabricate(model, cfg, args.seed)
+    data = _eval_split(meta, args)
+    ideal = accuracy(model, data)
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "results.jsonl")
-    points = collapse_points(args.saf_rates, args.sigmas)
     model_id = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()
     records = run_sweep(model, base, points, range(args.seed, args.seed + args.chips), data, store,
                         model_id=model_id, data_id=f"{meta['dataset']}/{args.split}", progress=not args.quiet)
@@ -336,12 +409,15 @@ def cmd_methods(args: argparse.Namespace) -> None:
 def cmd_tolerate(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
+    from ittrna._validate import check_output
     from ittrna.chip import Chip, MeasuredMap
     from ittrna.config import TestConfig
     from ittrna.data import load
     from ittrna.experiments.tolerate import save_tuned, tolerate
     from ittrna.methods import get_method
 
+    check_output(args.out, ".pt", {"--model": args.model, "--chip": args.chip, "--map": args.map},
+                 what="a tuned checkpoint")
     spec = get_method(args.method)
     settings: dict[str, Any] = {}
     for item in args.set:
@@ -432,10 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
              cmd_train)
     p.add_argument("--model", required=True, help=f"one of {sorted(MODELS)}")
     p.add_argument("--dataset", required=True, help=f"one of {sorted(DATASETS)}")
-    p.add_argument("--epochs", type=_int_at_least(0), default=5)
-    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--epochs", type=_int_in(0, 100_000), default=5)
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0)
     p.add_argument("--lr", type=_float_in(1e-8, 10), default=1e-3, help="Adam learning rate")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=64)
+    p.add_argument("--batch-size", type=_int_in(1, 1_000_000), default=64)
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset folder (required for cifar10)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -448,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
              "  ittrna chip make --model mlp.pt --preset date17 --pattern lines --crossbar 64x64 --out c.npz\n",
              cmd_chip_make)
     p.add_argument("--model", type=Path, required=True, help="checkpoint from `ittrna train`")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="fabrication seed")
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0, help="fabrication seed")
     p.add_argument("--out", type=Path, required=True, help="chip file to write (.npz)")
     _add_chip_options(p)
     p = _sub(csubs, "show", "print per-layer statistics of a chip and draw its fault map",
@@ -461,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--miss-rate", type=_float_in(0, 1), default=0.0, help="fraction of faults missed")
     p.add_argument("--theta-noise", type=_float_in(0, 3), default=0.0, help="sigma of theta measurement error")
-    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0)
 
     p = _sub(subs, "evaluate", "accuracy of a trained model on one saved chip or on K fabricated chips",
              "  ittrna evaluate --model mlp.pt --chip chip.npz\n"
@@ -469,8 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--chip", type=Path, default=None, help="a saved chip (.npz)")
-    src.add_argument("--chips", type=_int_at_least(1), default=5, help="number of chips to fabricate")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="first chip seed (seeds N..N+K-1)")
+    src.add_argument("--chips", type=_int_in(1, MAX_CHIPS), default=5, help="number of chips to fabricate")
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0, help="first chip seed (seeds N..N+K-1)")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--quiet", action="store_true")
@@ -482,8 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--saf-rates", type=_float_list, default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
     p.add_argument("--sigmas", type=_float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
-    p.add_argument("--chips", type=_int_at_least(1), default=5)
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="first chip seed")
+    p.add_argument("--chips", type=_int_in(1, MAX_CHIPS), default=5)
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0, help="first chip seed")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, summary.csv, collapse.png")
@@ -506,11 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map", type=Path, default=None, help="measured map from `ittrna chip test` (else tested here)")
     p.add_argument("--miss-rate", type=_float_in(0, 1), default=None, help="test here with this miss rate")
     p.add_argument("--theta-noise", type=_float_in(0, 3), default=None, help="test here with this theta error")
-    p.add_argument("--test-seed", type=_int_at_least(0), default=0, help="seed of the test's imperfections")
-    p.add_argument("--epochs", type=_int_at_least(0), default=None, help="retraining epochs (method.epochs)")
+    p.add_argument("--test-seed", type=_int_in(0, MAX_SEED), default=0, help="seed of the test's imperfections")
+    p.add_argument("--epochs", type=_int_in(0, 100_000), default=None, help="retraining epochs (method.epochs)")
     p.add_argument("--set", action="append", default=[], metavar="method.FIELD=VALUE",
                    help="any method setting, e.g. --set method.headroom_min=0.2 (repeatable)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the method's own randomness")
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0, help="seed of the method's own randomness")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, required=True, help="tuned file to write (.pt)")
     p.add_argument("--quiet", action="store_true")
@@ -527,19 +603,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "unknown error"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ittrna`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ittrna.config import ConfigError
-    from ittrna.data import DataError
-
     try:
         args.func(args)
-    except (CliError, ConfigError, DataError, ValueError, KeyError, OSError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        sys.stderr.write(f"ittrna: error: {msg}\n")
+    except (CliError, InputError) as exc:
+        sys.stderr.write(f"ittrna: error: {_one_line(str(exc))}\n")
         return EXIT_USAGE if isinstance(exc, (CliError, ConfigError)) else EXIT_ERROR
+    except OSError as exc:  # file access: missing file, permission, disk full; name the path
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        reason = exc.strerror or str(exc)
+        sys.stderr.write(f"ittrna: error: {where + ': ' if where else ''}{_one_line(reason)}\n")
+        return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("ittrna: interrupted\n")
         return 130

@@ -30,6 +30,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from ittrna.errors import ConfigError
+
 __all__ = [
     "PRESETS",
     "CellConfig",
@@ -47,9 +49,12 @@ __all__ = [
 #: a novel squeeze-search scheme", IEEE Trans. Computers 64(1), 2015).
 HFO2_STUCK_ON_SHARE = 1.75 / (1.75 + 9.04)
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the dotted field and the accepted range."""
+R_ON_MIN = 1.0
+"""Smallest accepted LRS resistance in ohm (Gmax = 1 S); below it a cell is a short, not an RRAM state."""
+R_ON_MAX = 1e9
+"""Largest accepted LRS resistance in ohm (Gmax = 1 nS)."""
+R_OFF_MAX = 1e12
+"""Largest accepted finite HRS resistance in ohm (Gmin = 1 pS); use ``inf`` for Gmin = 0."""
 
 
 def _fmt(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
@@ -69,7 +74,11 @@ class _Section:
     ) -> None:
         value = getattr(self, fname)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{self._name(fname)} = {value!r} is not a number")
+            raise ConfigError(f"{self._name(fname)} = {value!r} is not a number; accepted "
+                              f"{_fmt(lo, hi, lo_open, hi_open)}")
+        if isinstance(value, int) and abs(value) > 2**1023:  # beyond float: math.isnan would overflow
+            raise ConfigError(f"{self._name(fname)} = an integer of {value.bit_length()} bits is out of range; "
+                              f"accepted {_fmt(lo, hi, lo_open, hi_open)}")
         ok = not math.isnan(value)
         ok = ok and (value > lo if lo_open else value >= lo)
         ok = ok and (value < hi if hi_open else value <= hi)
@@ -99,25 +108,34 @@ class CellConfig(_Section):
     """One RRAM cell's programmable conductance range.
 
     Source: a two-terminal HfO2/TaOx RRAM cell read at low voltage; Gmax = 1/r_on (low-resistance state),
-    Gmin = 1/r_off (high-resistance state). Typical values r_on ~ 1-100 kOhm, on/off ratio 10-1000.
+    Gmin = 1/r_off (high-resistance state). Typical values r_on ~ 1-100 kOhm, on/off ratio 10-1000
+    (Wong et al., "Metal-oxide RRAM", Proc. IEEE 100(6), 2012). Units: ohm.
+
+    Accepted ranges are physical bounds, far wider than any reported cell but narrow enough that every
+    conductance is a normal float32 (no overflow to inf, no underflow to 0 in the simulation):
+    r_on in [R_ON_MIN, R_ON_MAX] = [1 ohm, 1e9 ohm]; r_off in (r_on, R_OFF_MAX] = (r_on, 1e12 ohm] or inf.
     """
 
     _section: ClassVar[str] = "cell"
 
     r_on: float = 10e3
-    """Low-resistance state (LRS) resistance in ohm; Gmax = 1/r_on. Accepted (0, inf), below r_off."""
+    """Low-resistance state (LRS) resistance in ohm; Gmax = 1/r_on. Accepted [1, 1e9] ohm, below r_off."""
 
     r_off: float = 1e6
-    """High-resistance state (HRS) resistance in ohm; Gmin = 1/r_off. Accepted (r_on, inf]; ``inf`` gives
-    Gmin = 0, the ideal on/off ratio of the DATE'17 / ITT-RNA weight model."""
+    """High-resistance state (HRS) resistance in ohm; Gmin = 1/r_off. Accepted (r_on, 1e12] ohm or ``inf``;
+    ``inf`` gives Gmin = 0, the ideal on/off ratio of the DATE'17 / ITT-RNA weight model."""
 
     levels: int | None = None
     """Number of evenly spaced programmable conductance levels in [Gmin, Gmax]; None = analog cells.
     Accepted None or an integer in [2, 65536]."""
 
     def __post_init__(self) -> None:
-        self._range("r_on", 0.0, math.inf, lo_open=True, hi_open=True)
+        self._range("r_on", R_ON_MIN, R_ON_MAX)
         self._range("r_off", 0.0, math.inf, lo_open=True)
+        if not math.isinf(self.r_off) and self.r_off > R_OFF_MAX:
+            raise ConfigError(
+                f"cell.r_off = {self.r_off!r} is out of range; accepted (r_on, {R_OFF_MAX:g}] ohm or inf"
+            )
         if not self.r_off > self.r_on:
             raise ConfigError(
                 f"cell.r_off = {self.r_off!r} must exceed cell.r_on = {self.r_on!r}; accepted (r_on, inf]"
@@ -328,6 +346,16 @@ class ChipConfig(_Section):
     test: TestConfig = field(default_factory=TestConfig)
     """Imperfections of the post-fabrication test."""
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = _SECTION_TYPES[f.name]
+            if not isinstance(value, expected):
+                raise ConfigError(
+                    f"ChipConfig.{f.name} = {value!r} has type {type(value).__name__}; accepted a {expected.__name__} "
+                    f"(e.g. ChipConfig().override({{'{f.name}.<field>': ...}}))"
+                )
+
     # --- conversion -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (JSON/TOML-ready; ``None`` values kept)."""
@@ -350,9 +378,11 @@ class ChipConfig(_Section):
     def from_json(cls, text: str) -> ChipConfig:
         """Parse JSON text written by :meth:`to_json` (or by hand)."""
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"invalid JSON config: {exc}") from None
+        except RecursionError:
+            raise ConfigError("invalid JSON config: nested too deeply") from None
         return cls.from_dict(data)
 
     def to_toml(self) -> str:
@@ -382,10 +412,19 @@ class ChipConfig(_Section):
         if p.suffix not in (".toml", ".json"):
             raise ConfigError(f"config file {p} has suffix {p.suffix!r}; accepted .toml or .json")
         try:
+            if p.is_file() and p.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"config file {p} is {p.stat().st_size} bytes; accepted at most "
+                                  f"{MAX_CONFIG_BYTES} (a chip config is a few hundred bytes)")
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
-        return cls.from_toml(text) if p.suffix == ".toml" else cls.from_json(text)
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}); accepted UTF-8 "
+                              "TOML or JSON") from None
+        try:
+            return cls.from_toml(text) if p.suffix == ".toml" else cls.from_json(text)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {p}: {exc}") from None
 
     def save(self, path: str | Path) -> None:
         """Write to ``.toml`` or ``.json`` (by suffix), atomically."""
@@ -407,13 +446,42 @@ class ChipConfig(_Section):
 
     def override(self, changes: Mapping[str, Any]) -> ChipConfig:
         """A copy with dotted-path overrides applied, e.g. ``{"faults.rate": 0.2}``; validated again."""
+        if not isinstance(changes, Mapping):
+            raise ConfigError(f"override changes = {changes!r} has type {type(changes).__name__}; accepted a mapping "
+                              "of 'section.field' to value, e.g. {'faults.rate': 0.1}")
         data = self.to_dict()
         for dotted, value in changes.items():
+            if not isinstance(dotted, str):
+                raise ConfigError(f"config field {dotted!r} has type {type(dotted).__name__}; accepted a "
+                                  "'section.field' string, e.g. 'faults.rate'")
             parts = dotted.split(".")
             if len(parts) != 2 or parts[0] not in data or parts[1] not in data[parts[0]]:
                 raise ConfigError(f"unknown config field {dotted!r}; accepted section.field, e.g. faults.rate")
             data[parts[0]][parts[1]] = value
         return ChipConfig.from_dict(data)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file read (1 MiB); a chip config is a few hundred bytes."""
+
+_SECTION_TYPES: dict[str, type] = {
+    "cell": CellConfig,
+    "variation": VariationConfig,
+    "faults": FaultConfig,
+    "endurance": EnduranceConfig,
+    "mapping": MappingConfig,
+    "test": TestConfig,
+}
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` object hook refusing a key given twice (JSON would silently keep the last value)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"invalid JSON config: key {key!r} appears twice; accepted each key once")
+        out[key] = value
+    return out
 
 
 def _encode_inf(obj: Any) -> Any:
@@ -447,7 +515,11 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity"):
             return math.inf
         if isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(f"{name} = an integer of {value.bit_length()} bits is out of range (beyond a "
+                                  "float)") from None
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)
     return value
@@ -458,7 +530,7 @@ def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'} must be a table/object")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted((k for k in data if k not in known), key=repr)
     if unknown:
         raise ConfigError(f"unknown config field {prefix}{unknown[0]!r}; accepted {sorted(known)}")
     kwargs: dict[str, Any] = {}

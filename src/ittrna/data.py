@@ -35,6 +35,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ittrna.errors import DataError
+
 __all__ = [
     "DATASETS",
     "DataError",
@@ -50,10 +52,6 @@ VAL_SIZE = 5000
 """Images carved from the end of a fixed permutation of the training set for the ``val`` split."""
 _SPLIT_SEED = 20170327
 """Seed of the fixed train/val permutation (independent of every training seed)."""
-
-
-class DataError(RuntimeError):
-    """A dataset cannot be fetched, verified or read; the message says which file and why."""
 
 
 @dataclass(frozen=True)
@@ -235,10 +233,9 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def _spec(name: str) -> DatasetSpec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise DataError(f"unknown dataset {name!r}; accepted one of {sorted(DATASETS)}") from None
+    if not isinstance(name, str) or name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; accepted one of {sorted(DATASETS)}")
+    return DATASETS[name]
 
 
 def _bad_files(spec: DatasetSpec, folder: Path, roles: tuple[str, ...] | None = None) -> list[str]:

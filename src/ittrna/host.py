@@ -25,7 +25,9 @@ from typing import Any
 import torch
 
 from ittrna._io import load_npz, save_npz
-from ittrna.config import ChipConfig, ConfigError, FaultConfig
+from ittrna._validate import check_measured_map
+from ittrna.config import ChipConfig, FaultConfig
+from ittrna.errors import FileFormatError
 from ittrna.mapping import LayerLayout, TileGrid
 
 __all__ = ["Deployment", "MeasuredMap", "design_config"]
@@ -89,13 +91,7 @@ class MeasuredMap:
             ValueError: unreadable file, not a measured map, or another format version.
         """
         header, arrays = load_npz(path, "measured-map")
-        if header.get("format") != MAP_FORMAT:
-            raise ValueError(f"{path}: measured-map format {header.get('format')!r} unsupported; "
-                             f"accepted {MAP_FORMAT} (make a new one with `ittrna chip test`)")
-        try:
-            design = ChipConfig.from_dict(header["config"])
-        except (ConfigError, KeyError) as exc:
-            raise ValueError(f"{path}: invalid measured-map config: {exc}") from None
+        design = check_measured_map(path, header, arrays)  # every field: type, dtype, shape, range, codes
         layers: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
         for key, value in arrays.items():
             lname, aname, fname = key.split("|")
@@ -141,4 +137,4 @@ class Deployment:
             return cls(dict(state_dict), {n: float(s) for n, s in payload["scales"].items()}, layouts,
                        {n: dict(a) for n, a in payload["targets"].items()}, dict(payload.get("report", {})))
         except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"deployment record is malformed ({exc!r})") from None
+            raise FileFormatError(f"deployment record is malformed ({exc!r})") from None

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ittrna.config import CellConfig
+from ittrna.errors import InputError
 
 __all__ = [
     "CONVERTERS",
@@ -120,17 +121,17 @@ class LayerLayout:
         tc = grid.tiles[1]
         kp, np_ = grid.padded
         if tuple(self.row_map.shape) != (tc, kp) or self.row_map.dtype != torch.int64:
-            raise ValueError(f"{where}: row_map must be int64 of shape {(tc, kp)}, got "
+            raise InputError(f"{where}: row_map must be int64 of shape {(tc, kp)}, got "
                              f"{self.row_map.dtype} {tuple(self.row_map.shape)}")
         if tuple(self.col_sign.shape) != (np_,):
-            raise ValueError(f"{where}: col_sign must have shape {(np_,)}, got {tuple(self.col_sign.shape)}")
+            raise InputError(f"{where}: col_sign must have shape {(np_,)}, got {tuple(self.col_sign.shape)}")
         if not bool(((self.col_sign == 1) | (self.col_sign == -1)).all()):
-            raise ValueError(f"{where}: col_sign values must be +1 or -1")
+            raise InputError(f"{where}: col_sign values must be +1 or -1")
         tile_of_logical = torch.arange(kp) // grid.rows
         if not bool((self.row_map // grid.tile_rows == tile_of_logical).all()) or int(self.row_map.min()) < 0:
-            raise ValueError(f"{where}: row_map routes a row outside its own tile row")
+            raise InputError(f"{where}: row_map routes a row outside its own tile row")
         if any(torch.unique(r).numel() != kp for r in self.row_map):
-            raise ValueError(f"{where}: row_map routes two logical rows onto one word line")
+            raise InputError(f"{where}: row_map routes two logical rows onto one word line")
 
     def index(self, grid: TileGrid) -> torch.Tensor:
         """(Kp, Np) physical row of every logical (padded) matrix entry."""
@@ -254,7 +255,17 @@ class Differential:
 
 
 class Offset:
-    """w = 2 s * (G - Gref) / (Gmax - Gmin); one reference column per tile at Gref = (Gmin + Gmax) / 2."""
+    """w = 2 s * (G - Gref) / (Gmax - Gmin); one reference column per tile at Gref.
+
+    Gref is the mid-range conductance (Gmin + Gmax) / 2 for analog cells. With ``L`` levels it is the level
+    nearest to mid-range, level (L - 1) // 2 (mid-range itself for odd L; for even L the level half a step
+    below it, since mid-range falls between two levels). Weights map symmetrically around Gref, so the
+    realised reference that every column subtracts is exactly the nominal one and a perfect chip reproduces
+    each weight within the quantisation error s / (L - 1) (half a level step, in weight units). For even L the
+    largest positive weights would need Gmax + step/2; they clamp to Gmax, an error of the same half step.
+    (Before this fix Gref targeted mid-range and was rounded to a level like every cell, so with even L every
+    weight shifted by -s / (L - 1).)
+    """
 
     name = "offset"
 
@@ -265,15 +276,24 @@ class Offset:
     def array_tiles(self, grid: TileGrid) -> dict[str, tuple[int, int]]:
         return {"main": (grid.tile_rows, grid.cols), "ref": (grid.tile_rows, 1)}
 
+    @staticmethod
+    def reference(cell: CellConfig) -> float:
+        """Gref in siemens: mid-range for analog cells, else the level nearest to it (see the class)."""
+        if cell.levels is None:
+            return 0.5 * (cell.g_min + cell.g_max)
+        step = (cell.g_max - cell.g_min) / (cell.levels - 1)
+        return cell.g_min + ((cell.levels - 1) // 2) * step
+
     def to_conductance(
         self, matrix: torch.Tensor, scale: float, cell: CellConfig, grid: TileGrid
     ) -> dict[str, torch.Tensor]:
-        mid = 0.5 * (cell.g_min + cell.g_max)
+        ref = self.reference(cell)
         half = 0.5 * (cell.g_max - cell.g_min)
         wc = _pad(matrix, grid).clamp(-scale, scale) / scale  # (Kph, Np)
         kph = grid.physical[0]
-        return {"main": mid + half * wc, "ref": torch.full((kph, grid.tiles[1]), mid, dtype=matrix.dtype,
-                                                             device=matrix.device)}
+        main = (ref + half * wc).clamp(cell.g_min, cell.g_max)
+        return {"main": main, "ref": torch.full((kph, grid.tiles[1]), ref, dtype=matrix.dtype,
+                                                device=matrix.device)}
 
     def to_matrix(
         self, g: dict[str, torch.Tensor], scale: float, cell: CellConfig, grid: TileGrid

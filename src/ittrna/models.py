@@ -8,6 +8,7 @@ initialised from an explicit ``torch.Generator``.
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,15 @@ import torch
 from torch import nn
 
 from ittrna._io import atomic_write
+from ittrna._validate import (
+    MAX_CLASSES,
+    MAX_IN_SIDE,
+    check_checkpoint,
+    check_memory,
+    check_seed,
+    check_state_fits,
+)
+from ittrna.errors import FileFormatError, InputError, ResourceError, UnknownNameError
 
 __all__ = ["MODELS", "ModelSpec", "build", "load_checkpoint", "save_checkpoint"]
 
@@ -85,6 +95,35 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def _spec(name: object) -> ModelSpec:
+    if not isinstance(name, str) or name not in MODELS:
+        raise UnknownNameError(f"unknown model {name!r}; accepted one of {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def _check_shape(name: str, in_shape: object, num_classes: object) -> tuple[int, int, int]:
+    """(C, H, W) after checking that ``name`` builds for it on the meta device and fits in memory."""
+    if (not isinstance(in_shape, (tuple, list)) or len(in_shape) != 3
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_IN_SIDE for d in in_shape)):
+        raise InputError(f"in_shape = {in_shape!r} is invalid; accepted 3 integers (C, H, W) in [1, {MAX_IN_SIDE}]")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
+        raise InputError(f"num_classes = {num_classes!r} is invalid; accepted an integer in [1, {MAX_CLASSES}]")
+    shape = (int(in_shape[0]), int(in_shape[1]), int(in_shape[2]))
+    try:
+        with torch.device("meta"):
+            probe = MODELS[name].factory(shape, num_classes)
+            out = probe(torch.empty(1, *shape))
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"model {name!r} cannot take in_shape {list(shape)}: {first}") from None
+    if tuple(out.shape) != (1, num_classes):
+        raise InputError(f"model {name!r} with in_shape {list(shape)} gives outputs {tuple(out.shape)[1:]}; "
+                         f"expected ({num_classes},)")
+    params = sum(p.numel() for p in probe.parameters())
+    check_memory(params * 4 * 3, f"model {name!r} with in_shape {list(shape)} ({params:.3g} parameters)")
+    return shape
+
+
 def build(
     name: str, in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, *, seed: int = 0
 ) -> nn.Module:
@@ -92,14 +131,18 @@ def build(
 
     Weights use PyTorch's default (Kaiming-uniform) scheme, drawn from a private ``torch.Generator``.
 
+    The model is first built on the ``meta`` device (no memory) and run once there, so a shape that does not
+    fit the architecture, or a model too large for the available memory, is refused before allocation.
+
     Raises:
-        KeyError: unknown model name (message lists the accepted names).
+        UnknownNameError: unknown model name (a ``KeyError``; the message lists the accepted names).
+        InputError: ``in_shape``, ``num_classes`` or ``seed`` invalid for this model.
+        ResourceError: the model would not fit in the available memory.
     """
-    try:
-        spec = MODELS[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; accepted one of {sorted(MODELS)}") from None
-    model = spec.factory(tuple(in_shape), num_classes)  # type: ignore[arg-type]
+    spec = _spec(name)
+    shape = _check_shape(name, in_shape, num_classes)
+    check_seed(seed)
+    model = spec.factory(shape, num_classes)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -113,39 +156,63 @@ def build(
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """Save weights plus a metadata record (``model``, ``dataset``, ``in_shape``, ``num_classes``, ...)
-    atomically, in a file that loads with ``torch.load(weights_only=True)``."""
+    atomically, in a file that loads with ``torch.load(weights_only=True)``.
+
+    Raises:
+        InputError: ``path`` does not end in ``.pt``, or ``meta`` lacks ``model``, ``in_shape`` or
+            ``num_classes``.
+    """
+    p = Path(path)
+    if p.suffix != ".pt":
+        raise InputError(f"{p}: a checkpoint is written as .pt; got suffix {p.suffix!r}")
+    if not isinstance(meta, dict):
+        raise InputError(f"checkpoint metadata is a {type(meta).__name__}; accepted a dict")
     for key in ("model", "in_shape", "num_classes"):
         if key not in meta:
-            raise ValueError(f"checkpoint metadata lacks {key!r}")
+            raise InputError(f"checkpoint metadata lacks {key!r}; accepted a dict with model, in_shape, num_classes")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "meta": dict(meta),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
-    atomic_write(path, lambda p: torch.save(payload, p))
+    atomic_write(p, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint` (no code executed).
 
+    Every field is checked (see :func:`ittrna._validate.check_checkpoint`): the metadata's ``model``,
+    ``in_shape`` and ``num_classes``, and every weight tensor (floating point, finite, the model's shape).
+
     Raises:
-        ValueError: missing or unreadable file, or not an ittrna checkpoint.
+        FileFormatError: missing or unreadable file, not an ittrna checkpoint, or a bad field (named).
+        ResourceError: the file or the model it describes would not fit in memory.
     """
     p = Path(path)
+    if not p.exists():
+        raise FileFormatError(f"{p}: no such file")
     if not p.is_file():
-        raise ValueError(f"{p}: no such file")
+        raise FileFormatError(f"{p}: not a regular file; accepted a .pt checkpoint")
+    check_memory(2 * p.stat().st_size, f"reading {p} ({p.stat().st_size} bytes)")
+    if not zipfile.is_zipfile(p):
+        raise FileFormatError(f"{p}: not an ittrna checkpoint (not a torch.save archive)")
+    with zipfile.ZipFile(p) as zf:
+        if "__header__.npy" in zf.namelist():
+            raise FileFormatError(f"{p}: not an ittrna checkpoint (an ittrna .npz archive: a chip or a map)")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{p}: not an ittrna checkpoint ({first[:120]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "meta" not in payload:
-        raise ValueError(f"{p}: not an ittrna checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    meta = payload["meta"]
-    model = build(meta["model"], tuple(meta["in_shape"]), int(meta["num_classes"]))
+        raise FileFormatError(f"{p}: not an ittrna checkpoint ({first[:120]})") from None
+    meta = check_checkpoint(p, payload, CHECKPOINT_FORMAT, MODELS)
     try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise ValueError(f"{p}: weights do not fit model {meta['model']!r}: {str(exc).splitlines()[0]}") from None
+        _check_shape(meta["model"], list(meta["in_shape"]), int(meta["num_classes"]))
+    except ResourceError as exc:
+        raise ResourceError(f"{p}: {exc}") from None
+    except InputError as exc:
+        raise FileFormatError(f"{p}: field meta.in_shape/num_classes: {exc}") from None
+    model = build(meta["model"], tuple(meta["in_shape"]), int(meta["num_classes"]))
+    check_state_fits(p, payload["state_dict"], model, meta["model"])
+    model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, meta

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ittrna._validate import check_seeds
 from ittrna.chip import Chip
 from ittrna.config import ChipConfig
 from ittrna.data import Split
@@ -178,6 +179,7 @@ def monte_carlo(
     progress: bool = True,
 ) -> list[float]:
     """Accuracy of ``model`` on one freshly fabricated chip per seed (same order as ``seeds``)."""
+    seeds = check_seeds(seeds)  # a non-empty list of seeds in [0, 2**63 - 1]
     if device is not None:
         model = copy.deepcopy(model).to(device)
     accs = []

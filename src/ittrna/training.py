@@ -10,7 +10,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ittrna._validate import check_nonempty_split, check_seed
 from ittrna.data import Split
+from ittrna.errors import InputError
 
 __all__ = ["FitReport", "TrainHooks", "accuracy", "fit", "train"]
 
@@ -22,7 +24,12 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, data: Split, *, batch_size: int = 2000) -> float:
-    """Fraction of ``data`` that ``model`` classifies correctly, in [0, 1]."""
+    """Fraction of ``data`` that ``model`` classifies correctly, in [0, 1].
+
+    Raises:
+        InputError: ``data`` is empty (its accuracy is undefined).
+    """
+    check_nonempty_split(data)
     was_training = model.training
     model.eval()
     device = _device(model)
@@ -81,7 +88,7 @@ def fit(
         epochs: passes over ``data`` (the cosine schedule spans them); accepted >= 0.
         lr: Adam peak learning rate; accepted (0, 10].
         batch_size: mini-batch size; accepted >= 1.
-        seed: seeds the private generator that shuffles the mini-batches.
+        seed: seeds the private generator that shuffles the mini-batches; accepted [0, 2**63 - 1].
         params: parameters to optimise (default: every parameter that requires grad).
         val: validation split; when given, accuracy is measured before training and after every epoch and
             the best weights are restored at the end (ties keep the earlier, fewer-epoch weights).
@@ -91,16 +98,19 @@ def fit(
         desc: progress-bar label.
 
     Raises:
-        ValueError: a hyper-parameter outside its accepted range.
+        InputError: a hyper-parameter outside its accepted range, or empty training data.
     """
-    if epochs < 0:
-        raise ValueError(f"epochs = {epochs} is invalid; accepted an integer >= 0")
-    if not 0 < lr <= 10:
-        raise ValueError(f"lr = {lr} is invalid; accepted (0, 10]")
-    if batch_size < 1:
-        raise ValueError(f"batch_size = {batch_size} is invalid; accepted an integer >= 1")
-    if patience is not None and patience < 1:
-        raise ValueError(f"patience = {patience} is invalid; accepted an integer >= 1 or None")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise InputError(f"epochs = {epochs!r} is invalid; accepted an integer >= 0")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 10:
+        raise InputError(f"lr = {lr!r} is invalid; accepted a number in (0, 10]")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size = {batch_size!r} is invalid; accepted an integer >= 1")
+    check_seed(seed)
+    if epochs > 0:
+        check_nonempty_split(data, "training data")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise InputError(f"patience = {patience!r} is invalid; accepted an integer >= 1 or None")
     t0 = time.perf_counter()
     hooks = hooks or TrainHooks()
     gen = torch.Generator().manual_seed(seed)

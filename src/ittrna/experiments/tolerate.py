@@ -20,6 +20,7 @@ from torch import nn
 from ittrna._io import atomic_write
 from ittrna.chip import Chip
 from ittrna.data import Split
+from ittrna.errors import FileFormatError, InputError
 from ittrna.host import Deployment, MeasuredMap
 from ittrna.methods import Context, apply_method, get_method
 from ittrna.models import CHECKPOINT_FORMAT, load_checkpoint
@@ -32,11 +33,11 @@ __all__ = ["check_map_fits", "evaluate_deployment", "load_tuned", "save_tuned", 
 def check_map_fits(measured: MeasuredMap, chip: Chip) -> None:
     """Raise ValueError unless ``measured`` is a test result of ``chip`` (same chip id and geometry)."""
     if measured.chip_id != chip.chip_id:
-        raise ValueError(f"the measured map is of another chip (id {measured.chip_id or '?'}, this chip "
+        raise InputError(f"the measured map is of another chip (id {measured.chip_id or '?'}, this chip "
                          f"{chip.chip_id}); make it with `ittrna chip test` on this chip")
     geometry = {n: layer.shape_meta() for n, layer in chip.layers.items()}
     if {n: dict(m) for n, m in measured.meta.items()} != geometry:
-        raise ValueError("the measured map's layer geometry differs from the chip's")
+        raise InputError("the measured map's layer geometry differs from the chip's")
 
 
 def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, data: Split) -> float:
@@ -73,7 +74,7 @@ def tolerate(
     """
     spec = get_method(method)
     if any(layer.scale != 0.0 for layer in chip):
-        raise ValueError("the chip has been programmed already; start from the fabricated chip file")
+        raise InputError("the chip has been programmed already; start from the fabricated chip file")
     cfg = spec.make_config(settings)
     if measured is None:
         measured = chip.test(seed=test_seed)
@@ -120,6 +121,6 @@ def load_tuned(path: str | Path) -> tuple[nn.Module, dict[str, Any], Deployment 
         return model, meta, None
     try:
         deployment = Deployment.from_payload(model.state_dict(), payload["deployment"])
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    except FileFormatError as exc:
+        raise FileFormatError(f"{path}: {exc}") from None
     return model, meta, deployment

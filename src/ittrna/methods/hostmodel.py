@@ -30,6 +30,7 @@ import torch
 
 from ittrna.config import CellConfig, ChipConfig
 from ittrna.device import HEALTHY, STUCK_ON, quantize_levels
+from ittrna.errors import InputError
 from ittrna.host import MeasuredMap
 from ittrna.mapping import LayerLayout, TileGrid, to_physical
 
@@ -195,7 +196,7 @@ class HostChip:
         for name, arrays in measured.layers.items():
             expected = ("main", "ref") if self.offset else ("pos", "neg")
             if set(arrays) != set(expected):
-                raise ValueError(f"measured map layer {name!r} has arrays {sorted(arrays)}; the design's "
+                raise InputError(f"measured map layer {name!r} has arrays {sorted(arrays)}; the design's "
                                  f"scheme {measured.design.mapping.scheme!r} has {list(expected)}")
 
     @property
@@ -254,6 +255,7 @@ class HostChip:
         grid, layout = self.grids[name], self.layouts[name]
         with torch.no_grad():
             _, tp, tn = realise(matrix.detach(), self.view(name), scale, self.cell, rule)
+        assert tp is not None and tn is not None
         cell = self.cell
 
         def place(t: torch.Tensor, fill: float) -> torch.Tensor:

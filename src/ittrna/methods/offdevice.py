@@ -35,6 +35,7 @@ from torch.nn.utils import parametrize
 
 from ittrna.config import ConfigError
 from ittrna.data import Split
+from ittrna.errors import InputError
 from ittrna.host import Deployment, MeasuredMap
 from ittrna.mapping import matrix_to_weight, weight_to_matrix
 from ittrna.methods.base import Context, MethodConfig, register
@@ -236,12 +237,12 @@ class _Pipeline:
         self.model = copy.deepcopy(model).to(ctx.device).eval()
         self.host = HostChip(measured, device=ctx.device)
         modules = dict(self.model.named_modules())
-        self.mods: dict[str, nn.Module] = {}
+        self.mods: dict[str, Any] = {}  # name -> nn.Linear | nn.Conv2d (Any: parametrized weights type loosely)
         for name in self.host.names:
             m = modules.get(name)
             shape = self.host.weight_shape(name)
             if not isinstance(m, (nn.Linear, nn.Conv2d)) or tuple(m.weight.shape) != shape:
-                raise ValueError(f"the measured map's layer {name!r} (weight shape {shape}) does not match the "
+                raise InputError(f"the measured map's layer {name!r} (weight shape {shape}) does not match the "
                                  "model: a map from another model")
             self.mods[name] = m
         self.scales = {n: self.host.default_scale(m.weight) for n, m in self.mods.items()}
@@ -302,7 +303,8 @@ class _Pipeline:
             def fn(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
                 x = inputs[0].detach()
                 if isinstance(module, nn.Conv2d):
-                    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                    pad: Any = module.padding
+                    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=pad,
                                     stride=module.stride)  # (B, K, L)
                     sq, cnt = (cols**2).sum(dim=(0, 2)), cols.shape[0] * cols.shape[2]
                 else:
@@ -376,6 +378,9 @@ class _HostEffective(nn.Module):
 class _Frozen(nn.Module):
     """Parametrization: entries under ``mask`` are held at ``values`` (no gradient reaches them)."""
 
+    mask: torch.Tensor
+    values: torch.Tensor
+
     def __init__(self, shape: tuple[int, ...], device: str):
         super().__init__()
         self.register_buffer("mask", torch.zeros(shape, dtype=torch.bool, device=device))
@@ -396,8 +401,8 @@ class _Injected(nn.Module):
         if not self.training:
             return w
         m = weight_to_matrix(w)
-        view = sample_view(tuple(m.shape), self.rate, self.share, self.sigma, self.host.offset, self.generator,
-                           m.device)
+        view = sample_view((m.shape[0], m.shape[1]), self.rate, self.share, self.sigma, self.host.offset,
+                           self.generator, m.device)
         scale = float(w.detach().abs().max()) or 1.0
         return matrix_to_weight(realise(m, view, scale, self.host.cell, "plain", targets=False)[0], tuple(w.shape))
 
@@ -533,7 +538,6 @@ def _aft(model: nn.Module, measured: MeasuredMap, cfg: AftConfig, ctx: Context) 
 def _dynamic(model: nn.Module, measured: MeasuredMap, cfg: DynamicConfig, ctx: Context) -> Deployment:
     p = _program_and_remap(model, measured, cfg, ctx, remap=cfg.remap)
     names = list(p.mods)
-    imp = p.importance(cfg.importance_images)
     probe = ctx.val.subset(min(1000, len(ctx.val)))
     gen = ctx.generator(31)
     per_layer = len(ctx.train) * max(cfg.epochs, 0) // max(len(names), 1)
@@ -543,7 +547,7 @@ def _dynamic(model: nn.Module, measured: MeasuredMap, cfg: DynamicConfig, ctx: C
         m = p.mods[name]
         # the error at this layer, on the imperfect outputs of the layers before it (already on the host model)
         captured: list[torch.Tensor] = []
-        h = m.register_forward_hook(lambda _m, inp, _o: captured.append(inp[0].detach()))
+        h = m.register_forward_hook(lambda _m, inp, _o, out=captured: out.append(inp[0].detach()))
         with torch.no_grad():
             p.model(probe.x.to(ctx.device))
         h.remove()

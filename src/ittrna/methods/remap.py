@@ -80,7 +80,7 @@ def remap_layer(
     grid = host.grids[name]
     k, n = grid.k, grid.n
     tr, tc = grid.tiles
-    kp, np_ = grid.padded
+    np_ = grid.padded[1]
     w = matrix.detach().float().cpu()
     imp = importance.detach().float().cpu().clamp_min(0)
     row_map = LayerLayout.identity(grid).row_map.clone()  # (tc, Kp)
