@@ -398,9 +398,9 @@ def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str
     of records with a unique ``name``, ``kind``, ``weight_shape``, ``k``, ``n`` consistent with each other,
     ``scale`` (finite, >= 0), ``version`` (integer >= 0) and ``arrays``, the scheme's array names). Arrays:
     exactly one per (layer, array, field), with the field's dtype, the shape the tiling gives, fault codes
-    in {0, 1, 2}, finite theta/eps within +/- 60, conductances within [Gmin, Gmax], write counts >= 0; format 2 adds each layer's layout
-    (``layer|_layout|row_map`` int64 (tiles along N, Kp), ``layer|_layout|col_sign`` float32 (Np,) of +/-1; the
-    routing itself is checked by ``LayerLayout.check`` on load).
+    in {0, 1, 2}, finite theta/eps within +/- 60, conductances within [Gmin, Gmax], write counts >= 0;
+    format 2 adds each layer's layout (``layer|_layout|row_map`` int64 (tiles along N, Kp) and
+    ``layer|_layout|col_sign`` float32 (Np,); the routing itself is checked by ``LayerLayout.check`` on load).
 
     Raises:
         FileFormatError: naming the file and the first bad field.
