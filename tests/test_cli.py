@@ -149,3 +149,72 @@ def test_chip_for_another_model_is_a_clear_error(capsys, tmp_path, ckpt):
     assert run(capsys, "chip", "make", "--model", str(other), "--out", str(chip))[0] == 0
     code, _, err = run(capsys, "evaluate", "--model", str(ckpt), "--chip", str(chip))
     assert code != 0 and one_line_error(err) and "weight shape" in err
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory, mnist_train):
+    """An MLP trained briefly on 5000 images (enough for chip effects to show)."""
+    from ittrna.training import train
+
+    path = tmp_path_factory.mktemp("tol") / "mlp.pt"
+    model = train(build("mlp", seed=0), mnist_train.subset(5000), epochs=1, progress=False)
+    save_checkpoint(path, model, {"model": "mlp", "dataset": "mnist", "in_shape": [1, 28, 28], "num_classes": 10})
+    return path
+
+
+def test_methods_lists_the_registry(capsys):
+    from ittrna.methods import METHODS
+
+    code, out, _ = run(capsys, "methods", "--json")
+    assert code == 0
+    listed = json.loads(out.strip().splitlines()[-1])["methods"]
+    assert [m["name"] for m in listed] == list(METHODS)
+    assert all(m["description"] and m["version"] >= 1 for m in listed)
+
+
+def test_tolerate_then_evaluate_reproduces_chip_accuracy(capsys, trained_ckpt, tmp_path):
+    chip = tmp_path / "chip.npz"
+    assert run(capsys, "chip", "make", "--model", str(trained_ckpt), "--saf-rate", "0.2", "--sigma", "0.5",
+               "--seed", "5", "--out", str(chip))[0] == 0
+    tuned = tmp_path / "tuned.pt"
+    code, out, err = run(capsys, "tolerate", "--method", "remap", "--model", str(trained_ckpt), "--chip", str(chip),
+                         "--miss-rate", "0.05", "--set", "method.search_images=1000", "--out", str(tuned),
+                         "--json", "--quiet")
+    assert code == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert set(res) >= {"method", "ideal_accuracy", "chip_accuracy_before", "chip_accuracy", "writes", "seconds"}
+    assert res["method"] == "remap" and res["writes"] > 0
+    assert res["chip_accuracy"] > res["chip_accuracy_before"]
+    code, out, err = run(capsys, "evaluate", "--model", str(tuned), "--chip", str(chip), "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["accuracy_mean"] == pytest.approx(res["chip_accuracy"], abs=0)
+    # the tuned file belongs to its chip
+    other = tmp_path / "other.npz"
+    run(capsys, "chip", "make", "--model", str(trained_ckpt), "--saf-rate", "0.2", "--seed", "6", "--out", str(other))
+    code, _, err = run(capsys, "evaluate", "--model", str(tuned), "--chip", str(other))
+    assert code != 0 and one_line_error(err) and "another chip" in err
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--method", "magic"], "invalid choice"),
+    (["--method", "fat", "--set", "method.bogus=1"], "method.bogus"),
+    (["--method", "fat", "--set", "faults.rate=0.1"], "method.FIELD"),
+    (["--method", "program", "--epochs", "2"], "method.epochs"),
+    (["--method", "fat", "--epochs", "-1"], "-1"),
+    (["--method", "fat", "--set", "method.lr=0"], "method.lr"),
+    (["--method", "program", "--map", "{other_map}"], "another chip"),
+    (["--method", "program", "--map", "{map}", "--miss-rate", "0.1"], "--map"),
+])
+def test_tolerate_bad_input(capsys, trained_ckpt, tmp_path, extra, needle):
+    chip, other = tmp_path / "chip.npz", tmp_path / "other.npz"
+    run(capsys, "chip", "make", "--model", str(trained_ckpt), "--saf-rate", "0.1", "--seed", "1", "--out", str(chip))
+    run(capsys, "chip", "make", "--model", str(trained_ckpt), "--saf-rate", "0.1", "--seed", "2", "--out", str(other))
+    run(capsys, "chip", "test", str(chip), "--out", str(tmp_path / "map.npz"))
+    run(capsys, "chip", "test", str(other), "--out", str(tmp_path / "other_map.npz"))
+    capsys.readouterr()
+    args = [a.format(map=tmp_path / "map.npz", other_map=tmp_path / "other_map.npz") for a in extra]
+    out = tmp_path / "t.pt"
+    code, _, err = run(capsys, "tolerate", "--model", str(trained_ckpt), "--chip", str(chip), "--out", str(out),
+                       "--quiet", *args)
+    assert code != 0 and one_line_error(err) and needle in err, err
+    assert not out.exists()

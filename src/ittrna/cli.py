@@ -204,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ittrna._validate import check_device, check_output
     from ittrna.data import DATASETS, load
     from ittrna.models import MODELS, build, save_checkpoint
-    from ittrna.training import accuracy, train
+    from ittrna.training import accuracy, fit
 
     if args.model not in MODELS:
         raise CliError(f"unknown model {args.model!r}; accepted one of {sorted(MODELS)}")
@@ -218,19 +218,21 @@ def cmd_train(args: argparse.Namespace) -> None:
     test_split = load(args.dataset, "test", data_dir=args.data_dir)
     model = build(args.model, spec.in_shape, spec.num_classes, seed=args.seed).to(device)
     t0 = time.perf_counter()
-    train(model, train_split, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-          progress=not args.quiet)
+    rep = fit(model, train_split, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+              val=val_split if args.patience else None, patience=args.patience, progress=not args.quiet)
     seconds = time.perf_counter() - t0
     model = model.to("cpu")
     val_acc, test_acc = accuracy(model, val_split), accuracy(model, test_split)
     meta = {"model": args.model, "dataset": args.dataset, "in_shape": list(spec.in_shape),
             "num_classes": spec.num_classes, "seed": args.seed, "epochs": args.epochs, "lr": args.lr,
             "batch_size": args.batch_size, "val_accuracy": val_acc, "test_accuracy": test_acc,
+            "epochs_run": rep.epochs, "best_epoch": rep.best_epoch + 1, "patience": args.patience,
             "torch": str(torch.__version__)}
     save_checkpoint(args.out, model, meta)
-    per_epoch = seconds / args.epochs if args.epochs else 0.0
+    per_epoch = seconds / rep.epochs if rep.epochs else 0.0
+    stop = (f", kept epoch {rep.best_epoch + 1} (validation stopped improving)" if args.patience else "")
     text = (f"{args.model} on {args.dataset}: test accuracy {100 * test_acc:.2f}% (val {100 * val_acc:.2f}%), "
-            f"{args.epochs} epochs in {seconds:.1f}s ({per_epoch:.1f}s/epoch) -> {args.out}")
+            f"{rep.epochs} epochs in {seconds:.1f}s ({per_epoch:.1f}s/epoch){stop} -> {args.out}")
     _emit(args, text, {"test_accuracy": test_acc, "val_accuracy": val_acc, "seconds": seconds,
                        "seconds_per_epoch": per_epoch, "out": str(args.out)})
 
@@ -512,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0)
     p.add_argument("--lr", type=_float_in(1e-8, 10), default=1e-3, help="Adam learning rate")
     p.add_argument("--batch-size", type=_int_in(1, 1_000_000), default=64)
+    p.add_argument("--patience", type=_int_in(1, 1000), default=None,
+                   help="train to convergence: stop after this many epochs without a better validation accuracy "
+                        "and keep the best epoch (--epochs is then the maximum and spans the cosine schedule)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset folder (required for cifar10)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")

@@ -61,11 +61,13 @@ def tolerate(
     test_seed: int = 0,
     seed: int = 0,
     progress: bool = False,
+    device: str = "cpu",
 ) -> tuple[dict[str, Any], Deployment]:
     """Run ``method`` for ``chip`` and evaluate it on the test split.
 
     ``chip`` must be as fabricated (never programmed): it is programmed once, with the method's deployment,
     so the result is reproducible from the chip file. The accuracy before the method is measured on a copy.
+    ``device`` is where the method computes (e.g. ``cuda``); chips and evaluation stay on the CPU.
 
     Returns:
         (result, deployment). ``result`` holds ``method``, ``ideal_accuracy``, ``chip_accuracy_before``,
@@ -82,7 +84,8 @@ def tolerate(
     before_chip = copy.deepcopy(chip)
     before = accuracy(deploy(model, before_chip), test)
     t0 = time.perf_counter()
-    deployment = apply_method(method, model, measured, Context(train, val, seed=seed, progress=progress), cfg)
+    ctx = Context(train, val, seed=seed, progress=progress, device=device)
+    deployment = apply_method(method, model, measured, ctx, cfg)
     seconds = time.perf_counter() - t0
     after = evaluate_deployment(model, chip, deployment, test)
     wear = chip.write_stats()

@@ -182,9 +182,14 @@ class AftConfig(RemapConfig):
 class DynamicConfig(AftConfig):
     """Layer-by-layer dynamic adjustment (ITT-RNA part 2, reconstructed)."""
 
+    shrink: float = 1.0
+    """A frozen weight is set to what the chip realises for shrink * w (1: frozen where it is). Accepted
+    [0, 1]."""
+
     error_ref: float = 0.05
-    """Reference relative output error of a layer: a layer with error e uses threshold
-    tau * clamp(error_ref / e, 0.25, 4). Accepted (0, 10]."""
+    """Reference relative output error of a layer: a layer whose output (on the imperfect outputs of the
+    layers before it) deviates by e uses threshold tau * max(1, e / error_ref), so the more error has
+    accumulated, the fewer weights are frozen and the more are left to compensate. Accepted (0, 10]."""
 
     def _validate(self) -> None:
         super()._validate()
@@ -532,20 +537,27 @@ def _aft(model: nn.Module, measured: MeasuredMap, cfg: AftConfig, ctx: Context) 
     return p.deployment("pair")
 
 
-@register("dynamic", "off-device", DynamicConfig, 1,
-          "ITT-RNA part 2 (reconstructed): layer by layer from the input, freeze imperfect weights with a threshold "
-          "set by the layer's measured error, retrain the rest against the imperfect outputs before it")
+@register("dynamic", "off-device", DynamicConfig, 2,
+          "ITT-RNA part 2 (reconstructed): layer by layer from the input, each layer moves onto the chip model "
+          "with its imperfect weights frozen under a threshold set by the error measured there, while all "
+          "layers keep retraining against the imperfect outputs before them")
 def _dynamic(model: nn.Module, measured: MeasuredMap, cfg: DynamicConfig, ctx: Context) -> Deployment:
     p = _program_and_remap(model, measured, cfg, ctx, remap=cfg.remap)
     names = list(p.mods)
     probe = ctx.val.subset(min(1000, len(ctx.val)))
     gen = ctx.generator(31)
-    per_layer = len(ctx.train) * max(cfg.epochs, 0) // max(len(names), 1)
-    taus, errors = {}, {}
-    all_modules = list(p.model.modules())
-    for li, name in enumerate(names):
-        m = p.mods[name]
-        # the error at this layer, on the imperfect outputs of the layers before it (already on the host model)
+    steps = cfg.epochs * -(-len(ctx.train) // cfg.batch_size)
+    starts = [(li * steps) // len(names) for li in range(len(names))]  # phase li begins at this step
+    taus: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    frozen_counts: dict[str, int] = {}
+
+    def enter(li: int) -> None:
+        """Phase li: measure layer li's error on the imperfect outputs of the layers before it (already on the
+        chip model), freeze its imperfect weights under the adjusted threshold, put it on the chip model."""
+        name, m = names[li], p.mods[names[li]]
+        was_training = p.model.training
+        p.model.eval()
         captured: list[torch.Tensor] = []
         h = m.register_forward_hook(lambda _m, inp, _o, out=captured: out.append(inp[0].detach()))
         with torch.no_grad():
@@ -553,37 +565,37 @@ def _dynamic(model: nn.Module, measured: MeasuredMap, cfg: DynamicConfig, ctx: C
         h.remove()
         x = captured[0]
         with torch.no_grad():
-            w_eff = p.effective(name, p.scales[name], "pair")
-            y_sw = m._conv_forward(x, m.weight, None) if isinstance(m, nn.Conv2d) else F.linear(x, m.weight)
+            w = m.weight.detach()
+            w_eff = matrix_to_weight(p.host.effective_matrix(name, weight_to_matrix(w), p.scales[name]),
+                                     tuple(w.shape))
+            y_sw = m._conv_forward(x, w, None) if isinstance(m, nn.Conv2d) else F.linear(x, w)
             y_eff = m._conv_forward(x, w_eff, None) if isinstance(m, nn.Conv2d) else F.linear(x, w_eff)
         err = float((y_eff - y_sw).norm() / y_sw.norm().clamp_min(1e-12))
-        tau = cfg.tau * min(4.0, max(0.25, cfg.error_ref / max(err, 1e-12)))
+        tau = cfg.tau * max(1.0, err / cfg.error_ref)  # more error here: more weights left free to compensate
         taus[name], errors[name] = tau, err
-        # freeze this layer's imperfect weights at what the chip realises for shrink * w
-        frozen = _Frozen(tuple(m.weight.shape), ctx.device)
+        frozen = _Frozen(tuple(w.shape), ctx.device)
         bad = p.imperfect(name, tau)
-        eff = p.effective(name, p.scales[name], "pair", shrink=cfg.shrink)
         frozen.mask.copy_(bad)
-        frozen.values.copy_(eff)
+        frozen.values.copy_(p.effective(name, p.scales[name], "pair", shrink=cfg.shrink))
+        frozen_counts[name] = int(bad.sum())
         parametrize.register_parametrization(m, "weight", frozen)
-        # train this layer and those after it; earlier layers stay as deployed
-        later = set(names[li:])
-        trainable = [prm for n2, mod in p.mods.items() if n2 in later for prm in mod.parameters()]
-        for mod in all_modules:
-            for prm in mod.parameters(recurse=False):
-                prm.requires_grad_(any(prm is t for t in trainable))
-        if per_layer > 0:
-            idx = torch.randperm(len(ctx.train), generator=gen)[:per_layer]
-            chunk = Split(ctx.train.x[idx], ctx.train.y[idx])
-            fit(p.model, chunk, epochs=1, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed + li,
-                params=trainable, progress=ctx.progress, desc=f"dynamic {name}")
-        parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-        # from now on the layer computes as deployed (host model), so later layers see its true errors
         parametrize.register_parametrization(m, "weight", _HostEffective(p.host, name, p.scales[name], None, gen))
-    _unparametrize(p.model, keep=False)
-    for prm in p.model.parameters():
-        prm.requires_grad_(True)
-    p.report.update(epochs=cfg.epochs, tau=taus, layer_error=errors)
+        p.model.train(was_training)
+
+    entered = 0
+
+    def after_step(step: int) -> None:
+        nonlocal entered
+        while entered < len(names) and step >= starts[entered]:
+            enter(entered)
+            entered += 1
+
+    after_step(0)
+    rep = fit(p.model, ctx.train, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
+              hooks=TrainHooks(after_step=after_step), progress=ctx.progress, desc="dynamic")
+    after_step(steps + 1)  # any phase not reached (e.g. epochs = 0)
+    _unparametrize(p.model, keep=True)  # bake the realised weights (programming them realises them again)
+    p.report.update(epochs=rep.epochs, tau=taus, layer_error=errors, frozen=frozen_counts)
     return p.deployment("pair")
 
 

@@ -1,0 +1,292 @@
+"""Tolerance methods: the host/chip boundary, the host model against the chip, hand-checked programming,
+remapping against brute force, determinism, and every method beating `none` on a small chip."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ittrna.chip import CellArray, Chip
+from ittrna.config import CellConfig, ChipConfig
+from ittrna.data import Split, load
+from ittrna.device import HEALTHY, STUCK_OFF, STUCK_ON
+from ittrna.errors import ConfigError, InputError
+from ittrna.experiments.tolerate import evaluate_deployment, tolerate
+from ittrna.mapping import LayerLayout, TileGrid, weight_to_matrix
+from ittrna.methods import METHODS, Context, apply_method, get_method
+from ittrna.methods.hostmodel import CellView, HostChip, realise
+from ittrna.methods.remap import _tile_errors, remap_layer
+from ittrna.models import build
+from ittrna.training import accuracy, train
+
+FAST = {"epochs": 1, "search_images": 500, "headroom_steps": 4, "search_passes": 1, "importance_images": 256}
+
+
+def _fast(name: str) -> dict:
+    fields = get_method(name).config().to_dict()
+    return {k: v for k, v in FAST.items() if k in fields}
+
+
+@pytest.fixture(scope="module")
+def small(mnist_train):
+    """A small MLP trained on 4000 images, with 4000 training / 500 validation / 2000 test images."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 48), nn.ReLU(), nn.Linear(48, 10))
+    g = torch.Generator().manual_seed(0)
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
+    tr = mnist_train.subset(4000)
+    train(model, tr, epochs=3, progress=False)
+    val = load("mnist", "val").subset(500)
+    test = load("mnist", "test").subset(2000)
+    return model, tr, val, test
+
+
+def _ctx(small, seed=0):
+    _, tr, val, _ = small
+    return Context(tr, val, seed=seed)
+
+
+def _same(a, b) -> bool:
+    return (a.state_dict.keys() == b.state_dict.keys()
+            and all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+            and a.scales == b.scales
+            and all(a.layouts[n].equals(b.layouts[n]) for n in a.layouts) and a.layouts.keys() == b.layouts.keys()
+            and all(torch.equal(a.targets[n][x], b.targets[n][x]) for n in a.targets for x in a.targets[n]))
+
+
+# --- the boundary ----------------------------------------------------------------------------------------
+def test_registry_lists_every_method_with_config_version_source():
+    assert list(METHODS)[:2] == ["none", "noise"]
+    for spec in METHODS.values():
+        assert spec.kind in ("off-device", "on-device") and spec.version >= 1 and spec.description
+        spec.config()  # defaults validate
+    with pytest.raises(ConfigError, match="unknown method 'magic'"):
+        get_method("magic")
+    with pytest.raises(ConfigError, match="method.epochs"):
+        get_method("fat").make_config({"epochs": -1})
+    with pytest.raises(ConfigError, match="unknown method field method.bogus"):
+        get_method("fat").make_config({"method.bogus": 1})
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_counterfactual_equal_maps_give_equal_deployments(small, method):
+    """Two chips whose truth differs only where the test is blind (the faults it missed) give the same map,
+    and every method returns the same deployment for both."""
+    model = small[0]
+    cfg = ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.5, "test.miss_rate": 0.4})
+    a = Chip.fabricate(model, cfg, 3)
+    b = copy.deepcopy(a)
+    map_a = a.test(seed=1)
+    for name, layer in b.layers.items():  # heal in b every fault that a's test missed
+        for aname, arr in layer.arrays.items():
+            missed = (arr.fault != HEALTHY) & (map_a.layers[name][aname]["fault"] == HEALTHY)
+            arr.fault = torch.where(missed, torch.zeros_like(arr.fault), arr.fault)
+    map_b = b.test(seed=1)
+    assert any(not torch.equal(x.fault, y.fault) for la, lb in zip(a, b) for x, y in
+               zip(la.arrays.values(), lb.arrays.values()))  # the truths differ
+    for name in map_a.layers:
+        for aname in map_a.layers[name]:
+            for f in ("fault", "theta"):
+                assert torch.equal(map_a.layers[name][aname][f], map_b.layers[name][aname][f])
+    dep_a = apply_method(method, model, map_a, _ctx(small), _fast(method))
+    dep_b = apply_method(method, model, map_b, _ctx(small), _fast(method))
+    assert _same(dep_a, dep_b)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_methods_never_touch_the_truth(small, method, monkeypatch):
+    """Poison: every accessor of a chip's true state raises while a method runs."""
+    model = small[0]
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.3}), 5)
+    measured = chip.test()
+
+    def poison(*_a, **_k):
+        raise AssertionError("a method read the true chip")
+
+    for attr in ("conductances", "effective_matrix", "effective_weight", "test", "layer", "program",
+                 "program_weights", "program_deployment", "write_stats", "__iter__", "chip_id", "stats"):
+        monkeypatch.setattr(Chip, attr, property(poison) if attr == "chip_id" else poison)
+    monkeypatch.setattr(CellArray, "conductance", poison)
+    apply_method(method, model, measured, _ctx(small), _fast(method))
+
+
+def test_map_from_another_chip_or_model_is_refused(small):
+    model = small[0]
+    cfg = ChipConfig().override({"faults.rate": 0.1})
+    chip, other = Chip.fabricate(model, cfg, 1), Chip.fabricate(model, cfg, 2)
+    _, tr, val, test = small
+    with pytest.raises(InputError, match="another chip"):
+        tolerate(model, chip, "program", train=tr, val=val, test=test, measured=other.test(), settings=_fast("program"))
+    lenet_map = Chip.fabricate(build("lenet5"), cfg, 1).test()
+    with pytest.raises(InputError, match="another model"):
+        apply_method("program", model, lenet_map, _ctx(small))
+
+
+# --- the host model ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["differential", "offset"])
+@pytest.mark.parametrize("levels", [None, 16])
+def test_host_model_predicts_the_chip_exactly_with_a_perfect_test(scheme, levels):
+    """With an exact map (no missed faults, no theta error, no programming noise) the host's predicted
+    effective weights equal what the true chip realises, for a random layout with spare rows."""
+    model = nn.Sequential(nn.Linear(70, 30), nn.ReLU(), nn.Linear(30, 5))
+    cfg = ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.8, "mapping.scheme": scheme,
+                                 "cell.levels": levels, "mapping.rows": 16, "mapping.cols": 8,
+                                 "mapping.spare_rows": 3})
+    chip = Chip.fabricate(model, cfg, 9)
+    host = HostChip(chip.test())
+    gen = torch.Generator().manual_seed(0)
+    for name, m in (("0", model[0]), ("2", model[2])):
+        grid = host.grids[name]
+        tr, tc = grid.tiles
+        row_map = torch.stack([torch.cat([i * grid.tile_rows + torch.randperm(grid.tile_rows, generator=gen)[:grid.rows]
+                                          for i in range(tr)]) for _ in range(tc)])
+        sign = torch.where(torch.rand(grid.padded[1], generator=gen) < 0.5, -1.0, 1.0)
+        host.set_layout(name, LayerLayout(row_map, sign))
+        w = weight_to_matrix(m.weight.detach())
+        scale = 0.5 * float(w.abs().max())
+        predicted = host.effective_matrix(name, w, scale)
+        chip.program_weights(name, m.weight, scale=scale, layout=host.layouts[name],
+                             targets=host.targets(name, w, scale))
+        assert torch.allclose(chip.effective_matrix(name), predicted, rtol=1e-4, atol=1e-6 * scale)
+
+
+def _view(fp, tp, fn, tn):
+    t = lambda v, dt: torch.tensor([[v]], dtype=dt)  # noqa: E731
+    return CellView(t(fp, torch.int8), t(tp, torch.float32), t(fn, torch.int8), t(tn, torch.float32),
+                    torch.ones(1), False)
+
+
+@pytest.mark.parametrize(("cells", "w", "expected", "tp", "tn"), [
+    # (fault+, theta+, fault-, theta-), weight (scale 1), realised weight, targets in units of Gmax
+    ((STUCK_ON, 0.0, HEALTHY, 0.0), 0.0, 0.0, 0.0, 1.0),                    # partner cancels a stuck-on cell
+    ((STUCK_ON, 0.0, HEALTHY, 0.0), 0.25, 0.25, 0.0, 0.75),                 # ... or shifts it
+    ((STUCK_ON, 0.0, HEALTHY, 0.0), -0.5, 0.0, 0.0, 1.0),                   # negative weight unreachable
+    ((STUCK_OFF, 0.0, HEALTHY, 0.0), 0.5, 0.0, 0.0, 0.0),                   # positive weight unreachable
+    ((STUCK_OFF, 0.0, HEALTHY, 0.0), -0.5, -0.5, 0.0, 0.5),                 # the partner carries it
+    ((HEALTHY, math.log(2), HEALTHY, 0.0), 0.5, 0.5, 0.25, 0.0),            # e^theta = 2 divided out
+    ((HEALTHY, -math.log(2), HEALTHY, 0.0), 0.8, 0.5, 1.0, 0.0),            # e^theta = 0.5: clipped at Gmax
+    ((STUCK_ON, 0.0, STUCK_OFF, 0.0), -0.3, 1.0, 0.0, 0.0),                 # both stuck: nothing to do
+    ((HEALTHY, 0.0, STUCK_ON, 0.0), -0.25, -0.25, 0.75, 0.0),
+])
+def test_pair_programming_matches_hand_computed_pairs(cells, w, expected, tp, tn):
+    cell = CellConfig(r_on=1e4, r_off=math.inf)  # Gmin = 0: the arithmetic stays exact
+    g = cell.g_max
+    eff, t_p, t_n = realise(torch.tensor([[w]]), _view(*cells), 1.0, cell, "pair")
+    assert float(eff) == pytest.approx(expected, abs=1e-6)
+    if cells[0] == HEALTHY:
+        assert float(t_p) == pytest.approx(tp * g, rel=1e-5, abs=1e-12)
+    if cells[2] == HEALTHY:
+        assert float(t_n) == pytest.approx(tn * g, rel=1e-5, abs=1e-12)
+    fast = realise(torch.tensor([[w]]), _view(*cells), 1.0, cell, "pair", targets=False)[0]
+    assert float(fast) == pytest.approx(expected, abs=1e-6)
+
+
+def test_gradient_flows_to_pairs_with_a_programmable_cell_only():
+    cell = CellConfig(r_on=1e4, r_off=math.inf)
+    view = CellView(torch.tensor([[HEALTHY, STUCK_ON]], dtype=torch.int8), torch.zeros(1, 2),
+                    torch.tensor([[HEALTHY, STUCK_OFF]], dtype=torch.int8), torch.zeros(1, 2), torch.ones(2), False)
+    w = torch.tensor([[0.3, 0.3]], requires_grad=True)
+    realise(w, view, 1.0, cell, "pair", targets=False)[0].sum().backward()
+    assert w.grad.tolist() == [[1.0, 0.0]]
+
+
+# --- remapping -----------------------------------------------------------------------------------------------
+def test_remap_equals_brute_force_on_a_tiny_tile():
+    """One 4-row tile with 2 spare word lines: the assignment's cost equals the best of all 360 routings
+    (polarity fixed), and with polarity it is never worse."""
+    model = nn.Sequential(nn.Linear(4, 3, bias=False))
+    cfg = ChipConfig().override({"faults.rate": 0.3, "variation.sigma": 0.7, "mapping.rows": 4,
+                                 "mapping.cols": 3, "mapping.spare_rows": 2})
+    for seed in range(3):
+        host = HostChip(Chip.fabricate(model, cfg, seed).test())
+        w = torch.randn(4, 3, generator=torch.Generator().manual_seed(seed))
+        imp = torch.rand(4, generator=torch.Generator().manual_seed(seed + 100))
+        e_pos, _ = _tile_errors(host, "0", w, 1.0, "pair", 0, 0, 3, 0)  # (4, 6, 3)
+        cost = (e_pos * imp.view(4, 1, 1)).sum(2)
+        brute = min(sum(float(cost[k, p[k]]) for k in range(4)) for p in itertools.permutations(range(6), 4))
+        _, _, after = remap_layer(host, "0", w, 1.0, imp, polarity=False)
+        assert after == pytest.approx(brute, rel=1e-5)
+        _, before, after_pol = remap_layer(host, "0", w, 1.0, imp, polarity=True)
+        assert after_pol <= brute * (1 + 1e-5) and after_pol <= before
+
+
+# --- methods end to end -------------------------------------------------------------------------------------
+def test_every_method_beats_none_on_a_small_chip(small):
+    model, tr, val, test = small
+    chip0 = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.5}), 21)
+    accs = {}
+    for method in METHODS:
+        result, _ = tolerate(model, copy.deepcopy(chip0), method, train=tr, val=val, test=test,
+                             settings=_fast(method))
+        accs[method] = result["chip_accuracy"]
+    software = accuracy(model, test)
+    assert accs["none"] < software - 0.05  # the chip hurts
+    for method, acc in accs.items():
+        if method != "none":
+            assert acc > accs["none"] + 0.01, (method, accs)
+    assert max(accs.values()) > software - 0.03, accs
+
+
+def test_same_seed_same_result_and_tuned_file_reproduces(small, tmp_path):
+    model, tr, val, test = small
+    cfg = ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.5, "test.theta_noise": 0.1,
+                                 "test.miss_rate": 0.1})
+    chip = Chip.fabricate(model, cfg, 4)
+    measured = chip.test()
+    a = apply_method("remap-fat", model, measured, _ctx(small, seed=3), _fast("remap-fat"))
+    b = apply_method("remap-fat", model, measured, _ctx(small, seed=3), _fast("remap-fat"))
+    assert _same(a, b)
+    acc1 = evaluate_deployment(model, copy.deepcopy(chip), a, test)
+    acc2 = evaluate_deployment(model, copy.deepcopy(chip), b, test)
+    assert acc1 == acc2
+
+
+def test_aft_leaves_no_large_weight_on_an_imperfect_cell(small):
+    """With one phase every imperfect weight is frozen before training at what the chip realises for
+    shrink * w: where the pair can realise 0, its magnitude is at most shrink * |w|, and it stays frozen."""
+    model, tr, val, _ = small
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.8}), 8)
+    measured = chip.test()
+    settings = {**_fast("aft"), "shrink": 0.25, "tau": 0.5}
+    start = apply_method("remap", model, measured, _ctx(small), _fast("remap"))
+    dep = apply_method("aft", model, measured, _ctx(small), settings)
+    host = HostChip(measured)
+    for name in host.names:
+        host.set_layout(name, dep.layouts[name])
+        v = host.view(name)
+        bad = ((v.fault_p != 0) | (v.fault_n != 0) | ((v.theta_p.exp() - 1).abs() > 0.5)
+               | ((v.theta_n.exp() - 1).abs() > 0.5))
+        lo, hi = v.diff_bounds(host.cell)
+        zero_ok = (lo <= 0) & (hi >= 0)
+        w_before = weight_to_matrix(start.state_dict[f"{name}.weight"])
+        w_after = weight_to_matrix(dep.state_dict[f"{name}.weight"])
+        sel = bad & zero_ok
+        assert int(sel.sum()) > 0
+        assert bool((w_after[sel].abs() <= 0.25 * w_before[sel].abs() + 1e-6).all())
+        healthy = ~bad
+        assert float(w_after[healthy].abs().max()) > 2 * float(w_after[sel].abs().max())
+
+
+def test_tolerate_refuses_a_programmed_chip(small):
+    model, tr, val, test = small
+    chip = Chip.fabricate(model, ChipConfig(), 1)
+    chip.program_model(model)
+    with pytest.raises(InputError, match="programmed already"):
+        tolerate(model, chip, "none", train=tr, val=val, test=test)
+
+
+def test_deployment_layout_is_checked_when_programmed():
+    model = nn.Sequential(nn.Linear(8, 4))
+    chip = Chip.fabricate(model, ChipConfig().override({"mapping.rows": 4, "mapping.spare_rows": 1}), 0)
+    grid = TileGrid(8, 4, 4, 128, 1)
+    bad = LayerLayout(torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7]]), torch.ones(128))  # row 4 is tile 0's spare
+    with pytest.raises(InputError, match="own tile row"):
+        chip.program_weights("0", model[0].weight, layout=bad)
+    assert tuple(LayerLayout.identity(grid).row_map.shape) == (1, 8)
