@@ -13,7 +13,7 @@ from torch import nn
 
 from ittrna.chip import CellArray, Chip
 from ittrna.config import CellConfig, ChipConfig
-from ittrna.data import Split, load
+from ittrna.data import load
 from ittrna.device import HEALTHY, STUCK_OFF, STUCK_ON
 from ittrna.errors import ConfigError, InputError
 from ittrna.experiments.tolerate import evaluate_deployment, tolerate
@@ -89,8 +89,8 @@ def test_counterfactual_equal_maps_give_equal_deployments(small, method):
             missed = (arr.fault != HEALTHY) & (map_a.layers[name][aname]["fault"] == HEALTHY)
             arr.fault = torch.where(missed, torch.zeros_like(arr.fault), arr.fault)
     map_b = b.test(seed=1)
-    assert any(not torch.equal(x.fault, y.fault) for la, lb in zip(a, b) for x, y in
-               zip(la.arrays.values(), lb.arrays.values()))  # the truths differ
+    assert any(not torch.equal(x.fault, y.fault) for la, lb in zip(a, b, strict=True) for x, y in
+               zip(la.arrays.values(), lb.arrays.values(), strict=True))  # the truths differ
     for name in map_a.layers:
         for aname in map_a.layers[name]:
             for f in ("fault", "theta"):
@@ -235,7 +235,7 @@ def test_every_method_beats_none_on_a_small_chip(small):
 
 
 def test_same_seed_same_result_and_tuned_file_reproduces(small, tmp_path):
-    model, tr, val, test = small
+    model, _, _, test = small
     cfg = ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.5, "test.theta_noise": 0.1,
                                  "test.miss_rate": 0.1})
     chip = Chip.fabricate(model, cfg, 4)
@@ -251,7 +251,7 @@ def test_same_seed_same_result_and_tuned_file_reproduces(small, tmp_path):
 def test_aft_leaves_no_large_weight_on_an_imperfect_cell(small):
     """With one phase every imperfect weight is frozen before training at what the chip realises for
     shrink * w: where the pair can realise 0, its magnitude is at most shrink * |w|, and it stays frozen."""
-    model, tr, val, _ = small
+    model = small[0]
     chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.8}), 8)
     measured = chip.test()
     settings = {**_fast("aft"), "shrink": 0.25, "tau": 0.5}
