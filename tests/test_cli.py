@@ -63,8 +63,9 @@ def test_chip_make_show_test_json(capsys, ckpt, tmp_path):
                          "--pattern", "clustered", "--crossbar", "64x64", "--seed", "3", "--out", str(chip), "--json")
     assert code == 0, err
     payload = json.loads(out.strip().splitlines()[-1])
-    assert payload["stuck_on_fraction"] + payload["stuck_off_fraction"] == pytest.approx(0.1, abs=1e-4)  # exact
-    assert payload["cells"] > 0 and payload["out"] == str(chip)
+    # exact over whole arrays (tests/test_chip.py); over the cells that carry weights, close to it
+    assert payload["stuck_on_fraction"] + payload["stuck_off_fraction"] == pytest.approx(0.1, abs=0.01)
+    assert 0 < payload["cells"] < payload["cells_total"] and payload["out"] == str(chip)
     code, out, _ = run(capsys, "chip", "show", str(chip), "--png", str(tmp_path / "f.png"), "--json")
     assert code == 0 and (tmp_path / "f.png").stat().st_size > 1000
     shown = json.loads(out.strip().splitlines()[-1])

@@ -88,3 +88,44 @@ def test_sigma_hurts_more_when_larger(trained_mlp, mnist_test):
                            progress=False)
         means.append(sum(accs) / len(accs))
     assert means[0] > means[1] > means[2]
+
+
+def test_adc_calibrated_once_outputs_do_not_depend_on_the_batch():
+    """A 4-bit ADC is calibrated on calibration inputs and then fixed: an image's logits are the same alone
+    and inside a batch of 256, and a saved chip keeps its calibration."""
+    from ittrna.chip import Chip
+    from ittrna.config import ChipConfig
+    from ittrna.models import build
+    from ittrna.nn import deploy
+
+    model = build("lenet5", seed=3)
+    g = torch.Generator().manual_seed(0)
+    calib, x = torch.rand(64, 1, 28, 28, generator=g), torch.rand(256, 1, 28, 28, generator=g)
+    chip = Chip.fabricate(model, ChipConfig().override({"mapping.adc_bits": 4, "mapping.dac_bits": 8,
+                                                        "mapping.rows": 64}), 0)
+    analog = deploy(model, chip, calibration=calib)
+    fs = [layer.adc_fs.clone() for layer in chip]
+    with torch.no_grad():
+        alone, batch = analog(x[:1]), analog(x)[:1]
+    assert torch.equal(alone, batch)
+    assert all(torch.equal(a, layer.adc_fs) for a, layer in zip(fs, chip, strict=True))  # never re-ranged
+    with torch.no_grad():  # a coarse ADC really quantises: outputs differ from the ideal periphery's
+        assert not torch.allclose(batch, model(x[:1]), atol=1e-3)
+
+
+def test_adc_calibration_is_saved_with_the_chip(tmp_path):
+    from ittrna.chip import Chip
+    from ittrna.config import ChipConfig
+    from ittrna.models import build
+    from ittrna.nn import deploy
+
+    model = build("mlp", seed=1)
+    chip = Chip.fabricate(model, ChipConfig().override({"mapping.adc_bits": 6}), 2)
+    x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = deploy(model, chip, calibration=x[:16])(x)
+    chip.save(tmp_path / "c.npz")
+    back = Chip.load(tmp_path / "c.npz")
+    assert all(torch.equal(a.adc_fs, b.adc_fs) for a, b in zip(chip, back, strict=True))
+    with torch.no_grad():
+        assert torch.equal(deploy(model, back, program=False)(x), out)

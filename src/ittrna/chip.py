@@ -122,6 +122,11 @@ class LayerTiles:
     """Incremented at every programming, so deployed layers know when to re-read."""
     layout: LayerLayout | None = None
     """Digital layout (row routing, column polarity); None until set = the identity layout."""
+    adc_fs: torch.Tensor | None = None
+    """Calibrated ADC full scale per tile (tiles along K, tiles along N), in weight units x input units;
+    None = not calibrated (see :class:`~ittrna.config.MappingConfig` ``adc_bits``)."""
+    adc_version: int = -1
+    """``version`` the calibration was made at (a reprogrammed layer is calibrated again)."""
 
     def get_layout(self) -> LayerLayout:
         """The layer's layout (identity when none was set)."""
@@ -132,6 +137,22 @@ class LayerTiles:
     def shape_meta(self) -> dict[str, Any]:
         """What identifies the layer's geometry in file headers: kind, weight shape, matrix size."""
         return {"kind": self.kind, "weight_shape": list(self.weight_shape), "k": self.grid.k, "n": self.grid.n}
+
+
+def _adc_calibration(path: str | Path, rec: dict[str, Any], grid: TileGrid) -> tuple[torch.Tensor | None, int]:
+    """A layer record's ADC calibration (absent in older files): finite, > 0, one value per tile."""
+    fs, version = rec.get("adc_fs"), rec.get("adc_version", -1)
+    if fs is None:
+        return None, -1
+    try:
+        t = torch.tensor(fs, dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise FileFormatError(f"{path}: layer {rec['name']!r} field adc_fs is not a table of numbers") from None
+    if tuple(t.shape) != grid.tiles or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise FileFormatError(f"{path}: layer {rec['name']!r} field adc_fs must be {grid.tiles} finite values >= 0")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise FileFormatError(f"{path}: layer {rec['name']!r} field adc_version = {version!r}; accepted an integer")
+    return t, version
 
 
 class Chip:
@@ -374,11 +395,13 @@ class Chip:
     # --- test, statistics --------------------------------------------------------------------------------
     @property
     def chip_id(self) -> str:
-        """Opaque identity shared by the chip and its measured maps (a salted hash of seed and config)."""
+        """Opaque identity shared by the chip and its measured maps (a salted hash of the seed, the fabricated
+        config — the test's own settings excluded — and the layer geometry)."""
         import hashlib
         import json
 
-        text = json.dumps({"salt": "ittrna-chip-id-v1", "seed": self.seed, "config": self.config.to_json_dict(),
+        fabricated = {k: v for k, v in self.config.to_json_dict().items() if k != "test"}  # not the test's settings
+        text = json.dumps({"salt": "ittrna-chip-id-v1", "seed": self.seed, "config": fabricated,
                            "layers": {n: layer.shape_meta() for n, layer in self.layers.items()}}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -406,30 +429,54 @@ class Chip:
             meta[lname] = layer.shape_meta()
         return MeasuredMap(design_config(self.config), self.chip_id, layers, meta)
 
+    def used_cells(self, name: str) -> dict[str, torch.Tensor]:
+        """Per array, a bool mask of the cells that carry a weight under the layer's layout (padding and
+        unused spare rows excluded; for the offset scheme, reference cells on rows that carry weights)."""
+        layer = self.layer(name)
+        grid, lay = layer.grid, layer.get_layout()
+        idx = lay.index(grid)[: grid.k, : grid.n].cpu()  # (K, N) physical row of each weight
+        weights = torch.zeros(grid.physical, dtype=torch.bool)
+        weights[idx, torch.arange(grid.n).unsqueeze(0)] = True
+        out = {}
+        for aname, arr in layer.arrays.items():
+            if tuple(arr.fault.shape) == grid.physical:
+                out[aname] = weights
+            else:  # one reference column per tile column: the rows that carry weights there
+                ref = torch.zeros(tuple(arr.fault.shape), dtype=torch.bool)
+                for c in range(grid.tiles[1]):
+                    ref[lay.row_map[c, : grid.k].cpu(), c] = True
+                out[aname] = ref
+        return out
+
     def stats(self) -> list[dict[str, Any]]:
-        """Per-layer statistics: cells, tiles, realised stuck-on/off fractions, theta spread, writes."""
+        """Per-layer statistics over the cells that carry weights (``cells``; ``cells_total`` adds padding
+        and spare rows): realised stuck-on/off fractions, theta spread, largest write count."""
         rows = []
         for layer in self.layers.values():
-            faults = torch.cat([a.fault.flatten() for a in layer.arrays.values()])
-            theta = torch.cat([a.theta.flatten() for a in layer.arrays.values()])
-            writes = torch.cat([a.writes.flatten() for a in layer.arrays.values()])
-            n = faults.numel()
+            used = self.used_cells(layer.name)
+            arrays = layer.arrays.items()
+            faults = torch.cat([a.fault.cpu()[used[n]] for n, a in arrays])
+            theta = torch.cat([a.theta.cpu()[used[n]] for n, a in arrays])
+            writes = torch.cat([a.writes.cpu().flatten() for _, a in arrays])
+            n = max(faults.numel(), 1)
             rows.append({
                 "layer": layer.name, "kind": layer.kind, "matrix": [layer.grid.k, layer.grid.n],
-                "tiles": list(layer.grid.tiles), "cells": n,
+                "tiles": list(layer.grid.tiles), "cells": faults.numel(), "cells_total": writes.numel(),
                 "stuck_on_fraction": float((faults == STUCK_ON).sum()) / n,
                 "stuck_off_fraction": float((faults == STUCK_OFF).sum()) / n,
-                "theta_std": float(theta.float().std()) if n > 1 else 0.0,
+                "theta_std": float(theta.float().std()) if faults.numel() > 1 else 0.0,
                 "max_writes": int(writes.max()),
             })
         return rows
 
     def summary(self) -> dict[str, Any]:
-        """Whole-chip totals: cells, realised stuck-on/stuck-off fractions, tiles."""
+        """Whole-chip totals over the cells that carry weights (``cells_total`` adds padding): realised
+        stuck-on/stuck-off fractions, tiles."""
         per = self.stats()
-        cells = sum(r["cells"] for r in per)
+        cells = max(sum(r["cells"] for r in per), 1)
         return {
-            "cells": cells,
+            "cells": sum(r["cells"] for r in per),
+            "cells_total": sum(r["cells_total"] for r in per),
             "tiles": sum(math.prod(r["tiles"]) for r in per),
             "stuck_on_fraction": sum(r["stuck_on_fraction"] * r["cells"] for r in per) / cells,
             "stuck_off_fraction": sum(r["stuck_off_fraction"] * r["cells"] for r in per) / cells,
@@ -441,8 +488,9 @@ class Chip:
         arrays: dict[str, np.ndarray] = {}
         meta = []
         for layer in self.layers.values():
+            adc = layer.adc_fs.cpu().tolist() if layer.adc_fs is not None else None
             meta.append({"name": layer.name, **layer.shape_meta(), "scale": layer.scale, "version": layer.version,
-                         "arrays": list(layer.arrays)})
+                         "arrays": list(layer.arrays), "adc_fs": adc, "adc_version": layer.adc_version})
             for aname, arr in layer.arrays.items():
                 for f in _FIELDS:
                     arrays[f"{layer.name}|{aname}|{f}"] = getattr(arr, f).cpu().numpy()
@@ -486,6 +534,7 @@ class Chip:
                 except InputError as exc:
                     raise FileFormatError(str(exc)) from None
             layers[m["name"]] = LayerTiles(m["name"], m["kind"], tuple(m["weight_shape"]), grid, arrs,
-                                           float(m["scale"]), int(m["version"]), layout)
+                                           float(m["scale"]), int(m["version"]), layout,
+                                           *_adc_calibration(path, m, grid))
         chip = cls(config, int(header["seed"]), layers, int(header["write_epoch"]), int(header.get("writes_issued", 0)))
         return chip.to(device) if device is not None else chip

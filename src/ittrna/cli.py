@@ -181,6 +181,15 @@ def _eval_split(meta: dict[str, Any], args: argparse.Namespace) -> Any:
     return load(name, args.split, data_dir=args.data_dir)
 
 
+def _calibration(meta: dict[str, Any], args: argparse.Namespace, cfg: Any) -> Any:
+    """ADC calibration inputs: the first 512 validation images (None without ADCs)."""
+    if cfg.mapping.adc_bits is None:
+        return None
+    from ittrna.data import load
+
+    return load(meta["dataset"], "val", data_dir=args.data_dir).x[:512]
+
+
 # --- commands --------------------------------------------------------------------------------------------
 def cmd_data_list(args: argparse.Namespace) -> None:
     from ittrna.data import DATASETS, cache_dir, status
@@ -344,7 +353,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 raise CliError(f"{args.model} was tuned for another chip than {args.chip}")
             accs = [evaluate_deployment(model, chip, deployment, data)]
         else:
-            accs = [evaluate(model, chip, data)]
+            accs = [evaluate(model, chip, data, calibration=_calibration(meta, args, chip.config))]
     else:
         _check_seeds(args)
         cfg = _chip_config(args)
@@ -352,7 +361,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         check_fabricate(model, cfg, args.seed)
         data = _eval_split(meta, args)
         ideal = accuracy(model, data)
-        accs = monte_carlo(model, cfg, range(args.seed, args.seed + args.chips), data, progress=not args.quiet)
+        accs = monte_carlo(model, cfg, range(args.seed, args.seed + args.chips), data, progress=not args.quiet,
+                           calibration=_calibration(meta, args, cfg))
     mean = statistics.fmean(accs)
     std = statistics.stdev(accs) if len(accs) > 1 else 0.0
     text = (f"{meta['model']} on {meta['dataset']} ({args.split}): software {100 * ideal:.2f}%, on chip "

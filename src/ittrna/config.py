@@ -290,8 +290,14 @@ class MappingConfig(_Section):
     """Input DAC resolution in bits (signed, per-sample full scale); None = ideal. Accepted [1, 32]."""
 
     adc_bits: int | None = None
-    """Output ADC resolution in bits per tile column (signed, full scale calibrated per tile on the
-    batch); None = ideal. Accepted [1, 32]."""
+    """Output ADC resolution in bits per tile column (signed); None = ideal. Each tile's full scale is
+    calibrated once, when the layer is first used after programming (on the calibration inputs given to
+    ``deploy``, else on that first batch), then kept fixed like a real converter's. Accepted [1, 32]."""
+
+    adc_percentile: float = 99.99
+    """ADC calibration: a tile's full scale is this percentile of |partial sum| over the calibration
+    inputs and the tile's columns (100 = the largest; lower clips rare outliers for finer steps).
+    Accepted (0, 100]."""
 
     def __post_init__(self) -> None:
         self._choice("scheme", MAPPING_SCHEMES)
@@ -301,6 +307,7 @@ class MappingConfig(_Section):
         self._range("clip_percentile", 0.0, 100.0, lo_open=True)
         self._int_range("dac_bits", 1, 32, optional=True)
         self._int_range("adc_bits", 1, 32, optional=True)
+        self._range("adc_percentile", 0.0, 100.0, lo_open=True)
 
 
 @dataclass(frozen=True)

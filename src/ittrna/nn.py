@@ -23,7 +23,7 @@ from ittrna._validate import check_seeds
 from ittrna.chip import Chip
 from ittrna.config import ChipConfig
 from ittrna.data import Split
-from ittrna.mapping import tiled_matmul
+from ittrna.mapping import adc_full_scale, quantize_signed, tile_partials, tiled_matmul
 from ittrna.training import accuracy
 
 __all__ = ["AnalogConv2d", "AnalogLinear", "deploy", "evaluate", "monte_carlo", "undeploy"]
@@ -59,11 +59,18 @@ class _AnalogLayer(nn.Module):
         return self._cache
 
     def _tiled(self, cols: torch.Tensor) -> torch.Tensor:
-        """(B, K) inputs through the tiles with DAC/ADC -> (B, N)."""
+        """(B, K) inputs through the tiles with DAC/ADC -> (B, N).
+
+        The ADC full scale of each tile is calibrated on the first inputs after (re)programming and then
+        kept fixed, so an input's output never depends on the other inputs of its batch."""
         layer = self._chip.layer(self._chip_layer)
         matrix = self.effective_weight().reshape(layer.weight_shape[0], -1).t()  # (K, N)
         m = self._chip.config.mapping
-        return tiled_matmul(cols, matrix, layer.grid, m.dac_bits, m.adc_bits)
+        if m.adc_bits is not None and (layer.adc_fs is None or layer.adc_version != layer.version):
+            x = quantize_signed(cols, m.dac_bits, cols.abs().amax(dim=1, keepdim=True)) if m.dac_bits else cols
+            layer.adc_fs = adc_full_scale(tile_partials(x, matrix, layer.grid), m.adc_percentile)
+            layer.adc_version = layer.version
+        return tiled_matmul(cols, matrix, layer.grid, m.dac_bits, m.adc_bits, layer.adc_fs)
 
 
 class AnalogLinear(_AnalogLayer):
@@ -106,7 +113,8 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def deploy(model: nn.Module, chip: Chip, *, program: bool = True, inplace: bool = False) -> nn.Module:
+def deploy(model: nn.Module, chip: Chip, *, program: bool = True, inplace: bool = False,
+           calibration: torch.Tensor | None = None) -> nn.Module:
     """Put ``model`` on ``chip``: every chip layer is replaced by an analog layer reading the chip.
 
     Args:
@@ -115,6 +123,8 @@ def deploy(model: nn.Module, chip: Chip, *, program: bool = True, inplace: bool 
         program: first write the model's weights onto the chip (cell writes are counted as wear per
             ``endurance.count_initial_programming`` on a fresh chip). False: use what the chip holds.
         inplace: modify ``model`` instead of a deep copy.
+        calibration: inputs (a batch of the data's shape, never the test data) on which each tile's ADC full
+            scale is calibrated now, when the chip has ADCs; without them the first batch run calibrates.
 
     Raises:
         ValueError: the model's layers do not match the chip's.
@@ -131,6 +141,14 @@ def deploy(model: nn.Module, chip: Chip, *, program: bool = True, inplace: bool 
         analog: nn.Module = (AnalogConv2d(module, chip, name) if isinstance(module, nn.Conv2d)
                              else AnalogLinear(module, chip, name))
         _set_module(target, name, analog)
+    if calibration is not None and chip.config.mapping.adc_bits is not None:
+        for layer in chip:
+            layer.adc_fs = None
+        was_training = target.training
+        target.eval()
+        with torch.no_grad():
+            target(calibration.to(next((p.device for p in target.parameters()), torch.device("cpu"))))
+        target.train(was_training)
     return target
 
 
@@ -162,9 +180,11 @@ def _copy_without_chip(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def evaluate(model: nn.Module, chip: Chip, data: Split, *, program: bool = True, batch_size: int = 2000) -> float:
-    """Accuracy (fraction in [0, 1]) of ``model`` deployed on ``chip``, measured on ``data``."""
-    return accuracy(deploy(model, chip, program=program), data, batch_size=batch_size)
+def evaluate(model: nn.Module, chip: Chip, data: Split, *, program: bool = True, batch_size: int = 2000,
+             calibration: torch.Tensor | None = None) -> float:
+    """Accuracy (fraction in [0, 1]) of ``model`` deployed on ``chip``, measured on ``data`` (ADCs calibrated
+    on ``calibration`` inputs, see :func:`deploy`)."""
+    return accuracy(deploy(model, chip, program=program, calibration=calibration), data, batch_size=batch_size)
 
 
 def monte_carlo(
@@ -177,13 +197,15 @@ def monte_carlo(
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    calibration: torch.Tensor | None = None,
 ) -> list[float]:
-    """Accuracy of ``model`` on one freshly fabricated chip per seed (same order as ``seeds``)."""
+    """Accuracy of ``model`` on one freshly fabricated chip per seed (same order as ``seeds``); ADCs, if any,
+    calibrated on ``calibration`` inputs (see :func:`deploy`)."""
     seeds = check_seeds(seeds)  # a non-empty list of seeds in [0, 2**63 - 1]
     if device is not None:
         model = copy.deepcopy(model).to(device)
     accs = []
     for seed in tqdm(seeds, desc="chips", unit="chip", disable=None if progress else True, leave=False):
         chip = Chip.fabricate(model, config, seed, filter_fn=filter_fn, device=device)
-        accs.append(evaluate(model, chip, data, batch_size=batch_size))
+        accs.append(evaluate(model, chip, data, batch_size=batch_size, calibration=calibration))
     return accs
