@@ -91,12 +91,17 @@ class CellArray:
     writes: torch.Tensor
     """int64 writes the cell has received."""
 
-    def conductance(self, chip_cfg: ChipConfig, read_log: torch.Tensor | None = None) -> torch.Tensor:
-        """Conductance the cells present now (siemens), optionally with a read-noise log factor."""
-        log = self.theta + self.eps
+    def conductance(self, chip_cfg: ChipConfig, read_log: torch.Tensor | None = None,
+                    region: tuple[int, int] | None = None) -> torch.Tensor:
+        """Conductance the cells present now (siemens), optionally with a read-noise log factor; ``region``
+        (rows, cols) reads only that top-left corner (the rest being padding)."""
+        sl = (slice(0, region[0]), slice(0, region[1])) if region is not None else (slice(None), slice(None))
+        log = self.theta[sl]
+        if chip_cfg.variation.program_noise > 0:  # eps is all zeros otherwise
+            log = log + self.eps[sl]
         if read_log is not None:
-            log = log + read_log
-        return read_conductance(self.g, self.fault, log, chip_cfg.cell)
+            log = log + read_log[sl]
+        return read_conductance(self.g[sl], self.fault[sl], log, chip_cfg.cell)
 
     def to(self, device: torch.device | str) -> CellArray:
         return CellArray(*(getattr(self, f).to(device) for f in _FIELDS))
@@ -369,21 +374,28 @@ class Chip:
                 )
 
     # --- reading -----------------------------------------------------------------------------------------
-    def conductances(self, name: str, *, read_noise: bool = False) -> dict[str, torch.Tensor]:
-        """Conductances (siemens) the layer's arrays present; with ``read_noise`` a fresh read-noise draw."""
+    def conductances(self, name: str, *, read_noise: bool = False, used_only: bool = False
+                     ) -> dict[str, torch.Tensor]:
+        """Conductances (siemens) the layer's arrays present; with ``read_noise`` a fresh read-noise draw.
+
+        ``used_only`` with the identity layout reads only the corner of each array that holds weights (the
+        rest is padding), the same values as the full read's corner."""
         layer = self.layer(name)
         sigma = self.config.variation.read_noise
+        region = None
+        if used_only and layer.grid.spare == 0 and layer.get_layout().is_identity(layer.grid):
+            region = (layer.grid.k, layer.grid.n)
         out = {}
         for aname, arr in layer.arrays.items():
             noise = (lognormal_factor_log(tuple(arr.g.shape), sigma, self._read_gen, device=arr.g.device)
                      if read_noise and sigma > 0 else None)
-            out[aname] = arr.conductance(self.config, noise)
+            out[aname] = arr.conductance(self.config, noise, region)
         return out
 
     def effective_matrix(self, name: str, *, read_noise: bool = False) -> torch.Tensor:
         """(K, N) matrix the layer really computes (weight units)."""
         layer = self.layer(name)
-        g = self.conductances(name, read_noise=read_noise)
+        g = self.conductances(name, read_noise=read_noise, used_only=True)
         physical = self.converter.to_matrix(g, layer.scale, self.config.cell, layer.grid)  # (Kph, Np)
         return to_logical(physical, layer.grid, layer.get_layout())
 

@@ -133,6 +133,17 @@ class LayerLayout:
         if any(torch.unique(r).numel() != kp for r in self.row_map):
             raise InputError(f"{where}: row_map routes two logical rows onto one word line")
 
+    def is_identity(self, grid: TileGrid) -> bool:
+        """True for the identity layout without spare rows (then the physical view is a zero-padded logical
+        one; cached)."""
+        cached = self.__dict__.get("_identity")
+        if cached is None:
+            ident = LayerLayout.identity(grid)
+            cached = grid.spare == 0 and bool((self.col_sign == 1).all()) and torch.equal(
+                self.row_map.cpu(), ident.row_map)
+            object.__setattr__(self, "_identity", cached)
+        return bool(cached)
+
     def index(self, grid: TileGrid) -> torch.Tensor:
         """(Kp, Np) physical row of every logical (padded) matrix entry."""
         return self.row_map.repeat_interleave(grid.cols, dim=0).t().contiguous()
@@ -149,6 +160,8 @@ def to_physical(matrix: torch.Tensor, grid: TileGrid, layout: LayerLayout | None
     """(K, N) logical weight matrix -> (Kph, Np) matrix as the physical arrays hold it (spare rows 0)."""
     kp, np_ = grid.padded
     padded = torch.nn.functional.pad(matrix, (0, np_ - grid.n, 0, kp - grid.k))  # (Kp, Np)
+    if grid.spare == 0 and (layout is None or layout.is_identity(grid)):
+        return padded
     if layout is None:
         layout = LayerLayout.identity(grid)
     idx = layout.index(grid).to(matrix.device)  # (Kp, Np)
@@ -157,7 +170,10 @@ def to_physical(matrix: torch.Tensor, grid: TileGrid, layout: LayerLayout | None
 
 
 def to_logical(physical: torch.Tensor, grid: TileGrid, layout: LayerLayout | None = None) -> torch.Tensor:
-    """Inverse of :func:`to_physical`: (Kph, Np) -> (K, N), polarity undone digitally."""
+    """Inverse of :func:`to_physical`: (Kph, Np) -> (K, N), polarity undone digitally. An identity layout's
+    ``physical`` may also be just its (K, N) corner."""
+    if grid.spare == 0 and (layout is None or layout.is_identity(grid)):
+        return physical[: grid.k, : grid.n]
     if layout is None:
         layout = LayerLayout.identity(grid)
     idx = layout.index(grid).to(physical.device)  # (Kp, Np)
@@ -244,8 +260,8 @@ class Differential:
         self, matrix: torch.Tensor, scale: float, cell: CellConfig, grid: TileGrid
     ) -> dict[str, torch.Tensor]:
         span = cell.g_max - cell.g_min
-        wc = _pad(matrix, grid).clamp(-scale, scale) / scale  # (Kph, Np) in [-1, 1]
-        return {"pos": cell.g_min + span * wc.clamp_min(0), "neg": cell.g_min + span * (-wc).clamp_min(0)}
+        wc = _pad(matrix, grid).clamp(-scale, scale).mul_(span / scale)  # (Kph, Np) in [-span, span]
+        return {"pos": wc.clamp_min(0).add_(cell.g_min), "neg": wc.neg_().clamp_min_(0).add_(cell.g_min)}
 
     def to_matrix(
         self, g: dict[str, torch.Tensor], scale: float, cell: CellConfig, grid: TileGrid
@@ -299,8 +315,9 @@ class Offset:
         self, g: dict[str, torch.Tensor], scale: float, cell: CellConfig, grid: TileGrid
     ) -> torch.Tensor:
         half = 0.5 * (cell.g_max - cell.g_min)
-        ref = g["ref"].repeat_interleave(grid.cols, dim=1)  # (Kph, Np): each tile's reference column
-        return (g["main"] - ref) * (scale / half)  # (Kph, Np)
+        main = g["main"]  # (Kph, Np), or a top-left corner of it
+        ref = g["ref"].repeat_interleave(grid.cols, dim=1)[:, : main.shape[1]]  # each tile's reference column
+        return (main - ref) * (scale / half)
 
 
 #: Mapping schemes by the name used in ``MappingConfig.scheme``.

@@ -47,9 +47,9 @@ def read_conductance(
         log_factor: theta (+ noise) of the same shape.
         cell: conductance range.
     """
-    healthy = g * torch.exp(log_factor)
-    out = torch.where(fault == STUCK_OFF, cell.g_min, healthy)
-    return torch.where(fault == STUCK_ON, cell.g_max, out)
+    out = torch.exp(log_factor).mul_(g)  # healthy cells: g * e^(theta + noise)
+    out.masked_fill_(fault == STUCK_OFF, cell.g_min)
+    return out.masked_fill_(fault == STUCK_ON, cell.g_max)
 
 
 def wear_out(writes: torch.Tensor, fault: torch.Tensor, cfg: EnduranceConfig) -> torch.Tensor:

@@ -66,7 +66,8 @@ def _uniform(shape: tuple[int, int], tile: tuple[int, int], cfg: FaultConfig, ge
     """i.i.d. cells, one uniform draw each: stuck_on below rate*share, stuck_off below rate."""
     u = torch.rand(shape, generator=gen)
     # 0 healthy, +1 below rate (stuck_off), +1 more below rate * share (stuck_on = 2)
-    return (u < cfg.rate).to(torch.int8) + (u < cfg.rate * cfg.stuck_on_share).to(torch.int8)
+    codes = (u < cfg.rate).to(torch.int8)
+    return codes.add_((u < cfg.rate * cfg.stuck_on_share).to(torch.int8))
 
 
 def _clustered(
