@@ -38,6 +38,8 @@ def imported_layers(path: Path) -> list[tuple[int, str]]:
             return
         if len(parts) > 1:
             found.append((line, parts[1]))
+        elif not names:  # import ittrna: the package root (which re-exports the chip)
+            found.append((line, "__init__"))
         else:  # from ittrna import x: a submodule, or a name re-exported by the package root
             found.extend((line, n if n in SUBMODULES else "__init__") for n in names)
 
@@ -70,7 +72,7 @@ def test_rule_sees_every_import_form(tmp_path, monkeypatch):
     """The checker itself catches root, relative and plain imports (a rule that sees nothing passes all)."""
     fake = SRC / "methods" / "_probe_for_test.py"
     code = ("from ittrna import Chip\nfrom .. import chip\nfrom ..nn import deploy\nimport ittrna.chip\n"
-            "from ittrna import training\n")
+            "from ittrna import training\nimport ittrna\nimport ittrna.nn as n\n")
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: code if self == fake else "")
     layers = [t for _, t in imported_layers(fake)]
-    assert layers == ["__init__", "chip", "nn", "chip", "training"]
+    assert layers == ["__init__", "chip", "nn", "chip", "training", "__init__", "nn"]

@@ -111,10 +111,51 @@ def test_methods_never_touch_the_truth(small, method, monkeypatch):
         raise AssertionError("a method read the true chip")
 
     for attr in ("conductances", "effective_matrix", "effective_weight", "test", "layer", "program",
-                 "program_weights", "program_deployment", "write_stats", "__iter__", "chip_id", "stats"):
+                 "program_weights", "program_deployment", "write_stats", "__iter__", "chip_id", "stats",
+                 "used_cells", "save", "to", "check_model"):
         monkeypatch.setattr(Chip, attr, property(poison) if attr == "chip_id" else poison)
+    for attr in ("fabricate", "load"):  # rebuilding or reading a true chip
+        monkeypatch.setattr(Chip, attr, classmethod(poison))
     monkeypatch.setattr(CellArray, "conductance", poison)
+    monkeypatch.setattr(CellArray, "to", poison)
+    import ittrna.device
+    import ittrna.device.faults
+    import ittrna.device.variation
+
+    for mod in (ittrna.device, ittrna.device.faults, ittrna.device.variation, ittrna.chip):
+        for fn in ("sample_faults", "sample_theta"):  # the fabrication samplers
+            if hasattr(mod, fn):
+                monkeypatch.setattr(mod, fn, poison)
     apply_method(method, model, measured, _ctx(small), _fast(method))
+
+
+def test_counterfactual_other_die_other_settings_same_map(small):
+    """A map forced equal but built from another die with other fault/variation settings (its full config
+    handed in): the map keeps only the design, and a method's result does not change."""
+    from ittrna.host import MeasuredMap
+
+    model = small[0]
+    a = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.3}), 3)
+    b = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.3, "variation.sigma": 1.2}), 99)
+    map_a = a.test()
+    map_b = MeasuredMap(b.config, map_a.chip_id, map_a.layers, map_a.meta)  # b's full config handed in
+    assert map_b.design == map_a.design and map_b.design.faults.rate == 0.0
+    for method in ("program", "fat"):
+        dep_a = apply_method(method, model, map_a, _ctx(small), _fast(method))
+        dep_b = apply_method(method, model, map_b, _ctx(small), _fast(method))
+        assert _same(dep_a, dep_b)
+
+
+def test_loaded_map_keeps_only_the_design(tmp_path):
+    from ittrna.host import MeasuredMap
+
+    model = nn.Sequential(nn.Linear(20, 5))
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.7}), 1)
+    full = MeasuredMap(chip.config, chip.chip_id, chip.test().layers, chip.test().meta)
+    full.save(tmp_path / "m.npz")
+    back = MeasuredMap.load(tmp_path / "m.npz")
+    assert back.design.faults.rate == 0.0 and back.design.variation.sigma == 0.0
+    assert full.for_method().chip_id == ""
 
 
 def test_map_from_another_chip_or_model_is_refused(small):
@@ -155,6 +196,22 @@ def test_host_model_predicts_the_chip_exactly_with_a_perfect_test(scheme, levels
         chip.program_weights(name, m.weight, scale=scale, layout=host.layouts[name],
                              targets=host.targets(name, w, scale))
         assert torch.allclose(chip.effective_matrix(name), predicted, rtol=1e-4, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("scheme", ["differential", "offset"])
+@pytest.mark.parametrize("levels", [None, 15, 16])
+def test_host_plain_rule_matches_the_chips_own_converter(scheme, levels):
+    """The `plain` rule (what `none` and `noise` assume) predicts the chip's converter path exactly."""
+    model = nn.Sequential(nn.Linear(40, 12))
+    cfg = ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.6, "mapping.scheme": scheme,
+                                 "cell.levels": levels, "mapping.rows": 16, "mapping.cols": 8})
+    chip = Chip.fabricate(model, cfg, 4)
+    host = HostChip(chip.test())
+    w = weight_to_matrix(model[0].weight.detach())
+    scale = float(w.abs().max())
+    chip.program_weights("0", model[0].weight, scale=scale)
+    predicted = host.effective_matrix("0", w, scale, rule="plain")
+    assert torch.allclose(chip.effective_matrix("0"), predicted, rtol=1e-4, atol=1e-6 * scale)
 
 
 def _view(fp, tp, fn, tn):

@@ -411,6 +411,8 @@ def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str
     _want_int(path, "write_epoch", header.get("write_epoch"), 0, MAX_SEED)
     if version >= 2:
         _want_int(path, "writes_issued", header.get("writes_issued"), 0, MAX_SEED)
+        if "writes_performed" in header:
+            _want_int(path, "writes_performed", header.get("writes_performed"), 0, MAX_SEED)
     layers = header.get("layers")
     if not isinstance(layers, list) or not layers:
         raise _fail(path, "layers", f"= {_short(layers)} is invalid; accepted a non-empty list of layer records")

@@ -164,7 +164,7 @@ class Chip:
     """A simulated RRAM chip holding one model's layers. Build with :meth:`fabricate` or :meth:`load`."""
 
     def __init__(self, config: ChipConfig, seed: int, layers: dict[str, LayerTiles], write_epoch: int = 0,
-                 writes_issued: int = 0):
+                 writes_issued: int = 0, writes_performed: int = 0):
         self.config = config
         self.seed = seed
         self.layers = layers
@@ -172,7 +172,9 @@ class Chip:
         """Number of programming operations so far (seeds each one's programming noise)."""
         self.writes_issued = writes_issued
         """Cell writes the host has asked for (every changed target, stuck cells included): the only write
-        count a host sees. Writes *performed* (true wear) are in the cells' counters; see :meth:`write_stats`."""
+        count a host sees. Writes *performed* are counted by :meth:`write_stats` (evaluator-only)."""
+        self.writes_performed = writes_performed
+        """Cell writes performed (healthy cells whose target changed), counted whether or not as wear."""
         self._read_gen = torch.Generator().manual_seed(_derive_seed(seed, 0x52454144))
 
     # --- construction ------------------------------------------------------------------------------------
@@ -227,6 +229,8 @@ class Chip:
             layer.arrays = {k: a.to(device) for k, a in layer.arrays.items()}
             if layer.layout is not None:
                 layer.layout = layer.layout.to(device)
+            if layer.adc_fs is not None:
+                layer.adc_fs = layer.adc_fs.to(device)
         return self
 
     @property
@@ -264,7 +268,7 @@ class Chip:
                 continue
             t = targets[aname].to(device=arr.g.device, dtype=arr.g.dtype)
             if t.shape != arr.g.shape:
-                raise ValueError(f"layer {name!r} array {aname!r}: target shape {tuple(t.shape)} "
+                raise InputError(f"layer {name!r} array {aname!r}: target shape {tuple(t.shape)} "
                                  f"!= array shape {tuple(arr.g.shape)}")
             t = quantize_levels(t, cfg.cell)
             issued = t != arr.g  # (rows, cols): the target changes
@@ -278,6 +282,7 @@ class Chip:
                 arr.writes = arr.writes + write.to(arr.writes.dtype)
                 arr.fault = wear_out(arr.writes, arr.fault, cfg.endurance)
             total += int(issued.sum())
+            self.writes_performed += int(write.sum())
         layer.version += 1
         self.writes_issued += total
         return total
@@ -343,18 +348,20 @@ class Chip:
             if tuple(weight.shape) != layer.weight_shape:
                 raise InputError(f"deployment weight {key!r} has shape {tuple(weight.shape)}, chip layer "
                                  f"{name!r} holds {layer.weight_shape}")
-            total += self.program_weights(name, weight, scale=deployment.scales.get(name),
-                                          layout=deployment.layouts.get(name),
+            layout = deployment.layouts.get(name) or LayerLayout.identity(layer.grid)
+            total += self.program_weights(name, weight, scale=deployment.scales.get(name), layout=layout,
                                           targets=deployment.targets.get(name))
         return total
 
     def write_stats(self) -> dict[str, Any]:
-        """Evaluator-only wear figures: writes issued (host-visible) and performed (true wear), the largest
-        count on one cell, the fraction of cells ever written and the cells worn out."""
+        """Evaluator-only wear figures: writes issued (host-visible) and performed (healthy cells whose target
+        changed, counted as wear or not), and from the wear counters (the first programming counts only with
+        ``endurance.count_initial_programming``): the largest count on one cell, the fraction of cells
+        written and the cells worn out."""
         writes = torch.cat([a.writes.flatten() for layer in self for a in layer.arrays.values()])
         return {
             "writes_issued": self.writes_issued,
-            "writes_performed": int(writes.sum()),
+            "writes_performed": self.writes_performed,
             "max_writes_per_cell": int(writes.max()) if writes.numel() else 0,
             "fraction_cells_written": float((writes > 0).float().mean()) if writes.numel() else 0.0,
             "cells_worn_out": int((writes > self.config.endurance.endurance).sum()),
@@ -511,6 +518,7 @@ class Chip:
             arrays[f"{layer.name}|_layout|col_sign"] = lay.col_sign.cpu().numpy()
         header = {"kind": "chip", "format": FORMAT_VERSION, "config": self.config.to_json_dict(),
                   "seed": self.seed, "write_epoch": self.write_epoch, "writes_issued": self.writes_issued,
+                  "writes_performed": self.writes_performed,
                   "layers": meta}
         save_npz(path, header, arrays)
 
@@ -548,5 +556,6 @@ class Chip:
             layers[m["name"]] = LayerTiles(m["name"], m["kind"], tuple(m["weight_shape"]), grid, arrs,
                                            float(m["scale"]), int(m["version"]), layout,
                                            *_adc_calibration(path, m, grid))
-        chip = cls(config, int(header["seed"]), layers, int(header["write_epoch"]), int(header.get("writes_issued", 0)))
+        chip = cls(config, int(header["seed"]), layers, int(header["write_epoch"]), int(header.get("writes_issued", 0)),
+                   int(header.get("writes_performed", 0)))
         return chip.to(device) if device is not None else chip

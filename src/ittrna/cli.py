@@ -168,7 +168,14 @@ def _check_seeds(args: argparse.Namespace) -> None:
 
 
 def _eval_split(meta: dict[str, Any], args: argparse.Namespace) -> Any:
-    from ittrna.data import DATASETS, load
+    from ittrna.data import load
+
+    return load(_dataset_of(meta, args), args.split, data_dir=args.data_dir)
+
+
+def _dataset_of(meta: dict[str, Any], args: argparse.Namespace) -> str:
+    """The checkpoint's dataset, checked to be known and to fit the model."""
+    from ittrna.data import DATASETS
 
     name = meta.get("dataset")
     if not isinstance(name, str) or name not in DATASETS:
@@ -178,7 +185,7 @@ def _eval_split(meta: dict[str, Any], args: argparse.Namespace) -> Any:
     if list(meta["in_shape"]) != list(spec.in_shape) or meta["num_classes"] != spec.num_classes:
         raise InputError(f"{args.model}: model for in_shape {list(meta['in_shape'])} and {meta['num_classes']} "
                          f"classes does not fit dataset {name!r} ({list(spec.in_shape)}, {spec.num_classes} classes)")
-    return load(name, args.split, data_dir=args.data_dir)
+    return name
 
 
 def _calibration(meta: dict[str, Any], args: argparse.Namespace, cfg: Any) -> Any:
@@ -351,7 +358,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if deployment is not None:
             if chip.chip_id != meta.get("tuned_for_chip"):
                 raise CliError(f"{args.model} was tuned for another chip than {args.chip}")
-            accs = [evaluate_deployment(model, chip, deployment, data)]
+            accs = [evaluate_deployment(model, chip, deployment, data, _calibration(meta, args, chip.config))]
         else:
             accs = [evaluate(model, chip, data, calibration=_calibration(meta, args, chip.config))]
     else:
@@ -454,7 +461,7 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
         chip.config = replace(chip.config, test=TestConfig(
             miss_rate=args.miss_rate if args.miss_rate is not None else chip.config.test.miss_rate,
             theta_noise=args.theta_noise if args.theta_noise is not None else chip.config.test.theta_noise))
-    dataset = meta["dataset"]
+    dataset = _dataset_of(meta, args)
     splits = {s: load(dataset, s, data_dir=args.data_dir) for s in ("train", "val", "test")}
     result, deployment = tolerate(model, chip, args.method, train=splits["train"], val=splits["val"],
                                   test=splits["test"], settings=settings, measured=measured,

@@ -60,6 +60,10 @@ class MeasuredMap:
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     """layer -> {"kind", "weight_shape", "k", "n"} (geometry of the chip it came from)."""
 
+    def __post_init__(self) -> None:
+        # whatever config it is built or loaded with, a map carries only the design part
+        self.design = design_config(self.design)
+
     def grid(self, name: str) -> TileGrid:
         """The tile grid of layer ``name`` (from the design's tile geometry)."""
         m, mp = self.meta[name], self.design.mapping
@@ -70,6 +74,10 @@ class MeasuredMap:
         stuck = sum(int((f["fault"] != 0).sum()) for arrs in self.layers.values() for f in arrs.values())
         cells = sum(f["fault"].numel() for arrs in self.layers.values() for f in arrs.values())
         return stuck / max(cells, 1)
+
+    def for_method(self) -> MeasuredMap:
+        """The copy a method receives: without the chip id (the evaluator matches maps to chips)."""
+        return MeasuredMap(self.design, "", self.layers, self.meta)
 
     def save(self, path: str | Path) -> None:
         """Write to ``.npz`` (JSON header, no pickle), atomically."""
@@ -133,8 +141,19 @@ class Deployment:
     def from_payload(cls, state_dict: dict[str, torch.Tensor], payload: dict[str, Any]) -> Deployment:
         """Inverse of :meth:`to_payload`."""
         try:
-            layouts = {n: LayerLayout(d["row_map"], d["col_sign"]) for n, d in payload["layouts"].items()}
-            return cls(dict(state_dict), {n: float(s) for n, s in payload["scales"].items()}, layouts,
-                       {n: dict(a) for n, a in payload["targets"].items()}, dict(payload.get("report", {})))
-        except (KeyError, TypeError, AttributeError) as exc:
+            layouts = {str(n): LayerLayout(d["row_map"], d["col_sign"]) for n, d in payload["layouts"].items()}
+            scales = {str(n): float(s) for n, s in payload["scales"].items()}
+            targets = {str(n): {str(a): t for a, t in arrs.items()} for n, arrs in payload["targets"].items()}
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise FileFormatError(f"deployment record is malformed ({exc!r})") from None
+        for n, lay in layouts.items():
+            if not (isinstance(lay.row_map, torch.Tensor) and isinstance(lay.col_sign, torch.Tensor)):
+                raise FileFormatError(f"deployment layout of layer {n!r} is not a pair of tensors")
+        for n, s in scales.items():
+            if not (s > 0 and s < float("inf")):
+                raise FileFormatError(f"deployment scale of layer {n!r} = {s!r}; accepted a finite number > 0")
+        for n, arrs in targets.items():
+            for a, t in arrs.items():
+                if not isinstance(t, torch.Tensor) or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+                    raise FileFormatError(f"deployment targets {n!r}/{a!r} must be finite floating-point tensors")
+        return cls(dict(state_dict), scales, layouts, targets, dict(payload.get("report", {})))

@@ -40,12 +40,14 @@ def check_map_fits(measured: MeasuredMap, chip: Chip) -> None:
         raise InputError("the measured map's layer geometry differs from the chip's")
 
 
-def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, data: Split) -> float:
-    """Program ``deployment`` onto ``chip`` (in place) and return the accuracy on ``data``."""
+def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, data: Split,
+                        calibration: torch.Tensor | None = None) -> float:
+    """Program ``deployment`` onto ``chip`` (in place) and return the accuracy on ``data`` (ADCs, if any,
+    calibrated on ``calibration`` inputs, see :func:`ittrna.nn.deploy`)."""
     tuned = copy.deepcopy(model)
     tuned.load_state_dict(deployment.state_dict)
     chip.program_deployment(deployment)
-    return accuracy(deploy(tuned, chip, program=False), data)
+    return accuracy(deploy(tuned, chip, program=False, calibration=calibration), data)
 
 
 def tolerate(
@@ -81,13 +83,18 @@ def tolerate(
     if measured is None:
         measured = chip.test(seed=test_seed)
     check_map_fits(measured, chip)
+    try:
+        chip.check_model(model)
+    except ValueError as exc:
+        raise InputError(f"the chip does not fit the model: {exc}") from None
+    calibration = val.x[:512] if chip.config.mapping.adc_bits is not None else None  # never the test data
     before_chip = copy.deepcopy(chip)
-    before = accuracy(deploy(model, before_chip), test)
+    before = accuracy(deploy(model, before_chip, calibration=calibration), test)
     t0 = time.perf_counter()
     ctx = Context(train, val, seed=seed, progress=progress, device=device)
     deployment = apply_method(method, model, measured, ctx, cfg)
     seconds = time.perf_counter() - t0
-    after = evaluate_deployment(model, chip, deployment, test)
+    after = evaluate_deployment(model, chip, deployment, test, calibration)
     wear = chip.write_stats()
     result = {
         "method": method,

@@ -42,6 +42,6 @@ def apply_method(
     cfg = settings if isinstance(settings, MethodConfig) else spec.make_config(settings)
     if not isinstance(cfg, spec.config):
         raise TypeError(f"settings for {name!r} must be a {spec.config.__name__}, got {type(cfg).__name__}")
-    deployment = spec.fn(model, measured, cfg, ctx)
+    deployment = spec.fn(model, measured.for_method(), cfg, ctx)
     deployment.report.update(method=name, version=spec.version, settings=cfg.to_dict())
     return deployment

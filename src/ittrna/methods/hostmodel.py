@@ -32,7 +32,7 @@ from ittrna.config import CellConfig, ChipConfig
 from ittrna.device import HEALTHY, STUCK_ON, quantize_levels
 from ittrna.errors import InputError
 from ittrna.host import MeasuredMap
-from ittrna.mapping import LayerLayout, TileGrid, to_physical
+from ittrna.mapping import LayerLayout, Offset, TileGrid, to_physical
 
 __all__ = ["RULES", "CellView", "HostChip", "realise", "sample_view"]
 
@@ -95,8 +95,8 @@ def _ranges(fault: torch.Tensor, theta: torch.Tensor, cell: CellConfig) -> tuple
 
 
 def _reference(fault: torch.Tensor, theta: torch.Tensor, cell: CellConfig) -> torch.Tensor:
-    """Read value (siemens) of offset-scheme reference cells programmed at mid-range (on a level)."""
-    mid_q = float(quantize_levels(torch.tensor(cell.g_min + 0.5 * (cell.g_max - cell.g_min)), cell))
+    """Read value (siemens) of offset-scheme reference cells, programmed at the converter's Gref."""
+    mid_q = Offset.reference(cell)
     stuck_val = torch.where(fault == STUCK_ON, cell.g_max, cell.g_min).to(theta.dtype)
     return torch.where(fault == HEALTHY, mid_q * torch.exp(theta), stuck_val)
 
@@ -119,15 +119,13 @@ def realise(
     a = (2.0 if view.offset else 1.0) * scale / span  # weight units per siemens of difference
     sign = view.sign.to(w.dtype).unsqueeze(0)  # (1, N)
     d = (w.detach() * sign) / a  # (K, N) desired difference, siemens
-    trainable = (view.fault_p == HEALTHY) | (torch.zeros_like(view.fault_n, dtype=torch.bool) if view.offset
-                                             else view.fault_n == HEALTHY)
     if rule == "pair" and cell.levels is None and not targets:
         lo, hi = view.diff_bounds(cell)
         exact = torch.maximum(torch.minimum(d, hi), lo) * (a * sign)
-        return torch.where(trainable, w + (exact - w).detach(), exact), None, None
+        return _straight_through(w, exact, view), None, None
     lo_p, hi_p = _ranges(view.fault_p, view.theta_p, cell)
     healthy_p = view.fault_p == HEALTHY
-    mid = cell.g_min + 0.5 * span
+    mid = Offset.reference(cell) if view.offset else cell.g_min + 0.5 * span
     if view.offset:  # reference cell programmed at mid-range (on a level); the host predicts its read value
         healthy_n = torch.zeros_like(healthy_p)
         lo_n = hi_n = _reference(view.fault_n, view.theta_n, cell)
@@ -154,8 +152,17 @@ def realise(
     read_p = torch.where(healthy_p, tp * torch.exp(view.theta_p), lo_p)
     read_n = lo_n if view.offset else torch.where(healthy_n, tn * torch.exp(view.theta_n), lo_n)
     exact = (read_p - read_n) * a * sign  # (K, N)
-    w_eff = torch.where(trainable, w + (exact - w).detach(), exact)
-    return w_eff, tp, tn
+    return _straight_through(w, exact, view), tp, tn
+
+
+def _straight_through(w: torch.Tensor, exact: torch.Tensor, view: CellView) -> torch.Tensor:
+    """``exact`` in the forward pass; gradient 1 to weights whose pair has a programmable cell, else 0."""
+    if not (w.requires_grad and torch.is_grad_enabled()):
+        return exact
+    trainable = view.fault_p == HEALTHY
+    if not view.offset:
+        trainable = trainable | (view.fault_n == HEALTHY)
+    return torch.where(trainable, w + (exact - w).detach(), exact)
 
 
 def sample_view(
@@ -266,10 +273,10 @@ class HostChip:
             return out.scatter(0, layout.index(grid).to(t.device), padded).cpu()
 
         if self.offset:
-            mid = cell.g_min + 0.5 * (cell.g_max - cell.g_min)
+            ref = Offset.reference(cell)
             kph = grid.physical[0]
-            main = place(tp, mid)  # unused cells at mid: they then contribute nothing against the reference
-            return {"main": main, "ref": torch.full((kph, grid.tiles[1]), mid)}
+            main = place(tp, ref)  # unused cells at Gref: they then contribute nothing against the reference
+            return {"main": main, "ref": torch.full((kph, grid.tiles[1]), ref)}
         return {"pos": place(tp, cell.g_min), "neg": place(tn, cell.g_min)}
 
     def default_scale(self, weight: torch.Tensor) -> float:

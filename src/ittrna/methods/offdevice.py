@@ -265,15 +265,29 @@ class _Pipeline:
 
     def score(self, weights: dict[str, torch.Tensor], data: Split) -> tuple[float, float]:
         """(accuracy, mean cross-entropy) of the model with ``weights`` substituted, on ``data``."""
+        batches = [(x.to(self.ctx.device), y.to(self.ctx.device)) for x, y in data.batches(2000)]
+        return self._score(self.model, weights, batches)
+
+    @staticmethod
+    def _score(module: nn.Module, weights: dict[str, torch.Tensor],
+               batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+        own = {k: v for k, v in weights.items() if k.split(".")[0] in module._modules}
         correct, loss, n = 0, 0.0, 0
         with torch.no_grad():
-            for x, y in data.batches(2000):
-                x, y = x.to(self.ctx.device), y.to(self.ctx.device)
-                out = functional_call(self.model, weights, (x,))
+            for x, y in batches:
+                out = functional_call(module, own, (x,))
                 correct += int((out.argmax(1) == y).sum())
                 loss += float(F.cross_entropy(out, y, reduction="sum"))
                 n += len(y)
         return correct / max(n, 1), loss / max(n, 1)
+
+    def _split(self, name: str) -> tuple[nn.Module | None, nn.Module]:
+        """(modules before layer ``name``, the rest) for a top-level layer of a Sequential model, whose
+        prefix output can be computed once per layer of the search; (None, model) otherwise."""
+        if isinstance(self.model, nn.Sequential) and name in self.model._modules:
+            i = list(self.model._modules).index(name)
+            return (self.model[:i] if i else None), self.model[i:]
+        return None, self.model
 
     def host_accuracy(self, data: Split, rule: str = "pair") -> float:
         weights = {f"{n}.weight": self.effective(n, self.scales[n], rule) for n in self.mods}
@@ -282,18 +296,26 @@ class _Pipeline:
     def choose_scales(self, cfg: ProgramConfig, rule: str = "pair") -> None:
         """Per-layer headroom by coordinate descent on validation accuracy (loss breaks ties)."""
         val = self.ctx.val.subset(min(cfg.search_images, len(self.ctx.val)))
+        batches = [(x.to(self.ctx.device), y.to(self.ctx.device)) for x, y in val.batches(2000)]
         grid = [cfg.headroom_min ** (1 - i / max(cfg.headroom_steps - 1, 1)) for i in range(cfg.headroom_steps)]
         if cfg.headroom_steps == 1:
             grid = [cfg.headroom_min]
         top = {n: self.host.default_scale(m.weight) for n, m in self.mods.items()}
         current = {f"{n}.weight": self.effective(n, self.scales[n], rule) for n in self.mods}
-        best_key = self.score(current, val)
+        best_key = self._score(self.model, current, batches)
         for _ in range(cfg.search_passes):
             for n in self.mods:
+                head, tail = self._split(n)
+                if head is None:
+                    inputs = batches
+                else:  # the layers before n are fixed while n's headroom is searched: run them once
+                    own = {k: v for k, v in current.items() if k.split(".")[0] in head._modules}
+                    with torch.no_grad():
+                        inputs = [(functional_call(head, own, (x,)), y) for x, y in batches]
                 for h in grid:
                     trial = dict(current)
                     trial[f"{n}.weight"] = self.effective(n, h * top[n], rule)
-                    acc, loss = self.score(trial, val)
+                    acc, loss = self._score(tail, trial, inputs)
                     if (acc, -loss) > (best_key[0], -best_key[1]):
                         best_key, current, self.scales[n] = (acc, loss), trial, h * top[n]
         self.report["headroom"] = {n: self.scales[n] / top[n] for n in self.mods}
