@@ -8,7 +8,7 @@ export ITTRNA_DATA ?= $(HOME)/.cache/ittrna
 .PHONY: demo test test-slow lint data bench clean help
 
 help:
-	@echo "make demo       train the MLP on MNIST and show its accuracy collapse on imperfect chips"
+	@echo "make demo       train the MLP on MNIST, show its accuracy collapse on imperfect chips and its rescue"
 	@echo "make test       run the test suite (creates .venv with dev extras, fetches data)"
 	@echo "make test-slow  run the slow checks (full training runs, accuracy targets)"
 	@echo "make lint       ruff + mypy"
@@ -37,8 +37,13 @@ data: $(VENV)/.installed
 $(ART)/mlp-mnist.pt: | data
 	$(BIN)/ittrna train --model mlp --dataset mnist --epochs 5 --seed 0 --out $@
 
+# the collapse of a normally trained MLP, then one chip (SAF 20 % + sigma 1.0) rescued by tolerance methods
 demo: data $(ART)/mlp-mnist.pt
 	$(BIN)/ittrna sweep --model $(ART)/mlp-mnist.pt --chips 5 --seed 1000 --out $(ART)/demo
+	$(BIN)/ittrna chip make --model $(ART)/mlp-mnist.pt --saf-rate 0.2 --sigma 1.0 --seed 1000 --out $(ART)/demo/chip.npz
+	for m in none program remap remap-fat; do \
+	  $(BIN)/ittrna tolerate --method $$m --model $(ART)/mlp-mnist.pt --chip $(ART)/demo/chip.npz \
+	    --out $(ART)/demo/tuned-$$m.pt --quiet || exit 1; done
 
 test: $(VENV)/.installed-dev data
 	ITTRNA_REQUIRE_DATA=1 $(BIN)/python -m pytest -q

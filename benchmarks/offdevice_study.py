@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch threads per worker")
     p.add_argument("--device", default="cpu", help="where methods compute (cpu, cuda)")
+    p.add_argument("--table-only", action="store_true", help="print the table of what OUT holds; run nothing")
     p.add_argument("--set", action="append", default=[], metavar="method.FIELD=VALUE")
     args = p.parse_args(argv)
     settings, methods = args.settings.split(","), args.methods.split(",")
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             records.append(r)
             done.add((r["setting"], r["method"], r["chip_seed"]))
+    if args.table_only:
+        print(table(records, settings, methods))
+        return 0
     jobs = []
     from ittrna.methods import get_method
 
