@@ -51,6 +51,8 @@ __all__ = [
     "NoneConfig",
     "ProgramConfig",
     "RemapConfig",
+    "RemapFatConfig",
+    "RetrainConfig",
 ]
 
 
@@ -112,24 +114,30 @@ class RemapConfig(ProgramConfig):
         self._int_range("importance_images", 16, 1_000_000)
 
 
-def _check_training(cfg: Any) -> None:
-    cfg._int_range("epochs", 0, 1000)
-    cfg._range("lr", 0.0, 10.0, lo_open=True)
-    cfg._int_range("batch_size", 1, 65536)
-
-
 @dataclass(frozen=True)
-class NoiseConfig(NoneConfig):
-    """Chip-agnostic fault/variation injection training."""
+class RetrainConfig(NoneConfig):
+    """Settings shared by the methods that retrain (Adam with cosine decay, as the original training)."""
 
     epochs: int = 3
-    """Training epochs. Accepted [0, 1000]."""
+    """Retraining epochs (the issue's budget: at most 3 per chip). Accepted [0, 1000]."""
 
     lr: float = 1e-3
-    """Adam peak learning rate (cosine decay). Accepted (0, 10]."""
+    """Adam peak learning rate, cosine-decayed; the original training's peak (1e-4 lost 1.5 pp in the
+    prototype). Accepted (0, 10]."""
 
     batch_size: int = 64
     """Mini-batch size. Accepted [1, 65536]."""
+
+    def _validate(self) -> None:
+        super()._validate()
+        self._int_range("epochs", 0, 1000)
+        self._range("lr", 0.0, 10.0, lo_open=True)
+        self._int_range("batch_size", 1, 65536)
+
+
+@dataclass(frozen=True)
+class NoiseConfig(RetrainConfig):
+    """Chip-agnostic fault/variation injection training."""
 
     sigma: float = -1.0
     """Injected theta spread; -1 = estimated from the map (std of measured theta, less the test's stated
@@ -140,7 +148,6 @@ class NoiseConfig(NoneConfig):
 
     def _validate(self) -> None:
         super()._validate()
-        _check_training(self)
         if self.sigma != -1.0:
             self._range("sigma", 0.0, 3.0)
         if self.fault_rate != -1.0:
@@ -148,17 +155,9 @@ class NoiseConfig(NoneConfig):
 
 
 @dataclass(frozen=True)
-class AftConfig(RemapConfig):
-    """Accelerator-friendly training (progressive shrink-and-freeze of weights on imperfect cells)."""
-
-    epochs: int = 3
-    """Retraining epochs (one freezing phase per epoch). Accepted [0, 1000]."""
-
-    lr: float = 1e-3
-    """Adam peak learning rate (cosine decay; the original training's peak). Accepted (0, 10]."""
-
-    batch_size: int = 64
-    """Mini-batch size. Accepted [1, 65536]."""
+class AftConfig(RemapConfig, RetrainConfig):
+    """Accelerator-friendly training (progressive shrink-and-freeze of weights on imperfect cells; one
+    freezing phase per epoch)."""
 
     tau: float = 1.0
     """A healthy cell is imperfect when |e^theta - 1| > tau (measured theta). Accepted [0, 1000]."""
@@ -171,7 +170,6 @@ class AftConfig(RemapConfig):
 
     def _validate(self) -> None:
         super()._validate()
-        _check_training(self)
         self._range("tau", 0.0, 1000.0)
         self._range("shrink", 0.0, 1.0)
         if not isinstance(self.remap, bool):
@@ -197,17 +195,9 @@ class DynamicConfig(AftConfig):
 
 
 @dataclass(frozen=True)
-class FatConfig(RemapConfig):
-    """Exact fault-aware retraining through the host chip model."""
-
-    epochs: int = 3
-    """Retraining epochs; the best epoch on validation data is kept. Accepted [0, 1000]."""
-
-    lr: float = 1e-3
-    """Adam peak learning rate (cosine decay; 1e-4 lost 1.5 pp in the prototype). Accepted (0, 10]."""
-
-    batch_size: int = 64
-    """Mini-batch size. Accepted [1, 65536]."""
+class FatConfig(RemapConfig, RetrainConfig):
+    """Exact fault-aware retraining through the host chip model (the best epoch on validation data is
+    kept)."""
 
     remap: bool = False
     """Start from ``remap`` (else from ``program``)."""
@@ -218,7 +208,6 @@ class FatConfig(RemapConfig):
 
     def _validate(self) -> None:
         super()._validate()
-        _check_training(self)
         for name in ("remap", "inject_test_error"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"method.{name} = {getattr(self, name)!r}; accepted true/false")
