@@ -8,11 +8,14 @@ programmed target conductance, the programming-noise log factor of its last writ
   Each layer/array/quantity has its own random stream, so one seed is one die at every setting: with
   ``uniform`` faults a chip's faulty cells at rate 0.1 are among those at 0.2, and theta scales with sigma
   (common random numbers: sweeps compare settings on the same dies).
-- :meth:`Chip.program` writes target conductances: stuck cells ignore it, each changed cell costs one write,
-  wear is applied, programming noise is redrawn for written cells.
+- :meth:`Chip.program` writes target conductances: each changed target is one write *issued* (all a host
+  sees); stuck cells ignore it, healthy ones *perform* it (wear, fresh programming noise).
+  :meth:`Chip.program_deployment` programs a method's :class:`~ittrna.host.Deployment` (layouts, scales,
+  explicit targets); :meth:`Chip.write_stats` gives the evaluator-only wear figures.
 - :meth:`Chip.effective_matrix` / :meth:`Chip.effective_weight` read what the chip really computes.
-- :meth:`Chip.test` returns the :class:`MeasuredMap` a post-fabrication test would give (faults and theta,
-  with configurable misses and measurement noise); methods see only that, accuracy is judged on the chip.
+- :meth:`Chip.test` returns the :class:`~ittrna.host.MeasuredMap` a post-fabrication test would give (faults
+  and theta, with configurable misses and measurement noise; no seed); methods see only that, accuracy is
+  judged on the chip.
 - ``.npz`` save/load with a JSON header, no pickle.
 """
 

@@ -6,7 +6,9 @@
 
 Deployed layers cache the effective weight and re-read it only when the chip layer is reprogrammed, so an
 ideal-periphery chip costs one ordinary ``F.linear``/``F.conv2d`` per layer. With read noise every forward
-pass re-reads the cells (one draw per batch); with DAC/ADC bits the layer computes tile by tile.
+pass re-reads the cells (one draw per batch); with DAC/ADC bits the layer computes tile by tile, each tile's
+ADC full scale calibrated once after programming (on ``deploy``'s calibration inputs, else the first batch).
+Deployed layers hold their chip privately: code standing where a host stands never gets it from them.
 """
 
 from __future__ import annotations
