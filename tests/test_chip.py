@@ -315,3 +315,12 @@ def test_perfect_chip_equals_software_within_quantisation_error(scheme, levels):
     assert float(err.abs().max()) <= half_step * (1 + 1e-4)
     if levels > 2:  # no systematic shift: the mean error is far below half a step
         assert abs(float(err.mean())) < 0.1 * half_step
+
+
+def test_test_seed_out_of_range_is_refused():
+    from ittrna.errors import InputError
+
+    chip = Chip.fabricate(build("mlp"), ChipConfig(), 0)
+    for bad in (2**64, -1, 1.5):
+        with pytest.raises(InputError, match="test seed"):
+            chip.test(seed=bad)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ittrna._io import load_npz, save_npz
-from ittrna._validate import check_chip_archive, check_fabricate
+from ittrna._validate import check_chip_archive, check_fabricate, check_seed
 from ittrna.config import ChipConfig, ConfigError
 from ittrna.device import (
     HEALTHY,
@@ -431,8 +431,10 @@ class Chip:
         """Post-fabrication test: the measured defect map (faults, theta) with the configured imperfections.
 
         Args:
-            seed: seeds the test's own imperfections (which faults it misses, theta measurement error).
+            seed: seeds the test's own imperfections (which faults it misses, theta measurement error);
+                accepted [0, 2**63 - 1].
         """
+        seed = check_seed(seed, "test seed")
         tcfg = self.config.test
         gen = torch.Generator().manual_seed(_derive_seed(self.seed, 0x54455354, seed))
         layers: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
