@@ -28,7 +28,7 @@ from ittrna._validate import (
 )
 from ittrna.errors import FileFormatError, InputError, ResourceError, UnknownNameError
 
-__all__ = ["MODELS", "ModelSpec", "build", "load_checkpoint", "save_checkpoint"]
+__all__ = ["MODELS", "ModelSpec", "build", "load_checkpoint", "load_checkpoint_payload", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -179,7 +179,15 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a checkpoint written by :func:`save_checkpoint` (no code executed).
+    """Load a checkpoint written by :func:`save_checkpoint` (no code executed); see
+    :func:`load_checkpoint_payload`."""
+    model, meta, _ = load_checkpoint_payload(path)
+    return model, meta
+
+
+def load_checkpoint_payload(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Load a checkpoint (no code executed): the model, its metadata and the whole payload, whose extra
+    entries (e.g. a tuned file's deployment) the caller may read.
 
     Every field is checked (see :func:`ittrna._validate.check_checkpoint`): the metadata's ``model``,
     ``in_shape`` and ``num_classes``, and every weight tensor (floating point, finite, the model's shape).
@@ -215,4 +223,4 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     check_state_fits(p, payload["state_dict"], model, meta["model"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
-    return model, meta
+    return model, meta, payload

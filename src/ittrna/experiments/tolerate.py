@@ -23,7 +23,7 @@ from ittrna.data import Split
 from ittrna.errors import FileFormatError, InputError
 from ittrna.host import Deployment, MeasuredMap
 from ittrna.methods import Context, apply_method, get_method
-from ittrna.models import CHECKPOINT_FORMAT, load_checkpoint
+from ittrna.models import CHECKPOINT_FORMAT, load_checkpoint_payload
 from ittrna.nn import deploy
 from ittrna.training import accuracy
 
@@ -125,8 +125,7 @@ def save_tuned(path: str | Path, model: nn.Module, meta: Mapping[str, Any], depl
 def load_tuned(path: str | Path) -> tuple[nn.Module, dict[str, Any], Deployment | None]:
     """(model with the tuned weights, meta, deployment) of a tuned file; deployment None for a plain
     checkpoint."""
-    model, meta = load_checkpoint(path)
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    model, meta, payload = load_checkpoint_payload(path)
     if "deployment" not in payload:
         return model, meta, None
     try:
