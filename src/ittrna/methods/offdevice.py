@@ -292,8 +292,12 @@ class _Pipeline:
         top = {n: self.host.default_scale(m.weight) for n, m in self.mods.items()}
         current = {f"{n}.weight": self.effective(n, self.scales[n], rule) for n in self.mods}
         best_key = self._score(self.model, current, batches)
+        seen: set[tuple[str, float, tuple[float, ...]]] = set()  # (layer, h, other scales) already scored
         for _ in range(cfg.search_passes):
             for n in self.mods:
+                others = tuple(self.scales[m] for m in self.mods if m != n)
+                if all((n, h, others) in seen for h in grid):
+                    continue  # nothing changed since this layer was searched: the same scores again
                 head, tail = self._split(n)
                 if head is None:
                     inputs = batches
@@ -302,6 +306,7 @@ class _Pipeline:
                     with torch.no_grad():
                         inputs = [(functional_call(head, own, (x,)), y) for x, y in batches]
                 for h in grid:
+                    seen.add((n, h, others))
                     trial = dict(current)
                     trial[f"{n}.weight"] = self.effective(n, h * top[n], rule)
                     acc, loss = self._score(tail, trial, inputs)
