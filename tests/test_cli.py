@@ -194,6 +194,8 @@ def test_tolerate_then_evaluate_reproduces_chip_accuracy(capsys, trained_ckpt, t
     run(capsys, "chip", "make", "--model", str(trained_ckpt), "--saf-rate", "0.2", "--seed", "6", "--out", str(other))
     code, _, err = run(capsys, "evaluate", "--model", str(tuned), "--chip", str(other))
     assert code != 0 and one_line_error(err) and "another chip" in err
+    code, _, err = run(capsys, "evaluate", "--model", str(tuned), "--chips", "2")  # fresh chips: refused
+    assert code != 0 and one_line_error(err) and "tuned for one chip" in err
 
 
 @pytest.mark.parametrize(("extra", "needle"), [

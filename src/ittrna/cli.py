@@ -364,7 +364,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     else:
         _check_seeds(args)
         cfg = _chip_config(args)
-        model, meta = _load_model(args.model)
+        model, meta, deployment = load_tuned(args.model)
+        if deployment is not None:
+            raise CliError(f"{args.model} is tuned for one chip (its layouts and targets fit no other); give that "
+                           "chip with --chip CHIP.npz")
         check_fabricate(model, cfg, args.seed)
         data = _eval_split(meta, args)
         ideal = accuracy(model, data)
