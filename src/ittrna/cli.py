@@ -397,7 +397,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     base = _chip_config(args)
     points = collapse_points(args.saf_rates, args.sigmas)
     configs = [base.override(p.overrides) for p in points]  # every point's settings valid before any work
-    model, meta = _load_model(args.model)
+    from ittrna.experiments.tolerate import load_tuned
+
+    model, meta, deployment = load_tuned(args.model)
+    if deployment is not None:
+        raise CliError(f"{args.model} is tuned for one chip; a sweep fabricates new chips: give it the software "
+                       "checkpoint")
     for cfg in configs:
         check_fabricate(model, cfg, args.seed)
     data = _eval_split(meta, args)
