@@ -23,7 +23,6 @@ or 2 s / (Gmax - Gmin) (offset) for the layer scale s.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +31,7 @@ from ittrna.config import CellConfig, ChipConfig
 from ittrna.device import HEALTHY, STUCK_ON, quantize_levels
 from ittrna.errors import InputError
 from ittrna.host import MeasuredMap
-from ittrna.mapping import LayerLayout, Offset, TileGrid, to_physical
+from ittrna.mapping import LayerLayout, Offset, TileGrid
 
 __all__ = ["RULES", "CellView", "HostChip", "realise", "sample_view"]
 
@@ -278,12 +277,3 @@ class HostChip:
             main = place(tp, ref)  # unused cells at Gref: they then contribute nothing against the reference
             return {"main": main, "ref": torch.full((kph, grid.tiles[1]), ref)}
         return {"pos": place(tp, cell.g_min), "neg": place(tn, cell.g_min)}
-
-    def default_scale(self, weight: torch.Tensor) -> float:
-        """max |w| (the chip's default scale with ``clip_percentile`` 100); 1.0 for an all-zero weight."""
-        s = float(weight.detach().abs().max())
-        return s if s > 0 and math.isfinite(s) else 1.0
-
-    def to_physical(self, name: str, matrix: torch.Tensor) -> torch.Tensor:
-        """Logical (K, N) -> physical (Kph, Np) under the layer's layout."""
-        return to_physical(matrix, self.grids[name], self.layouts[name])

@@ -37,7 +37,7 @@ from ittrna.config import ConfigError
 from ittrna.data import Split
 from ittrna.errors import InputError
 from ittrna.host import Deployment, MeasuredMap
-from ittrna.mapping import matrix_to_weight, weight_to_matrix
+from ittrna.mapping import matrix_to_weight, weight_scale, weight_to_matrix
 from ittrna.methods.base import Context, MethodConfig, register
 from ittrna.methods.hostmodel import HostChip, realise, sample_view
 from ittrna.methods.remap import remap_layer
@@ -239,7 +239,7 @@ class _Pipeline:
                 raise InputError(f"the measured map's layer {name!r} (weight shape {shape}) does not match the "
                                  "model: a map from another model")
             self.mods[name] = m
-        self.scales = {n: self.host.default_scale(m.weight) for n, m in self.mods.items()}
+        self.scales = {n: weight_scale(m.weight, 100.0) for n, m in self.mods.items()}
         self.report: dict[str, Any] = {}
 
     # host-model evaluation -------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ class _Pipeline:
         grid = [cfg.headroom_min ** (1 - i / max(cfg.headroom_steps - 1, 1)) for i in range(cfg.headroom_steps)]
         if cfg.headroom_steps == 1:
             grid = [cfg.headroom_min]
-        top = {n: self.host.default_scale(m.weight) for n, m in self.mods.items()}
+        top = {n: weight_scale(m.weight, 100.0) for n, m in self.mods.items()}
         current = {f"{n}.weight": self.effective(n, self.scales[n], rule) for n in self.mods}
         best_key = self._score(self.model, current, batches)
         seen: set[tuple[str, float, tuple[float, ...]]] = set()  # (layer, h, other scales) already scored
@@ -480,7 +480,7 @@ def _noise(model: nn.Module, measured: MeasuredMap, cfg: NoiseConfig, ctx: Conte
     rep = fit(p.model, ctx.train, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
               progress=ctx.progress, desc="noise")
     _unparametrize(p.model, keep=False)
-    p.scales = {n: p.host.default_scale(m.weight) for n, m in p.mods.items()}
+    p.scales = {n: weight_scale(m.weight, 100.0) for n, m in p.mods.items()}
     p.report.update(epochs=rep.epochs, injected_sigma=sigma, injected_fault_rate=rate)
     return p.deployment("plain")
 
@@ -582,8 +582,7 @@ def _dynamic(model: nn.Module, measured: MeasuredMap, cfg: DynamicConfig, ctx: C
         x = captured[0]
         with torch.no_grad():
             w = m.weight.detach()
-            w_eff = matrix_to_weight(p.host.effective_matrix(name, weight_to_matrix(w), p.scales[name]),
-                                     tuple(w.shape))
+            w_eff = p.effective(name, p.scales[name], "pair")
             y_sw = m._conv_forward(x, w, None) if isinstance(m, nn.Conv2d) else F.linear(x, w)
             y_eff = m._conv_forward(x, w_eff, None) if isinstance(m, nn.Conv2d) else F.linear(x, w_eff)
         err = float((y_eff - y_sw).norm() / y_sw.norm().clamp_min(1e-12))
