@@ -40,3 +40,25 @@ def trained_mlp(mnist_train: Split) -> torch.nn.Module:
 
     model = build("mlp", seed=0)
     return train(model, mnist_train.subset(20000), epochs=1, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def small(mnist_train):
+    """A small MLP trained on 4000 images, with 4000 training / 500 validation / 2000 test images."""
+    import math
+
+    from torch import nn
+
+    from ittrna.training import train
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 48), nn.ReLU(), nn.Linear(48, 10))
+    g = torch.Generator().manual_seed(0)
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
+    tr = mnist_train.subset(4000)
+    train(model, tr, epochs=3, progress=False)
+    val = load("mnist", "val").subset(500)
+    test = load("mnist", "test").subset(2000)
+    return model, tr, val, test

@@ -1,6 +1,6 @@
 """Import rules, checked on the source's syntax tree.
 
-1. Lower layers never import higher ones (config -> device -> mapping -> host -> chip -> nn -> methods ->
+1. Lower layers never import higher ones (config -> device -> mapping -> host -> chip -> nn, session -> methods ->
    experiments -> cli).
 2. The host/chip boundary: the methods layer, which stands where a real host stands, imports neither the
    chip (the true cell state) nor ``nn`` (deployment on a true chip), ``experiments`` or ``cli``.
@@ -16,9 +16,9 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ittrna"
 RANK = {"_io": 0, "_validate": 0, "errors": 0, "config": 0, "device": 1, "mapping": 2, "host": 3, "chip": 4,
-        "data": 4, "models": 4, "training": 5, "nn": 6, "methods": 7, "experiments": 8, "cli": 9,
+        "data": 4, "models": 4, "training": 5, "nn": 6, "session": 6, "methods": 7, "experiments": 8, "cli": 9,
         "__init__": 10, "__main__": 10}
-FORBIDDEN = {"methods": {"chip", "nn", "experiments", "cli", "__init__"}}
+FORBIDDEN = {"methods": {"chip", "nn", "session", "experiments", "cli", "__init__"}}
 SUBMODULES = {p.name.removesuffix(".py") for p in SRC.iterdir() if p.suffix == ".py" or p.is_dir()}
 
 

@@ -13,7 +13,6 @@ from torch import nn
 
 from ittrna.chip import CellArray, Chip
 from ittrna.config import CellConfig, ChipConfig
-from ittrna.data import load
 from ittrna.device import HEALTHY, STUCK_OFF, STUCK_ON
 from ittrna.errors import ConfigError, InputError
 from ittrna.experiments.tolerate import evaluate_deployment, tolerate
@@ -22,30 +21,16 @@ from ittrna.methods import METHODS, Context, apply_method, get_method
 from ittrna.methods.hostmodel import CellView, HostChip, realise
 from ittrna.methods.remap import _tile_errors, remap_layer
 from ittrna.models import build
-from ittrna.training import accuracy, train
+from ittrna.training import accuracy
 
-FAST = {"epochs": 1, "search_images": 500, "headroom_steps": 4, "search_passes": 1, "importance_images": 256}
+FAST = {"epochs": 1, "search_images": 500, "headroom_steps": 4, "search_passes": 1, "importance_images": 256,
+        "iterations": 2, "calib_images": 256, "eval_every": 20, "eval_images": 200, "write_budget": 5000}
+OFF_DEVICE = [n for n, s in METHODS.items() if s.kind == "off-device"]
 
 
 def _fast(name: str) -> dict:
     fields = get_method(name).config().to_dict()
     return {k: v for k, v in FAST.items() if k in fields}
-
-
-@pytest.fixture(scope="module")
-def small(mnist_train):
-    """A small MLP trained on 4000 images, with 4000 training / 500 validation / 2000 test images."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 48), nn.ReLU(), nn.Linear(48, 10))
-    g = torch.Generator().manual_seed(0)
-    for m in model:
-        if isinstance(m, nn.Linear):
-            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
-    tr = mnist_train.subset(4000)
-    train(model, tr, epochs=3, progress=False)
-    val = load("mnist", "val").subset(500)
-    test = load("mnist", "test").subset(2000)
-    return model, tr, val, test
 
 
 def _ctx(small, seed=0):
@@ -75,7 +60,7 @@ def test_registry_lists_every_method_with_config_version_source():
         get_method("fat").make_config({"method.bogus": 1})
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", OFF_DEVICE)  # on-device methods: tests/test_ondevice.py
 def test_counterfactual_equal_maps_give_equal_deployments(small, method):
     """Two chips whose truth differs only where the test is blind (the faults it missed) give the same map,
     and every method returns the same deployment for both."""
@@ -100,7 +85,7 @@ def test_counterfactual_equal_maps_give_equal_deployments(small, method):
     assert _same(dep_a, dep_b)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", OFF_DEVICE)
 def test_methods_never_touch_the_truth(small, method, monkeypatch):
     """Poison: every accessor of a chip's true state raises while a method runs."""
     model = small[0]

@@ -135,6 +135,10 @@ class LayerTiles:
     None = not calibrated (see :class:`~ittrna.config.MappingConfig` ``adc_bits``)."""
     adc_version: int = -1
     """``version`` the calibration was made at (a reprogrammed layer is calibrated again)."""
+    gain: torch.Tensor | None = None
+    """Digital per-column gain register (N,) applied to each output column; None = 1 (costs no writes)."""
+    offset: torch.Tensor | None = None
+    """Digital per-column offset register (N,) added after the gain, before the bias; None = 0."""
 
     def get_layout(self) -> LayerLayout:
         """The layer's layout (identity when none was set)."""
@@ -163,6 +167,35 @@ def _adc_calibration(path: str | Path, rec: dict[str, Any], grid: TileGrid) -> t
     return t, version
 
 
+def _registers(path: str | Path, rec: dict[str, Any], n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A layer record's per-column gain/offset registers (absent in older files): n finite values each."""
+    out: list[torch.Tensor | None] = []
+    for key in ("gain", "offset"):
+        value = rec.get(key)
+        if value is None:
+            out.append(None)
+            continue
+        try:
+            t = torch.tensor(value, dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise FileFormatError(f"{path}: layer {rec['name']!r} field {key} is not a list of numbers") from None
+        if tuple(t.shape) != (n,) or not bool(torch.isfinite(t).all()) or bool((t.abs() > 1e6).any()):
+            raise FileFormatError(f"{path}: layer {rec['name']!r} field {key} must be {n} finite values within "
+                                  "+/- 1e6")
+        out.append(t)
+    return out[0], out[1]
+
+
+def check_registers(name: str, n: int, gain: torch.Tensor, offset: torch.Tensor) -> None:
+    """Raise InputError unless ``gain`` and ``offset`` are finite (n,) tensors within +/- 1e6 (the range
+    a digital register holds)."""
+    for what, t in (("gain", gain), ("offset", offset)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n,) or not t.is_floating_point():
+            raise InputError(f"layer {name!r} {what} register must be a float tensor of shape ({n},)")
+        if not bool(torch.isfinite(t).all()) or bool((t.abs() > 1e6).any()):
+            raise InputError(f"layer {name!r} {what} register holds a value outside +/- 1e6 or not finite")
+
+
 class Chip:
     """A simulated RRAM chip holding one model's layers. Build with :meth:`fabricate` or :meth:`load`."""
 
@@ -179,6 +212,11 @@ class Chip:
         self.writes_performed = writes_performed
         """Cell writes performed (healthy cells whose target changed), counted whether or not as wear."""
         self._read_gen = torch.Generator().manual_seed(_derive_seed(seed, 0x52454144))
+
+    def restart_reads(self) -> None:
+        """Restart the read-noise stream (as after fabrication), so that a measurement repeated on the same
+        chip state draws the same read noise (evaluations are reproducible)."""
+        self._read_gen = torch.Generator().manual_seed(_derive_seed(self.seed, 0x52454144))
 
     # --- construction ------------------------------------------------------------------------------------
     @classmethod
@@ -234,6 +272,8 @@ class Chip:
                 layer.layout = layer.layout.to(device)
             if layer.adc_fs is not None:
                 layer.adc_fs = layer.adc_fs.to(device)
+            if layer.gain is not None and layer.offset is not None:
+                layer.gain, layer.offset = layer.gain.to(device), layer.offset.to(device)
         return self
 
     @property
@@ -290,6 +330,37 @@ class Chip:
         self.writes_issued += total
         return total
 
+    def count_issued(self, name: str, targets: dict[str, torch.Tensor]) -> int:
+        """Writes :meth:`program` would issue for ``targets`` (no state change): changed quantised targets."""
+        layer = self.layer(name)
+        total = 0
+        for aname, arr in layer.arrays.items():
+            if aname in targets:
+                t = targets[aname].to(device=arr.g.device, dtype=arr.g.dtype)
+                if t.shape != arr.g.shape:
+                    raise InputError(f"layer {name!r} array {aname!r}: target shape {tuple(t.shape)} "
+                                     f"!= array shape {tuple(arr.g.shape)}")
+                total += int((quantize_levels(t, self.config.cell) != arr.g).sum())
+        return total
+
+    def weight_targets(self, name: str, weight: torch.Tensor, scale: float) -> dict[str, torch.Tensor]:
+        """Target conductances the chip's converter gives ``weight`` at ``scale`` under the layer's layout."""
+        layer = self.layer(name)
+        matrix = weight_to_matrix(weight.detach()).to(torch.float32)
+        physical = to_physical(matrix, layer.grid, layer.get_layout())  # (Kph, Np)
+        return self.converter.to_conductance(physical, scale, self.config.cell, layer.grid)
+
+    def set_registers(self, name: str, gain: torch.Tensor | None, offset: torch.Tensor | None) -> None:
+        """Set (None: clear) a layer's per-column digital gain/offset registers; no cell is written."""
+        layer = self.layer(name)
+        if gain is None or offset is None:
+            layer.gain = layer.offset = None
+            return
+        check_registers(name, layer.grid.n, gain, offset)
+        device = layer.arrays[next(iter(layer.arrays))].g.device
+        layer.gain = gain.detach().to(device=device, dtype=torch.float32).clone()
+        layer.offset = offset.detach().to(device=device, dtype=torch.float32).clone()
+
     def program_weights(
         self,
         name: str,
@@ -326,9 +397,7 @@ class Chip:
             raise InputError(f"layer {name!r}: scale = {scale!r} is invalid; accepted a finite number > 0")
         layer.scale = float(scale) if scale is not None else weight_scale(weight, self.config.mapping.clip_percentile)
         if targets is None:
-            matrix = weight_to_matrix(weight.detach()).to(torch.float32)
-            physical = to_physical(matrix, layer.grid, layer.get_layout())  # (Kph, Np)
-            targets = self.converter.to_conductance(physical, layer.scale, self.config.cell, layer.grid)
+            targets = self.weight_targets(name, weight, layer.scale)
         if count_wear is None:
             count_wear = self.config.endurance.count_initial_programming if first else True
         return self.program(name, targets, count_wear=count_wear)
@@ -354,6 +423,8 @@ class Chip:
             layout = deployment.layouts.get(name) or LayerLayout.identity(layer.grid)
             total += self.program_weights(name, weight, scale=deployment.scales.get(name), layout=layout,
                                           targets=deployment.targets.get(name))
+            reg = deployment.registers.get(name)
+            self.set_registers(name, reg["gain"] if reg else None, reg["offset"] if reg else None)
         return total
 
     def write_stats(self) -> dict[str, Any]:
@@ -514,7 +585,9 @@ class Chip:
         for layer in self.layers.values():
             adc = layer.adc_fs.cpu().tolist() if layer.adc_fs is not None else None
             meta.append({"name": layer.name, **layer.shape_meta(), "scale": layer.scale, "version": layer.version,
-                         "arrays": list(layer.arrays), "adc_fs": adc, "adc_version": layer.adc_version})
+                         "arrays": list(layer.arrays), "adc_fs": adc, "adc_version": layer.adc_version,
+                         "gain": layer.gain.cpu().tolist() if layer.gain is not None else None,
+                         "offset": layer.offset.cpu().tolist() if layer.offset is not None else None})
             for aname, arr in layer.arrays.items():
                 for f in _FIELDS:
                     arrays[f"{layer.name}|{aname}|{f}"] = getattr(arr, f).cpu().numpy()
@@ -560,7 +633,7 @@ class Chip:
                     raise FileFormatError(str(exc)) from None
             layers[m["name"]] = LayerTiles(m["name"], m["kind"], tuple(m["weight_shape"]), grid, arrs,
                                            float(m["scale"]), int(m["version"]), layout,
-                                           *_adc_calibration(path, m, grid))
+                                           *_adc_calibration(path, m, grid), *_registers(path, m, grid.n))
         chip = cls(config, int(header["seed"]), layers, int(header["write_epoch"]), int(header.get("writes_issued", 0)),
                    int(header.get("writes_performed", 0)))
         return chip.to(device) if device is not None else chip

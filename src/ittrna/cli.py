@@ -358,6 +358,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if deployment is not None:
             if chip.chip_id != meta.get("tuned_for_chip"):
                 raise CliError(f"{args.model} was tuned for another chip than {args.chip}")
+            if meta.get("ondevice") and all(layer.scale == 0.0 for layer in chip):
+                raise CliError(f"{args.model} is an on-device result: it lives on the programmed chip that "
+                               "`tolerate` saved (--chip-out), not on the fabricated chip file")
             accs = [evaluate_deployment(model, chip, deployment, data, _calibration(meta, args, chip.config))]
         else:
             accs = [evaluate(model, chip, data, calibration=_calibration(meta, args, chip.config))]
@@ -443,9 +446,16 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
     from ittrna.experiments.tolerate import save_tuned, tolerate
     from ittrna.methods import get_method
 
-    check_output(args.out, ".pt", {"--model": args.model, "--chip": args.chip, "--map": args.map},
-                 what="a tuned checkpoint")
+    inputs = {"--model": args.model, "--chip": args.chip, "--map": args.map}
+    check_output(args.out, ".pt", inputs, what="a tuned checkpoint")
     spec = get_method(args.method)
+    chip_out = None
+    if spec.kind == "on-device":
+        chip_out = args.chip_out or args.out.with_suffix(".chip.npz")
+        check_output(chip_out, ".npz", {**inputs, "--out": args.out}, what="the programmed chip")
+    elif args.chip_out is not None:
+        raise CliError(f"--chip-out is for on-device methods; {args.method!r} leaves the chip file as it is "
+                       "(its tuned file reproduces the result on it)")
     settings: dict[str, Any] = {}
     for item in args.set:
         key, sep, raw = item.partition("=")
@@ -455,8 +465,12 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
             settings[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
             settings[key.strip()] = raw
-    if args.epochs is not None:
-        settings["method.epochs"] = args.epochs
+    for flag, field in (("epochs", "epochs"), ("iterations", "iterations"), ("write_budget", "write_budget")):
+        if getattr(args, flag) is not None:
+            if field not in spec.config.__dataclass_fields__:  # type: ignore[attr-defined]
+                raise CliError(f"--{flag.replace('_', '-')} sets method.{field}, which method {args.method!r} does "
+                               "not have (`ittrna methods --json` lists each method's settings)")
+            settings[f"method.{field}"] = getattr(args, flag)
     spec.make_config(settings)  # validate before any work
     model, meta = _load_model(args.model)
     chip = Chip.load(args.chip)
@@ -474,12 +488,18 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
     result, deployment = tolerate(model, chip, args.method, train=splits["train"], val=splits["val"],
                                   test=splits["test"], settings=settings, measured=measured,
                                   test_seed=args.test_seed, seed=args.seed, progress=not args.quiet)
-    save_tuned(args.out, model, meta, deployment, chip.chip_id)
+    save_tuned(args.out, model, {**meta, "ondevice": chip_out is not None}, deployment, chip.chip_id)
+    if chip_out is not None:
+        chip.save(chip_out)
     text = (f"{args.method} on {args.chip}: software {100 * result['ideal_accuracy']:.2f}%, chip before "
             f"{100 * result['chip_accuracy_before']:.2f}%, after {100 * result['chip_accuracy']:.2f}% "
-            f"({result['writes']} writes issued, {result['seconds']:.1f}s) -> {args.out}")
+            f"({result['writes']} writes issued, {result['iterations']} on-device iterations, "
+            f"{result['seconds']:.1f}s) -> {args.out}" + (f", programmed chip -> {chip_out}" if chip_out else ""))
     payload = {k: result[k] for k in ("method", "ideal_accuracy", "chip_accuracy_before", "chip_accuracy",
-                                      "writes", "seconds")}
+                                      "writes", "writes_performed", "max_writes_per_cell", "cells_worn_out",
+                                      "iterations", "forward_passes", "seconds")}
+    if chip_out is not None:
+        payload["chip_out"] = str(chip_out)
     _emit(args, text, {**payload, "version": result["version"], "out": str(args.out),
                        "val_accuracy": result["report"].get("val_accuracy")})
 
@@ -605,7 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
              "--out t.pt\n"
              "  ittrna tolerate --method aft --model mlp.pt --chip chip.npz --map map.npz --epochs 2 "
              "--set method.tau=0.5 --out t.pt --json\n"
-             "  ittrna evaluate --model t.pt --chip chip.npz      # reproduces chip_accuracy\n", cmd_tolerate)
+             "  ittrna evaluate --model t.pt --chip chip.npz      # reproduces chip_accuracy\n"
+             "  ittrna tolerate --method codesign --model lenet5.pt --chip chip.npz --iterations 5 "
+             "--write-budget 20000 --out c.pt   # also writes c.chip.npz, the programmed chip\n"
+             "  ittrna evaluate --model c.pt --chip c.chip.npz    # reproduces an on-device result\n", cmd_tolerate)
     p.add_argument("--method", required=True, choices=list(METHODS), help="tolerance method (`ittrna methods`)")
     p.add_argument("--model", type=Path, required=True, help="software checkpoint from `ittrna train`")
     p.add_argument("--chip", type=Path, required=True, help="fabricated chip from `ittrna chip make`")
@@ -614,6 +637,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--theta-noise", type=_float_in(0, 3), default=None, help="test here with this theta error")
     p.add_argument("--test-seed", type=_int_in(0, MAX_SEED), default=0, help="seed of the test's imperfections")
     p.add_argument("--epochs", type=_int_in(0, 100_000), default=None, help="retraining epochs (method.epochs)")
+    p.add_argument("--iterations", type=_int_in(0, 1_000_000), default=None,
+                   help="on-device iterations at most (method.iterations, codesign)")
+    p.add_argument("--write-budget", type=_int_in(0, 10**15), default=None,
+                   help="on-device cell writes allowed after the first programming (method.write_budget)")
+    p.add_argument("--chip-out", type=Path, default=None,
+                   help="on-device methods: where to save the programmed chip (default: OUT with .chip.npz)")
     p.add_argument("--set", action="append", default=[], metavar="method.FIELD=VALUE",
                    help="any method setting, e.g. --set method.headroom_min=0.2 (repeatable)")
     p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0, help="seed of the method's own randomness")

@@ -24,6 +24,7 @@ __all__ = [
     "InputError",
     "ResourceError",
     "UnknownNameError",
+    "WriteBudgetError",
 ]
 
 
@@ -61,3 +62,8 @@ class UnknownNameError(InputError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class WriteBudgetError(InputError):
+    """A chip-in-the-loop session refused a programming operation: it would exceed the session's write
+    budget or on-device iteration limit. Nothing was written; the message gives the request and what is left."""

@@ -10,17 +10,21 @@ it (the fabrication seed). This module holds exactly that host-side view, below 
   config (:func:`design_config`: the fabricated fault statistics and device-to-device sigma removed) and an
   opaque ``chip_id`` that matches a map to its chip without revealing the seed.
 - :class:`Deployment`: what a tolerance method returns for the evaluator to program onto the true chip —
-  the model's weights, each layer's scale and digital layout, and (where a method programs cell by cell)
-  explicit target conductances in the physical arrays' shapes.
+  the model's weights, each layer's scale and digital layout, (where a method programs cell by cell)
+  explicit target conductances in the physical arrays' shapes, and per-column gain/offset registers.
+- :class:`ChipAccess`: what an on-device method may do with the true chip through a chip-in-the-loop
+  session (run inputs, program, set the digital periphery, read its own write count) — nothing that reveals
+  the cells. The session itself lives above the chip (:mod:`ittrna.session`); methods see only this protocol.
 
 Files are ``.npz`` with a JSON header (no pickle).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -30,7 +34,7 @@ from ittrna.config import ChipConfig, FaultConfig
 from ittrna.errors import FileFormatError
 from ittrna.mapping import LayerLayout, TileGrid
 
-__all__ = ["Deployment", "MeasuredMap", "design_config"]
+__all__ = ["ChipAccess", "Deployment", "MeasuredMap", "design_config"]
 
 MAP_FORMAT = 2
 
@@ -126,10 +130,14 @@ class Deployment:
     """layer -> array -> target conductances (siemens), for layers programmed cell by cell."""
     report: dict[str, Any] = field(default_factory=dict)
     """Method report: validation accuracy, epochs, seconds, chosen settings (JSON-safe values)."""
+    registers: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """layer -> ``gain`` and ``offset`` (N,): digital per-column registers applied to each output column
+    (``gain * column + offset``, before the bias); absent: gain 1, offset 0. They cost no cell writes."""
 
     def to_payload(self) -> dict[str, Any]:
         """Plain nested dicts of tensors and JSON values (``torch.load(weights_only=True)``-safe)."""
         return {
+            "registers": {n: {k: t.cpu() for k, t in r.items()} for n, r in self.registers.items()},
             "scales": dict(self.scales),
             "layouts": {n: {"row_map": lay.row_map.cpu(), "col_sign": lay.col_sign.cpu()}
                         for n, lay in self.layouts.items()},
@@ -144,6 +152,7 @@ class Deployment:
             layouts = {str(n): LayerLayout(d["row_map"], d["col_sign"]) for n, d in payload["layouts"].items()}
             scales = {str(n): float(s) for n, s in payload["scales"].items()}
             targets = {str(n): {str(a): t for a, t in arrs.items()} for n, arrs in payload["targets"].items()}
+            registers = {str(n): {str(k): t for k, t in r.items()} for n, r in payload.get("registers", {}).items()}
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise FileFormatError(f"deployment record is malformed ({exc!r})") from None
         for n, lay in layouts.items():
@@ -156,4 +165,90 @@ class Deployment:
             for a, t in arrs.items():
                 if not isinstance(t, torch.Tensor) or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
                     raise FileFormatError(f"deployment targets {n!r}/{a!r} must be finite floating-point tensors")
-        return cls(dict(state_dict), scales, layouts, targets, dict(payload.get("report", {})))
+        for n, r in registers.items():
+            if sorted(r) != ["gain", "offset"] or not all(
+                    isinstance(t, torch.Tensor) and t.dim() == 1 and t.is_floating_point()
+                    and bool(torch.isfinite(t).all()) for t in r.values()) or r["gain"].shape != r["offset"].shape:
+                raise FileFormatError(f"deployment registers of layer {n!r} must be finite 1-d tensors gain and "
+                                      "offset of one length")
+        return cls(dict(state_dict), scales, layouts, targets, dict(payload.get("report", {})), registers)
+
+
+class ChipAccess(Protocol):
+    """A chip-in-the-loop session as an on-device method sees it: what real hardware offers a host.
+
+    The host may run inputs through the chip and read the outputs of each crossbar layer (with the true
+    faults, variation, programming and read noise and converters), program target conductances or weights,
+    and set digital periphery that costs no cell writes (layouts, per-column gain/offset registers). It learns
+    the writes *it issued*, its budget and its counts — never true theta, fault codes, programmed levels or
+    per-cell wear. Programming raises :class:`~ittrna.errors.WriteBudgetError` (and writes nothing) past the
+    session's write budget or iteration limit. Implemented by :class:`ittrna.session.ChipSession`.
+    """
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The crossbar layers, in the model's order."""
+        ...
+
+    def set_digital(self, params: Mapping[str, torch.Tensor]) -> None:
+        """Load the model's digital parameters and buffers (anything outside the crossbar weights)."""
+        ...
+
+    def forward(self, x: torch.Tensor, *, record: bool = False
+                ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Run a batch on the chip (eval mode): (logits, {layer: (layer input, layer output)} if ``record``)."""
+        ...
+
+    def deploy(self, deployment: Deployment) -> int:
+        """The first programming of the chip (once, before any on-device iteration); returns writes issued."""
+        ...
+
+    def program_weights(self, name: str, weight: torch.Tensor, *, scale: float | None = None) -> int:
+        """Program a layer's weight through the chip's converter; returns writes issued."""
+        ...
+
+    def program_targets(self, name: str, targets: Mapping[str, torch.Tensor]) -> int:
+        """Program explicit target conductances (siemens, physical array shapes); returns writes issued."""
+        ...
+
+    def weight_targets(self, name: str, weight: torch.Tensor, scale: float | None = None
+                       ) -> dict[str, torch.Tensor]:
+        """Targets the chip's converter gives ``weight`` (design knowledge), for :meth:`count_writes`."""
+        ...
+
+    def count_writes(self, name: str, targets: Mapping[str, torch.Tensor]) -> int:
+        """Writes that ``program_targets(name, targets)`` would issue (the host knows what it programmed)."""
+        ...
+
+    def set_registers(self, name: str, gain: torch.Tensor, offset: torch.Tensor) -> None:
+        """Set a layer's per-column gain and offset registers (N,) (digital: no cell writes)."""
+        ...
+
+    def registers(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A layer's current (gain, offset) registers."""
+        ...
+
+    def scale(self, name: str) -> float:
+        """The weight scale the layer was last programmed with (a host setting)."""
+        ...
+
+    @property
+    def writes_issued(self) -> int:
+        """Writes issued through this session so far (deployment included)."""
+        ...
+
+    @property
+    def writes_left(self) -> int | None:
+        """On-device writes still allowed (None: no budget)."""
+        ...
+
+    @property
+    def iterations(self) -> int:
+        """On-device iterations so far (programming rounds after the deployment)."""
+        ...
+
+    @property
+    def iterations_left(self) -> int | None:
+        """On-device iterations still allowed (None: no limit)."""
+        ...
+

@@ -74,6 +74,18 @@ class _AnalogLayer(nn.Module):
             layer.adc_version = layer.version
         return tiled_matmul(cols, matrix, layer.grid, m.dac_bits, m.adc_bits, layer.adc_fs)
 
+    def _registers(self, out: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        """Apply the layer's digital per-column gain/offset registers (if set) along ``channel_dim``."""
+        layer = self._chip.layer(self._chip_layer)
+        if layer.gain is None or layer.offset is None:
+            return out
+        shape = [1] * out.dim()
+        shape[channel_dim] = -1
+        return out * layer.gain.view(shape).to(out.dtype) + layer.offset.view(shape).to(out.dtype)
+
+    def _has_registers(self) -> bool:
+        return self._chip.layer(self._chip_layer).gain is not None
+
 
 class AnalogLinear(_AnalogLayer):
     """A ``Linear`` layer computed on crossbar tiles; the bias is added digitally."""
@@ -81,10 +93,14 @@ class AnalogLinear(_AnalogLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lin = self.digital
         assert isinstance(lin, nn.Linear)
-        if self._ideal_periphery:
+        if self._ideal_periphery and not self._has_registers():
             return F.linear(x, self.effective_weight().to(x.dtype), lin.bias)
-        lead = x.shape[:-1]
-        out = self._tiled(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
+        if self._ideal_periphery:
+            out = F.linear(x, self.effective_weight().to(x.dtype))
+        else:
+            lead = x.shape[:-1]
+            out = self._tiled(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
+        out = self._registers(out, out.dim() - 1)
         return out + lin.bias if lin.bias is not None else out
 
 
@@ -95,8 +111,12 @@ class AnalogConv2d(_AnalogLayer):
         conv = self.digital
         assert isinstance(conv, nn.Conv2d)
         if self._ideal_periphery:
-            return F.conv2d(x, self.effective_weight().to(x.dtype), conv.bias, conv.stride, conv.padding,
-                            conv.dilation)
+            if not self._has_registers():
+                return F.conv2d(x, self.effective_weight().to(x.dtype), conv.bias, conv.stride, conv.padding,
+                                conv.dilation)
+            out = self._registers(F.conv2d(x, self.effective_weight().to(x.dtype), None, conv.stride,
+                                           conv.padding, conv.dilation), 1)
+            return out + conv.bias.view(1, -1, 1, 1) if conv.bias is not None else out
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError("tiled Conv2d supports numeric zero padding only")
         b, _, h, w = x.shape
@@ -106,6 +126,7 @@ class AnalogConv2d(_AnalogLayer):
         ow = (w + 2 * conv.padding[1] - conv.dilation[1] * (kw - 1) - 1) // conv.stride[1] + 1
         flat = cols.transpose(1, 2).reshape(b * oh * ow, -1)  # (B*L, Cin*kh*kw)
         out = self._tiled(flat).reshape(b, oh * ow, -1).transpose(1, 2).reshape(b, -1, oh, ow)
+        out = self._registers(out, 1)
         return out + conv.bias.view(1, -1, 1, 1) if conv.bias is not None else out
 
 

@@ -25,6 +25,7 @@ from ittrna.host import Deployment, MeasuredMap
 from ittrna.methods import Context, apply_method, get_method
 from ittrna.models import CHECKPOINT_FORMAT, load_checkpoint_payload
 from ittrna.nn import deploy
+from ittrna.session import ChipSession
 from ittrna.training import accuracy
 
 __all__ = ["check_map_fits", "evaluate_deployment", "load_tuned", "save_tuned", "tolerate"]
@@ -43,10 +44,12 @@ def check_map_fits(measured: MeasuredMap, chip: Chip) -> None:
 def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, data: Split,
                         calibration: torch.Tensor | None = None) -> float:
     """Program ``deployment`` onto ``chip`` (in place) and return the accuracy on ``data`` (ADCs, if any,
-    calibrated on ``calibration`` inputs, see :func:`ittrna.nn.deploy`)."""
+    calibrated on ``calibration`` inputs, see :func:`ittrna.nn.deploy`; the read-noise stream restarted, so
+    the same chip state gives the same accuracy)."""
     tuned = copy.deepcopy(model)
     tuned.load_state_dict(deployment.state_dict)
     chip.program_deployment(deployment)
+    chip.restart_reads()  # the same read-noise draws for every evaluation of this state
     return accuracy(deploy(tuned, chip, program=False, calibration=calibration), data)
 
 
@@ -67,14 +70,18 @@ def tolerate(
 ) -> tuple[dict[str, Any], Deployment]:
     """Run ``method`` for ``chip`` and evaluate it on the test split.
 
-    ``chip`` must be as fabricated (never programmed): it is programmed once, with the method's deployment,
-    so the result is reproducible from the chip file. The accuracy before the method is measured on a copy.
+    ``chip`` must be as fabricated (never programmed). An off-device method's deployment is programmed once,
+    so the result is reproducible from the chip file. An on-device method works on ``chip`` itself through a
+    :class:`~ittrna.session.ChipSession` (budget and iteration limit from its settings ``write_budget`` and
+    ``iterations``); its deployment then describes the chip's final state, so programming it again issues no
+    writes (``evaluation_writes``) and the programmed chip reproduces the result. The accuracy before the
+    method is measured on a copy.
     ``device`` is where the method computes (e.g. ``cuda``); chips and evaluation stay on the CPU.
 
     Returns:
         (result, deployment). ``result`` holds ``method``, ``ideal_accuracy``, ``chip_accuracy_before``,
         ``chip_accuracy``, ``writes`` (issued), ``seconds`` (the method's run), the evaluator-only wear
-        figures and the method's report.
+        figures, on-device ``iterations`` and chip ``forward_passes`` and the method's report.
     """
     spec = get_method(method)
     if any(layer.scale != 0.0 for layer in chip):
@@ -92,10 +99,16 @@ def tolerate(
     before = accuracy(deploy(model, before_chip, calibration=calibration), test)
     t0 = time.perf_counter()
     ctx = Context(train, val, seed=seed, progress=progress, device=device)
-    deployment = apply_method(method, model, measured, ctx, cfg)
+    session = None
+    if spec.kind == "on-device":
+        session = ChipSession(chip, model, write_budget=getattr(cfg, "write_budget", None),
+                              max_iterations=getattr(cfg, "iterations", None), calibration=calibration)
+    deployment = apply_method(method, model, measured, ctx, cfg, session=session)
     seconds = time.perf_counter() - t0
+    issued_by_method = chip.writes_issued
     after = evaluate_deployment(model, chip, deployment, test, calibration)
     wear = chip.write_stats()
+    counts = session.counts() if session is not None else {"iterations": 0, "forward_passes": 0, "images": 0}
     result = {
         "method": method,
         "version": spec.version,
@@ -105,6 +118,9 @@ def tolerate(
         "writes": wear["writes_issued"],
         "seconds": seconds,
         **{k: v for k, v in wear.items() if k != "writes_issued"},
+        "iterations": counts["iterations"],
+        "forward_passes": counts["forward_passes"],
+        "evaluation_writes": chip.writes_issued - issued_by_method,
         "report": deployment.report,
     }
     return result, deployment

@@ -12,8 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from ittrna.host import Deployment, MeasuredMap
+from ittrna.errors import InputError
+from ittrna.host import ChipAccess, Deployment, MeasuredMap
 from ittrna.methods import offdevice as _offdevice  # noqa: F401  (registers the off-device methods)
+from ittrna.methods import ondevice as _ondevice  # noqa: F401  (registers the on-device methods)
 from ittrna.methods.base import METHODS, Context, MethodConfig, MethodSpec, get_method
 
 __all__ = ["METHODS", "Context", "MethodConfig", "MethodSpec", "apply_method", "get_method"]
@@ -25,6 +27,7 @@ def apply_method(
     measured: MeasuredMap,
     ctx: Context,
     settings: Mapping[str, Any] | MethodConfig | None = None,
+    session: ChipAccess | None = None,
 ) -> Deployment:
     """Run method ``name`` on ``model`` for the chip described by ``measured``.
 
@@ -34,6 +37,7 @@ def apply_method(
         measured: the chip's measured map (all a method knows of the chip).
         ctx: training/validation splits, seed, device.
         settings: a config of the method's class, or field overrides for its defaults.
+        session: the chip-in-the-loop session an ``on-device`` method needs (ignored by off-device ones).
 
     Returns:
         The deployment; its ``report`` also carries ``method``, ``version`` and the settings used.
@@ -42,6 +46,11 @@ def apply_method(
     cfg = settings if isinstance(settings, MethodConfig) else spec.make_config(settings)
     if not isinstance(cfg, spec.config):
         raise TypeError(f"settings for {name!r} must be a {spec.config.__name__}, got {type(cfg).__name__}")
-    deployment = spec.fn(model, measured.for_method(), cfg, ctx)
+    if spec.kind == "on-device":
+        if session is None:
+            raise InputError(f"method {name!r} works on the chip: it needs a chip-in-the-loop session")
+        deployment = spec.fn(model, measured.for_method(), cfg, ctx, session)
+    else:
+        deployment = spec.fn(model, measured.for_method(), cfg, ctx)
     deployment.report.update(method=name, version=spec.version, settings=cfg.to_dict())
     return deployment

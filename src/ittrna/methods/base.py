@@ -2,7 +2,8 @@
 
 A method stands where a real host stands: it receives the software model, the training and validation
 splits, the chip's :class:`~ittrna.host.MeasuredMap` (design + test result), its config and a seed — never a
-:class:`~ittrna.chip.Chip` — and returns a :class:`~ittrna.host.Deployment` for the evaluator to program
+:class:`~ittrna.chip.Chip`; an on-device method also gets a chip-in-the-loop session
+(:class:`~ittrna.host.ChipAccess`) — and returns a :class:`~ittrna.host.Deployment` for the evaluator to program
 onto the true chip. This package imports neither :mod:`ittrna.chip` nor :mod:`ittrna.nn` (tests/test_layering).
 """
 
@@ -15,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from ittrna.config import ConfigError, _coerce, _Section
 from ittrna.data import Split
-from ittrna.host import Deployment, MeasuredMap
+from ittrna.host import Deployment
 
 __all__ = ["METHODS", "Context", "MethodConfig", "MethodSpec", "get_method", "register"]
 
@@ -76,7 +76,9 @@ class Context:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + stream) & 0x7FFFFFFFFFFFFFFF)
 
 
-OffDeviceFn = Callable[[nn.Module, MeasuredMap, Any, Context], Deployment]
+OffDeviceFn = Callable[..., Deployment]
+"""``fn(model, measured, cfg, ctx)`` for an off-device method; on-device methods take a fifth argument, the
+chip-in-the-loop session (:class:`~ittrna.host.ChipAccess`)."""
 
 
 @dataclass(frozen=True)

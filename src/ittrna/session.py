@@ -1,0 +1,301 @@
+"""Chip in the loop: a session on the true chip that offers a host only what real hardware offers.
+
+An on-device method (:mod:`ittrna.methods.ondevice`) receives a :class:`ChipSession` typed as the
+:class:`~ittrna.host.ChipAccess` protocol. Through it the host can
+
+- run inputs through the chip and read the logits and each crossbar layer's input and output (true faults,
+  variation, programming and read noise, converters and registers included);
+- program target conductances, or weights through the chip's converter;
+- set the digital periphery, which costs no cell writes: layouts and per-column gain/offset registers;
+- read what it did itself: writes issued, forward passes, on-device iterations, what its budget leaves.
+
+It never reveals true theta, fault codes, programmed levels or per-cell wear: the chip is held in a
+name-mangled attribute and every chip access happens inside the session's gate (tests poison every chip
+reader outside it). Writes are accounted honestly: each changed target is one issued write (both cells of a
+pair counted as they change); a request that would exceed the write budget or start an on-device iteration
+past the limit raises :class:`~ittrna.errors.WriteBudgetError` and writes nothing; programming noise is
+redrawn per write and cells past their endurance stick (:class:`~ittrna.chip.Chip`).
+
+An *on-device iteration* is a programming round: the first write after a forward pass (or after the
+deployment) opens one; writes before the next forward pass belong to it. The initial deployment is not an
+iteration and does not count against the budget (its writes are counted in ``writes_issued``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ittrna.chip import Chip
+from ittrna.errors import InputError, WriteBudgetError
+from ittrna.host import Deployment
+from ittrna.mapping import LayerLayout
+from ittrna.nn import _AnalogLayer, deploy
+
+__all__ = ["ChipSession", "in_session"]
+
+_GATE = threading.local()
+
+
+@contextlib.contextmanager
+def _gate() -> Iterator[None]:
+    """Marks chip access made by the session itself (tests poison chip readers outside it)."""
+    _GATE.depth = getattr(_GATE, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _GATE.depth -= 1
+
+
+def in_session() -> bool:
+    """Whether the current thread is inside a session's own chip access."""
+    return getattr(_GATE, "depth", 0) > 0
+
+
+class ChipSession:
+    """A chip-in-the-loop session on ``chip`` for ``model``'s architecture (see the module docstring).
+
+    Args:
+        chip: the true chip, as fabricated (the session programs it; the evaluator reads it afterwards).
+        model: the network (its crossbar weights are ignored: the chip provides them).
+        write_budget: on-device writes allowed after the deployment; None = unlimited. Accepted >= 0.
+        max_iterations: on-device iterations allowed; None = unlimited. Accepted >= 0.
+        calibration: inputs on which ADCs (if configured) are calibrated after the deployment.
+    """
+
+    def __init__(self, chip: Chip, model: nn.Module, *, write_budget: int | None = None,
+                 max_iterations: int | None = None, calibration: torch.Tensor | None = None):
+        for what, v in (("write_budget", write_budget), ("max_iterations", max_iterations)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise InputError(f"session {what} = {v!r}; accepted None or an integer >= 0")
+        with _gate():
+            chip.check_model(model)
+            self.__chip = chip
+            self.__names = list(chip.layers)
+        self.__model = copy.deepcopy(model).cpu().eval()
+        self.__net: nn.Module | None = None
+        self.__calibration = calibration
+        self.__budget = write_budget
+        self.__max_iterations = max_iterations
+        self.__deployed = False
+        self.__round_open = False
+        self.__issued = 0
+        self.__ondevice = 0
+        self.__iterations = 0
+        self.__forward_passes = 0
+        self.__images = 0
+
+    # --- what the host may read -------------------------------------------------------------------------
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.__names)
+
+    @property
+    def writes_issued(self) -> int:
+        return self.__issued
+
+    @property
+    def ondevice_writes(self) -> int:
+        """Writes issued after the deployment (what the budget limits)."""
+        return self.__ondevice
+
+    @property
+    def writes_left(self) -> int | None:
+        return None if self.__budget is None else self.__budget - self.__ondevice
+
+    @property
+    def iterations(self) -> int:
+        return self.__iterations
+
+    @property
+    def iterations_left(self) -> int | None:
+        return None if self.__max_iterations is None else self.__max_iterations - self.__iterations
+
+    @property
+    def forward_passes(self) -> int:
+        """Batches run through the chip."""
+        return self.__forward_passes
+
+    def counts(self) -> dict[str, int]:
+        """The session's own counts (host-visible): writes issued (all, on-device), iterations, forward passes
+        (batches) and images run."""
+        return {"writes_issued": self.__issued, "ondevice_writes": self.__ondevice,
+                "iterations": self.__iterations, "forward_passes": self.__forward_passes, "images": self.__images}
+
+    def scale(self, name: str) -> float:
+        self._check_name(name)
+        with _gate():
+            return self.__chip.layer(name).scale
+
+    def registers(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_name(name)
+        with _gate():
+            layer = self.__chip.layer(name)
+            n = layer.grid.n
+            if layer.gain is None or layer.offset is None:
+                return torch.ones(n), torch.zeros(n)
+            return layer.gain.detach().cpu().clone(), layer.offset.detach().cpu().clone()
+
+    # --- running inputs ---------------------------------------------------------------------------------
+    def set_digital(self, params: Mapping[str, torch.Tensor]) -> None:
+        """Load digital parameters/buffers by the model's own names (``fc1.bias``); crossbar weights are
+        skipped (the chip holds them), unknown names are an error."""
+        net = self._net()
+        own = dict(net.state_dict())
+        crossbar = {f"{n}.weight" for n in self.__names}
+        load: dict[str, torch.Tensor] = {}
+        for key, value in params.items():
+            if key in crossbar:
+                continue
+            parts = key.rsplit(".", 1)
+            mapped = f"{parts[0]}.digital.{parts[1]}" if len(parts) == 2 and parts[0] in self.__names else key
+            if mapped not in own:
+                raise InputError(f"set_digital: the model has no digital parameter {key!r}")
+            load[mapped] = value.detach().to(own[mapped].device, own[mapped].dtype)
+        with torch.no_grad():
+            for key, value in load.items():
+                own[key].copy_(value)
+
+    def forward(self, x: torch.Tensor, *, record: bool = False
+                ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Run a batch through the chip in eval mode; with ``record`` also each crossbar layer's (input,
+        output) as the layer's periphery delivers them (registers and bias applied)."""
+        net = self._net()
+        seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        hooks = []
+        if record:
+            for name, module in net.named_modules():
+                if isinstance(module, _AnalogLayer):
+                    hooks.append(module.register_forward_hook(
+                        lambda _m, inp, out, name=name: seen.__setitem__(name, (inp[0].detach(), out.detach()))))
+        try:
+            with _gate(), torch.no_grad():
+                logits = net(x.cpu())
+        finally:
+            for h in hooks:
+                h.remove()
+        self.__forward_passes += 1
+        self.__images += int(x.shape[0])
+        self.__round_open = False
+        return logits, seen
+
+    # --- programming ------------------------------------------------------------------------------------
+    def deploy(self, deployment: Deployment) -> int:
+        """Program a deployment (layouts, scales, targets or weights, registers) as the chip's first
+        programming; allowed once, before any other write."""
+        if self.__deployed:
+            raise InputError("the session's chip is deployed already; later writes go through program_*")
+        with _gate():
+            if any(layer.scale != 0.0 for layer in self.__chip):
+                raise InputError("the session's chip has been programmed already; start from a fabricated chip")
+            issued = self.__chip.program_deployment(deployment)
+        self.__deployed = True
+        self.__issued += issued
+        self.__model.load_state_dict(deployment.state_dict)
+        self.__net = None
+        return issued
+
+    def program_targets(self, name: str, targets: Mapping[str, torch.Tensor]) -> int:
+        self._check_name(name)
+        self._check_deployed()
+        targets = dict(targets)
+        with _gate():
+            count = self.__chip.count_issued(name, targets)
+            if count == 0:
+                return 0
+            self._admit(count)
+            issued = self.__chip.program(name, targets)
+        assert issued == count
+        self.__issued += issued
+        self.__ondevice += issued
+        return issued
+
+    def program_weights(self, name: str, weight: torch.Tensor, *, scale: float | None = None) -> int:
+        self._check_name(name)
+        self._check_deployed()
+        with _gate():
+            layer = self.__chip.layer(name)
+            if tuple(weight.shape) != layer.weight_shape:
+                raise InputError(f"layer {name!r}: weight shape {tuple(weight.shape)} != {layer.weight_shape}")
+            s = layer.scale if scale is None else float(scale)
+            if not (s > 0 and s < float("inf")):
+                raise InputError(f"layer {name!r}: scale = {scale!r}; accepted a finite number > 0")
+            targets = self.__chip.weight_targets(name, weight, s)
+            count = self.__chip.count_issued(name, targets)
+            if count == 0 and s == layer.scale:
+                return 0
+            self._admit(count)
+            issued = self.__chip.program_weights(name, weight, scale=s, targets=targets)
+        self.__issued += issued
+        self.__ondevice += issued
+        return issued
+
+    def count_writes(self, name: str, targets: Mapping[str, torch.Tensor]) -> int:
+        self._check_name(name)
+        with _gate():
+            return self.__chip.count_issued(name, dict(targets))
+
+    def weight_targets(self, name: str, weight: torch.Tensor, scale: float | None = None) -> dict[str, torch.Tensor]:
+        """Target conductances the chip's converter gives ``weight`` (design knowledge: the converter)."""
+        self._check_name(name)
+        with _gate():
+            layer = self.__chip.layer(name)
+            return self.__chip.weight_targets(name, weight, layer.scale if scale is None else scale)
+
+    def set_registers(self, name: str, gain: torch.Tensor, offset: torch.Tensor) -> None:
+        self._check_name(name)
+        self._check_deployed()
+        with _gate():
+            self.__chip.set_registers(name, gain.detach().cpu(), offset.detach().cpu())
+
+    def set_layout(self, name: str, layout: LayerLayout) -> None:
+        """Change a layer's digital routing (no cell writes: the cells keep their conductances)."""
+        self._check_name(name)
+        self._check_deployed()
+        with _gate():
+            layer = self.__chip.layer(name)
+            layout.check(layer.grid, f"layer {name!r} layout")
+            layer.layout = layout
+            layer.version += 1
+
+    # --- internals --------------------------------------------------------------------------------------
+    def _admit(self, count: int) -> None:
+        """Refuse (before writing anything) a write past the budget or an iteration past the limit."""
+        if not self.__round_open and self.__max_iterations is not None and self.__iterations >= self.__max_iterations:
+            raise WriteBudgetError(f"on-device iteration {self.__iterations + 1} refused: the session allows "
+                                   f"{self.__max_iterations}")
+        left = self.writes_left
+        if left is not None and count > left:
+            raise WriteBudgetError(f"{count} writes refused: the session's write budget has {left} of "
+                                   f"{self.__budget} left")
+        if not self.__round_open:
+            self.__round_open = True
+            self.__iterations += 1
+
+    def _check_name(self, name: str) -> None:
+        if name not in self.__names:
+            raise InputError(f"the chip has no crossbar layer {name!r}; it holds {self.__names}")
+
+    def _check_deployed(self) -> None:
+        if not self.__deployed:
+            raise InputError("deploy a first programming before on-device writes")
+
+    def _net(self) -> nn.Module:
+        self._check_deployed()
+        if self.__net is None:
+            with _gate():
+                self.__net = deploy(self.__model, self.__chip, program=False, calibration=self.__calibration)
+            self.__net.eval()
+        return self.__net
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ChipSession:
+        raise TypeError("a chip session cannot be copied (it is the one link to a physical chip)")
+
+    def __getstate__(self) -> Any:
+        raise TypeError("a chip session cannot be pickled (it is the one link to a physical chip)")

@@ -1,0 +1,318 @@
+"""Chip in the loop: the session's boundary and honest write accounting, and the on-device methods.
+
+Invariants: the write budget and iteration limit are never exceeded (a refused request writes nothing);
+writes are counted exactly on a hand-checked case; a cell past its endurance sticks mid-training; digital
+registers cost zero writes and act as documented; the session passes the boundary tests (no public route to
+the chip, counterfactual chips that differ only in what hardware cannot show give identical runs, every chip
+reader poisoned outside the session); on-device results reproduce from the programmed chip.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from ittrna.chip import CellArray, Chip
+from ittrna.config import ChipConfig
+from ittrna.device import HEALTHY, STUCK_OFF, STUCK_ON
+from ittrna.errors import InputError, WriteBudgetError
+from ittrna.experiments.tolerate import evaluate_deployment, tolerate
+from ittrna.host import Deployment
+from ittrna.methods import METHODS, Context, apply_method, get_method
+from ittrna.methods.ondevice import _ChipLoop, _fit_registers, chip_accuracy
+from ittrna.session import ChipSession, in_session
+
+ON_DEVICE = [n for n, s in METHODS.items() if s.kind == "on-device"]
+FAST = {"ondevice": {"epochs": 1, "eval_every": 20, "eval_images": 200},
+        "threshold": {"epochs": 1, "eval_every": 20, "eval_images": 200},
+        "codesign": {"epochs": 1, "search_images": 500, "headroom_steps": 4, "search_passes": 1,
+                     "importance_images": 256, "iterations": 2, "calib_images": 256, "write_budget": 3000}}
+HARD = {"faults.rate": 0.2, "variation.sigma": 0.5, "variation.program_noise": 0.1, "variation.read_noise": 0.02,
+        "test.miss_rate": 0.1, "test.theta_noise": 0.2}
+
+
+def _tiny(weight: list[list[float]]) -> nn.Module:
+    model = nn.Sequential(nn.Linear(len(weight[0]), len(weight), bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor(weight))
+    return model
+
+
+def _dep(model: nn.Module, scale: float = 1.0) -> Deployment:
+    return Deployment({k: v.clone() for k, v in model.state_dict().items()}, {"0": scale})
+
+
+def _state(chip: Chip) -> dict:
+    return {(n, a, f): getattr(arr, f).clone() for n, layer in chip.layers.items()
+            for a, arr in layer.arrays.items() for f in ("fault", "theta", "g", "eps", "writes")}
+
+
+# --- accounting ---------------------------------------------------------------------------------------------
+def test_writes_are_counted_exactly_on_a_hand_checked_pair():
+    """Differential pairs, Gmin = 1 uS, Gmax = 100 uS, scale 1: w = +0.5 puts G+ at Gmin + 0.5 span.
+    Changing w0 from +0.5 to -0.5 changes both its cells (2 writes); w1 from 0.25 to 0.75 changes G+ only (1);
+    w2 unchanged (0). The G+ of w1 is stuck: it is issued (the host pays for it) but not performed."""
+    model = _tiny([[0.5, 0.25, -0.5]])  # (1 out, 3 in): matrix rows 0..2, one column
+    chip = Chip.fabricate(model, ChipConfig(), 0)
+    chip.layer("0").arrays["pos"].fault[1, 0] = STUCK_ON
+    s = ChipSession(chip, model)
+    assert s.deploy(_dep(model)) == 3  # three non-Gmin cells: G+ of w0, w1 and G- of w2
+    new = torch.tensor([[-0.5, 0.75, -0.5]])
+    assert s.count_writes("0", s.weight_targets("0", new)) == 3
+    assert s.program_weights("0", new) == 3
+    assert s.writes_issued == 6 and s.ondevice_writes == 3 and s.iterations == 1
+    stats = chip.write_stats()  # evaluator-only
+    assert stats["writes_issued"] == 6
+    assert stats["writes_performed"] == 2 + 2  # deployment: 2 healthy of 3; then w0's two cells
+    assert s.program_weights("0", new) == 0 and s.iterations == 1  # nothing changes: no write, no iteration
+
+
+def test_write_budget_is_never_exceeded_and_a_refused_write_writes_nothing():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 6))
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.1, "variation.program_noise": 0.1}), 1)
+    s = ChipSession(chip, model, write_budget=50)
+    s.deploy(_dep(model, scale=float(model[0].weight.detach().abs().max())))
+    gen = torch.Generator().manual_seed(1)
+    refused = 0
+    for _ in range(40):
+        w = model[0].weight.detach().clone()
+        k = int(torch.randint(1, 30, (1,), generator=gen))
+        idx = torch.randperm(w.numel(), generator=gen)[:k]
+        w.view(-1)[idx] += 0.05 * torch.randn(k, generator=gen)
+        before = _state(chip)
+        try:
+            s.program_weights("0", w)
+        except WriteBudgetError as exc:
+            refused += 1
+            assert "budget" in str(exc)
+            after = _state(chip)
+            assert all(torch.equal(before[key], after[key]) for key in before)  # nothing written
+        assert s.ondevice_writes <= 50 and s.writes_left is not None and s.writes_left >= 0
+        s.forward(torch.randn(2, 20))
+    assert refused > 0 and s.ondevice_writes <= 50
+
+
+def test_iteration_limit_counts_programming_rounds():
+    model = nn.Sequential(nn.Linear(4, 2))
+    chip = Chip.fabricate(model, ChipConfig(), 2)
+    s = ChipSession(chip, model, max_iterations=2)
+    s.deploy(_dep(model, 1.0))
+    w = model[0].weight.detach()
+    s.program_weights("0", w * 0.5)
+    s.program_weights("0", w * 0.4)  # same round (no forward pass between): still iteration 1
+    assert s.iterations == 1
+    s.forward(torch.randn(1, 4))
+    s.program_weights("0", w * 0.3)
+    s.forward(torch.randn(1, 4))
+    with pytest.raises(WriteBudgetError, match="iteration 3 refused"):
+        s.program_weights("0", w * 0.2)
+    assert s.iterations == 2
+
+
+def test_a_cell_past_endurance_sticks_mid_training():
+    """Endurance 3 writes: the 4th write of a cell leaves it stuck at the failure state, and the chip's output
+    (all the host sees) shows it."""
+    model = _tiny([[0.5]])
+    cfg = ChipConfig().override({"endurance.endurance": 3, "endurance.failure_state": "stuck_off"})
+    chip = Chip.fabricate(model, cfg, 0)
+    s = ChipSession(chip, model)
+    s.deploy(_dep(model))  # the first programming is not wear (count_initial_programming false)
+    x = torch.ones(1, 1)
+    outs = []
+    for w in (0.6, 0.5, 0.6, 0.5):
+        s.program_weights("0", torch.tensor([[w]]))
+        outs.append(float(s.forward(x)[0]))
+    assert chip.layer("0").arrays["pos"].fault[0, 0] == STUCK_OFF
+    assert chip.write_stats()["cells_worn_out"] == 1
+    assert outs[2] == pytest.approx(0.6, abs=1e-4)  # third write still works
+    assert abs(outs[3]) < 1e-6  # stuck off: G+ = G- = Gmin, the weight reads 0
+
+
+def test_registers_cost_no_writes_and_act_per_column():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3))
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.3}), 3)
+    s = ChipSession(chip, model)
+    s.deploy(_dep(model, float(model[0].weight.detach().abs().max())))
+    x = torch.randn(8, 5)
+    y0 = s.forward(x)[0]
+    issued, epoch = chip.writes_issued, chip.write_epoch
+    gain, offset = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.0, 0.1, -0.2])
+    s.set_registers("0", gain, offset)
+    y1 = s.forward(x)[0]
+    bias = model[0].bias.detach()
+    assert torch.allclose(y1, (y0 - bias) * gain + offset + bias, atol=1e-5)
+    assert chip.writes_issued == issued and chip.write_epoch == epoch and s.ondevice_writes == 0
+    with pytest.raises(InputError, match="gain register"):
+        s.set_registers("0", torch.tensor([1.0, float("nan"), 1.0]), offset)
+
+
+def test_codesign_calibration_costs_zero_writes_and_fits_the_intended_outputs(small):
+    model, tr, val, _ = small
+    chip = Chip.fabricate(model, ChipConfig().override({"variation.sigma": 0.3}), 4)
+    s = ChipSession(chip, model)
+    s.deploy(_dep_all(model))
+    names = s.layer_names
+    want = {n: dict(model.named_modules())[n].weight.detach().t() for n in names}  # the software weights
+    before = chip_accuracy(s, model, names, val)
+    issued = s.writes_issued
+    _fit_registers(s, model, names, want, tr.x[:256])
+    assert s.writes_issued == issued == chip.writes_issued
+    assert chip_accuracy(s, model, names, val) >= before - 0.01
+
+
+def _dep_all(model: nn.Module) -> Deployment:
+    scales = {n: float(m.weight.detach().abs().max()) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    return Deployment({k: v.clone() for k, v in model.state_dict().items()}, scales)
+
+
+# --- the boundary -------------------------------------------------------------------------------------------
+def test_the_session_offers_no_route_to_the_chip():
+    model = nn.Sequential(nn.Linear(3, 2))
+    chip = Chip.fabricate(model, ChipConfig(), 0)
+    s = ChipSession(chip, model)
+    public = [a for a in dir(s) if not a.startswith("_")]
+    for attr in public:
+        value = getattr(s, attr)
+        assert not isinstance(value, Chip | CellArray), attr
+    assert "_chip" not in vars(s) and "chip" not in vars(s)
+    with pytest.raises(TypeError, match="cannot be copied"):
+        copy.deepcopy(s)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(s)
+    with pytest.raises(InputError, match="deploy"):
+        s.program_weights("0", model[0].weight)
+
+
+@pytest.mark.parametrize("method", ON_DEVICE)
+def test_on_device_methods_never_touch_the_chip_outside_the_session(small, method, monkeypatch):
+    """Poison: every chip reader, writer and loader raises unless the session itself calls it."""
+    model, tr, val, _ = small
+    chip = Chip.fabricate(model, ChipConfig().override(HARD), 5)
+    measured = chip.test()
+
+    def guard(fn):
+        def wrapped(*a, **k):
+            if not in_session():
+                raise AssertionError(f"a method reached the true chip ({fn.__name__})")
+            return fn(*a, **k)
+        return wrapped
+
+    for attr in ("conductances", "effective_matrix", "effective_weight", "test", "layer", "program",
+                 "program_weights", "program_deployment", "write_stats", "__iter__", "stats", "used_cells",
+                 "save", "to", "check_model", "count_issued", "weight_targets", "set_registers"):
+        monkeypatch.setattr(Chip, attr, guard(getattr(Chip, attr)))
+    monkeypatch.setattr(CellArray, "conductance", guard(CellArray.conductance))
+    session = ChipSession(chip, model, write_budget=FAST[method].get("write_budget"))
+    ctx = Context(tr.subset(640), val, seed=0)
+    apply_method(method, model, measured, ctx, FAST[method], session=session)
+
+
+@pytest.mark.parametrize("method", ON_DEVICE)
+def test_counterfactual_what_hardware_cannot_show_changes_nothing(small, method):
+    """Two chips that differ only in what no forward pass shows — wear counters below endurance, theta of
+    stuck cells (a stuck cell carries none) — give bit-identical runs."""
+    model, tr, val, _ = small
+    a = Chip.fabricate(model, ChipConfig().override(HARD), 6)
+    b = copy.deepcopy(a)
+    for layer in b:
+        for arr in layer.arrays.values():
+            arr.writes = arr.writes + 7
+            arr.theta = torch.where(arr.fault != HEALTHY, arr.theta + 1.5, arr.theta)
+    measured = a.test(seed=1)
+    ctx = Context(tr.subset(640), val, seed=0)
+    deps = []
+    for chip in (a, b):
+        s = ChipSession(chip, model, write_budget=FAST[method].get("write_budget"))
+        deps.append((apply_method(method, model, measured, ctx, FAST[method], session=s), s.counts()))
+    (da, ca), (db, cb) = deps
+    assert ca == cb
+    assert all(torch.equal(da.state_dict[k], db.state_dict[k]) for k in da.state_dict)
+    assert all(torch.equal(da.targets[n][x], db.targets[n][x]) for n in da.targets for x in da.targets[n])
+    assert all(torch.equal(da.registers[n][x], db.registers[n][x]) for n in da.registers for x in da.registers[n])
+
+
+def test_on_device_method_needs_a_session(small):
+    model, tr, val, _ = small
+    chip = Chip.fabricate(model, ChipConfig(), 1)
+    with pytest.raises(InputError, match="session"):
+        apply_method("ondevice", model, chip.test(), Context(tr, val), FAST["ondevice"])
+
+
+# --- the methods --------------------------------------------------------------------------------------------
+def test_chip_loop_forward_values_are_the_chips(small):
+    model, tr, _, _ = small
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.5}), 7)
+    s = ChipSession(chip, model)
+    s.deploy(_dep_all(model))
+    loop = _ChipLoop(copy.deepcopy(model), s, s.layer_names)
+    x = tr.x[:32]
+    out = loop(x)
+    chip_logits, _ = s.forward(x)
+    assert torch.allclose(out, chip_logits, atol=1e-5)
+    out.sum().backward()  # gradients reach the host weights
+    assert all(p.grad is not None for p in loop.parameters())
+
+
+@pytest.mark.parametrize("method", ON_DEVICE)
+def test_on_device_methods_improve_the_chip_within_budget_and_reproduce(small, method, tmp_path):
+    model, tr, val, test = small
+    chip = Chip.fabricate(model, ChipConfig().override(HARD), 8)
+    settings = {f"method.{k}": v for k, v in FAST[method].items()}
+    result, dep = tolerate(model, chip, method, train=tr.subset(1280), val=val, test=test, settings=settings)
+    assert result["chip_accuracy"] > result["chip_accuracy_before"] + 0.1
+    assert result["evaluation_writes"] == 0  # the deployment is the chip's state
+    assert result["iterations"] >= 1 and result["forward_passes"] > 0
+    budget = FAST[method].get("write_budget")
+    if budget is not None:
+        assert result["report"]["ondevice_writes"] <= budget
+    if method == "codesign":
+        assert result["iterations"] <= FAST[method]["iterations"]
+    # the deployment (through its file payload) plus the saved programmed chip reproduce the accuracy
+    chip.save(tmp_path / "c.npz")
+    dep2 = Deployment.from_payload(dep.state_dict, dep.to_payload())
+    again = Chip.load(tmp_path / "c.npz")
+    assert evaluate_deployment(model, again, dep2, test) == result["chip_accuracy"]
+    assert again.writes_issued == chip.writes_issued  # reprogramming the same state issues nothing
+
+
+def test_threshold_writes_far_less_than_ondevice(small):
+    model, tr, val, test = small
+    chip0 = Chip.fabricate(model, ChipConfig().override(HARD), 9)
+    out = {}
+    for method in ("ondevice", "threshold"):
+        settings = {f"method.{k}": v for k, v in FAST[method].items()}
+        out[method], _ = tolerate(model, copy.deepcopy(chip0), method, train=tr.subset(1280), val=val,
+                                  test=test, settings=settings)
+    assert out["threshold"]["writes"] < 0.5 * out["ondevice"]["writes"]
+
+
+def test_codesign_settings_are_validated():
+    spec = get_method("codesign")
+    for field, bad in (("iterations", 11), ("write_budget", -1), ("base", "magic"), ("ridge", 0)):
+        with pytest.raises(Exception, match=f"method.{field}"):
+            spec.make_config({field: bad})
+
+
+def test_registers_survive_save_and_load(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 3))
+    chip = Chip.fabricate(model, ChipConfig(), 0)
+    chip.program_model(model)
+    chip.set_registers("0", torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 0.0, -1.0]))
+    chip.save(tmp_path / "c.npz")
+    again = Chip.load(tmp_path / "c.npz")
+    assert torch.equal(again.layer("0").gain, chip.layer("0").gain)
+    assert torch.equal(again.layer("0").offset, chip.layer("0").offset)
+    dep = Deployment({k: v for k, v in model.state_dict().items()}, registers={
+        "0": {"gain": torch.ones(3), "offset": torch.zeros(3)}})
+    back = Deployment.from_payload(dep.state_dict, dep.to_payload())
+    assert torch.equal(back.registers["0"]["gain"], torch.ones(3))
+    bad = dep.to_payload()
+    bad["registers"]["0"]["gain"] = torch.tensor([float("inf"), 1.0, 1.0])
+    with pytest.raises(InputError, match="registers"):
+        Deployment.from_payload(dep.state_dict, bad)
