@@ -198,11 +198,40 @@ def test_tolerate_then_evaluate_reproduces_chip_accuracy(capsys, trained_ckpt, t
     assert code != 0 and one_line_error(err) and "tuned for one chip" in err
 
 
+def test_tolerate_on_device_saves_the_programmed_chip_that_reproduces_it(capsys, trained_ckpt, tmp_path):
+    chip = tmp_path / "chip.npz"
+    assert run(capsys, "chip", "make", "--model", str(trained_ckpt), "--saf-rate", "0.2", "--sigma", "0.5",
+               "--seed", "5", "--out", str(chip))[0] == 0
+    before = chip.read_bytes()
+    tuned = tmp_path / "c.pt"
+    code, out, err = run(capsys, "tolerate", "--method", "codesign", "--model", str(trained_ckpt), "--chip",
+                         str(chip), "--epochs", "0", "--iterations", "1", "--write-budget", "500",
+                         "--set", "method.digital_epochs=0", "--set", "method.calib_images=256",
+                         "--set", "method.search_images=500", "--out", str(tuned), "--json", "--quiet")
+    assert code == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["iterations"] <= 1 and res["forward_passes"] > 0 and res["chip_out"] == str(tmp_path / "c.chip.npz")
+    assert chip.read_bytes() == before  # the fabricated chip file is an input: never overwritten
+    code, out, err = run(capsys, "evaluate", "--model", str(tuned), "--chip", res["chip_out"], "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["accuracy_mean"] == res["chip_accuracy"]
+    code, _, err = run(capsys, "evaluate", "--model", str(tuned), "--chip", str(chip))  # the fresh chip
+    assert code != 0 and one_line_error(err) and "programmed chip" in err
+    code, _, err = run(capsys, "tolerate", "--method", "program", "--model", str(trained_ckpt), "--chip", str(chip),
+                       "--chip-out", str(tmp_path / "x.npz"), "--out", str(tmp_path / "p.pt"))
+    assert code != 0 and one_line_error(err) and "--chip-out" in err
+    code, _, err = run(capsys, "tolerate", "--method", "codesign", "--model", str(trained_ckpt), "--chip", str(chip),
+                       "--chip-out", str(chip), "--out", str(tmp_path / "q.pt"))
+    assert code != 0 and one_line_error(err) and not (tmp_path / "q.pt").exists()
+
+
 @pytest.mark.parametrize(("extra", "needle"), [
     (["--method", "magic"], "invalid choice"),
     (["--method", "fat", "--set", "method.bogus=1"], "method.bogus"),
     (["--method", "fat", "--set", "faults.rate=0.1"], "method.FIELD"),
     (["--method", "program", "--epochs", "2"], "method.epochs"),
+    (["--method", "program", "--write-budget", "2"], "method.write_budget"),
+    (["--method", "codesign", "--iterations", "11"], "method.iterations"),
     (["--method", "fat", "--epochs", "-1"], "-1"),
     (["--method", "fat", "--set", "method.lr=0"], "method.lr"),
     (["--method", "program", "--map", "{other_map}"], "another chip"),
