@@ -233,7 +233,6 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
         raise ConfigError("grid.part is invalid; accepted one or more [[grid.part]] tables")
     base_axes = _axes({k: v for k, v in grid.items() if k != "part"}, "grid")
     points: dict[str, Point] = {}
-    methods_used: set[str] = set()
     for i, part in enumerate(parts_raw):
         where = f"grid.part[{i}]" if "part" in grid else "grid"
         axes = {**base_axes, **_axes(part, where)}
@@ -258,7 +257,6 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
         n_points = math.prod(len(v) for v in axes.values())
         if n_points > MAX_POINTS:
             raise ConfigError(f"{where} has {n_points} points; accepted at most {MAX_POINTS}")
-        methods_used.update(axes["method"])
         for combo in itertools.product(*(axes[k] for k in chip_names)):
             overrides = {_dotted(k): v for k, v in zip(chip_names, combo, strict=True)}
             cfg = _override(base_cfg, overrides, dict(zip(chip_names, combo, strict=True)), where)
@@ -274,10 +272,6 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
                                {"model": model, "dataset": dataset, **chip_columns, "method": method,
                                 **columns, "chip_seed": seed})
                     points.setdefault(pt.content(), pt)
-    unused = sorted(set(method_tables) - methods_used)
-    if unused:
-        raise ConfigError(f"methods.{unused[0]} has settings but {unused[0]!r} is in no grid.method list; "
-                          "accepted settings for the methods the grid runs")
     return SweepSpec(tuple(points.values()), dset, title)
 
 
