@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ittrna.cli import main
-from ittrna.errors import ConfigError, FileFormatError
+from ittrna.errors import ConfigError, FileFormatError, InputError
 from ittrna.experiments.grid import DataSettings, parse_spec, point_key
 from ittrna.experiments.store import ResultStore, StoreLockedError, check_record
 
@@ -177,18 +177,20 @@ BAD_CONFIGS = [
     ("chip-list", SMALLEST + "[chip]\nsigma = [1.0]\n", "chip.sigma"),
     ("data-split", SMALLEST + '[data]\nsplit = "train"\n', "data.split"),
     ("no-grid", "[train]\nepochs = 1\n", "[grid]"),
+    ("chip-too-big", SMALLEST + '[chip]\n"mapping.rows" = 65536\n"mapping.cols" = 65536\n', "memory"),
 ]
 
 
 @pytest.mark.parametrize(("text", "needle"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
 def test_bad_config_is_one_error_naming_it(text, needle, tmp_path, capsys):
-    with pytest.raises(ConfigError, match=None) as info:
+    with pytest.raises(InputError) as info:  # a ConfigError, or a ResourceError for a chip too big
         spec_of(text)
     assert needle in str(info.value) and "\n" not in str(info.value)
     cfg = tmp_path / "s.toml"
     cfg.write_text(text)
-    code, out, err = run(capsys, "sweep", cfg, "--out", tmp_path / "out", "--quiet")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    code, _, err = run(capsys, "sweep", cfg, "--out", tmp_path / "out", "--quiet")
+    assert code == (2 if isinstance(info.value, ConfigError) else 1), err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "out").exists()  # nothing written
 
 
@@ -219,9 +221,9 @@ def test_second_writer_gets_a_clear_error(tmp_path, capsys, mnist_train):
 
 
 def test_lock_of_a_killed_writer_is_free(tmp_path):
-    code = ("import sys, os; sys.path.insert(0, %r)\nfrom ittrna.experiments.store import ResultStore\n"
-            "ResultStore(%r).open_writer(); print('locked', flush=True); os.kill(os.getpid(), 9)"
-            % (str(ROOT / "src"), str(tmp_path)))
+    code = (f"import sys, os; sys.path.insert(0, {str(ROOT / 'src')!r})\n"
+            "from ittrna.experiments.store import ResultStore\n"
+            f"ResultStore({str(tmp_path)!r}).open_writer(); print('locked', flush=True); os.kill(os.getpid(), 9)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "locked" in proc.stdout and proc.returncode == -signal.SIGKILL
     with ResultStore(tmp_path).open_writer():

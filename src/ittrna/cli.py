@@ -404,12 +404,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         if given:
             raise CliError(f"{', '.join(given)} belong to the flag form; with CONFIG.toml put them in the config "
                            "(see docs/experiments.md)")
+        if args.address and args.backend != "ray":
+            raise CliError("--address is for --backend ray")
         _check_sweep_outputs(out, {"CONFIG": args.config_file})
         from ittrna.experiments.grid import load_spec
 
         spec = load_spec(args.config_file)
-        if args.address and args.backend != "ray":
-            raise CliError("--address is for --backend ray")
         with make_backend(args.backend, args.workers, args.address) as backend:
             outcome = run_spec(spec, out, backend=backend, progress=not args.quiet)
         text = (f"{len(outcome.records)} points ({outcome.computed} computed, "

@@ -29,7 +29,7 @@ import itertools
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,7 +272,31 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
                                {"model": model, "dataset": dataset, **chip_columns, "method": method,
                                 **columns, "chip_seed": seed})
                     points.setdefault(pt.content(), pt)
+    _check_chips(points.values())
     return SweepSpec(tuple(points.values()), dset, title)
+
+
+def _check_chips(points: Iterable[Point]) -> None:
+    """Every (model, chip config) fits in memory (estimated on shapes alone, nothing allocated)."""
+    import torch
+
+    from ittrna._validate import check_fabricate
+    from ittrna.data import DATASETS
+    from ittrna.models import build
+
+    shapes: dict[tuple[str, str], torch.nn.Module] = {}
+    seen: set[str] = set()
+    for p in points:
+        pair = (p.source.model, p.source.dataset)
+        key = json.dumps([pair, p.chip], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        if pair not in shapes:
+            spec = DATASETS[pair[1]]
+            with torch.device("meta"):
+                shapes[pair] = build(pair[0], spec.in_shape, spec.num_classes)
+        check_fabricate(shapes[pair], ChipConfig.from_dict(p.chip), p.chip_seed)
 
 
 def collapse_spec(model_path: str | Path, meta: Mapping[str, Any], base: ChipConfig, saf_rates: Sequence[float],

@@ -105,7 +105,8 @@ def _cell_columns(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[st
 
 def summarize(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per grid cell (every point field but the chip seed): the chips, mean ± std (sample) and 95 %
-    confidence interval of the chip accuracy (Student t, n - 1 degrees of freedom; none for one chip), the
+    confidence interval of the chip accuracy (Student t, n - 1 degrees of freedom, clipped to [0, 1]; none for
+    one chip), the
     software accuracy, the loss in points, the accuracy before the method, writes and seconds. Returns
     (rows, the cell columns worth showing)."""
     from scipy import stats
@@ -121,10 +122,11 @@ def summarize(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
         mean = statistics.fmean(acc)
         std = statistics.stdev(acc) if n > 1 else 0.0
         half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan
+        low, high = (max(0.0, mean - half), min(1.0, mean + half)) if n > 1 else (math.nan, math.nan)
         soft = statistics.fmean(float(r["software_accuracy"]) for r in members)
         row = {c: members[0].get(c) for c in cols}
         row.update(chips=n, software_accuracy=soft, chip_accuracy_mean=mean, chip_accuracy_std=std,
-                   ci95_low=mean - half, ci95_high=mean + half, loss_mean=soft - mean,
+                   ci95_low=low, ci95_high=high, loss_mean=soft - mean,
                    chip_accuracy_before_mean=statistics.fmean(float(r["chip_accuracy_before"]) for r in members),
                    writes_mean=statistics.fmean(float(r["writes"]) for r in members),
                    seconds_mean=statistics.fmean(float(r["seconds"]) for r in members))
@@ -173,7 +175,8 @@ def _series(rows: Sequence[dict[str, Any]], x: str, shown: Sequence[str]) -> dic
     for r in rows:
         if not isinstance(r.get(x), (int, float)):
             continue
-        label = ", ".join(f"{r[c]}" if c == "method" else f"{c}={_cell_text(r[c])}" for c in others)
+        label = ", ".join(f"{r[c]}" if c == "method" else f"{c}={_cell_text(r[c])}" for c in others
+                          if r.get(c) is not None)
         out.setdefault(label or "chip", []).append(r)
     return {k: sorted(v, key=lambda r: r[x]) for k, v in out.items() if len({r[x] for r in v}) >= 2}
 
@@ -190,11 +193,13 @@ def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], shown: Sequenc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(8.5 * len(groups), 4.4), squeeze=False)
     for ax, ((model, dataset), series) in zip(axes[0], groups.items(), strict=True):
         soft = []
         for label, rs in series.items():
-            yerr = [0.0 if math.isnan(r["ci95_low"]) else 100 * (r["chip_accuracy_mean"] - r["ci95_low"]) for r in rs]
+            yerr = [[0.0 if math.isnan(r["ci95_low"]) else 100 * (r["chip_accuracy_mean"] - r["ci95_low"]) for r in rs],
+                    [0.0 if math.isnan(r["ci95_high"]) else 100 * (r["ci95_high"] - r["chip_accuracy_mean"])
+                     for r in rs]]
             ax.errorbar([r[x] for r in rs], [100 * r["chip_accuracy_mean"] for r in rs], yerr=yerr, marker="o",
                         capsize=3, label=label)
             soft += [r["software_accuracy"] for r in rs]
@@ -202,9 +207,9 @@ def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], shown: Sequenc
         ax.set_title(f"{model} / {dataset}")
         ax.set_xlabel(_PLOT_AXES.get(x, x))
         ax.set_ylabel("chip accuracy (%), mean and 95 % CI")
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 101)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
     plt.close(fig)
@@ -223,7 +228,7 @@ def plot_writes(path: str | Path, rows: Sequence[dict[str, Any]]) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.4), squeeze=False)
     for ax, ((model, dataset), rs) in zip(axes[0], groups.items(), strict=True):
         for method in dict.fromkeys(str(r["method"]) for r in rs):
             sel = [r for r in rs if r["method"] == method]
@@ -232,9 +237,9 @@ def plot_writes(path: str | Path, rows: Sequence[dict[str, Any]]) -> bool:
         ax.set_title(f"{model} / {dataset}")
         ax.set_xlabel("cell writes issued per chip (log)")
         ax.set_ylabel("chip accuracy (%), mean")
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 101)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
     plt.close(fig)
