@@ -333,9 +333,9 @@ def test_flag_form_keeps_the_sigma_0_row_on_resume(tmp_path, capsys, trained_mlp
 
 
 # --- kill and resume ---------------------------------------------------------------------------------------
-def _sweep_proc(cfg: Path, out: Path) -> subprocess.Popen:
+def _sweep_proc(cfg: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen([sys.executable, "-m", "ittrna", "sweep", str(cfg), "--out", str(out), "--quiet"],
+    return subprocess.Popen([sys.executable, "-m", "ittrna", "sweep", str(cfg), "--out", str(out), "--quiet", *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -346,9 +346,9 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def _kill_after(cfg: Path, out: Path, records: int, timeout: float = 120) -> int:
+def _kill_after(cfg: Path, out: Path, records: int, *extra: str, timeout: float = 120) -> int:
     """Start the sweep, SIGKILL it once the store holds ``records`` lines; return the lines then."""
-    proc = _sweep_proc(cfg, out)
+    proc = _sweep_proc(cfg, out, *extra)
     t0 = time.monotonic()
     while _lines(out / "results.jsonl") < records and proc.poll() is None and time.monotonic() - t0 < timeout:
         time.sleep(0.005)
@@ -379,6 +379,24 @@ def test_kill_9_at_any_moment_then_resume_gives_every_point_once(tmp_path, mnist
     assert without_timing(records) == without_timing(reference)
     assert (out / "results.jsonl.partial-1").read_text().startswith('{"key": "deadbeef"')
     assert sorted((out / "models").iterdir()) == sorted((out / "models").glob("*.pt"))  # no temporary left
+
+
+@pytest.mark.slow  # ~1 min: a Ray driver started and killed, then a local resume
+def test_killed_ray_driver_resumes_like_a_local_one(tmp_path, mnist_train):
+    pytest.importorskip("ray")
+    from ittrna.experiments.grid import load_spec
+    from ittrna.experiments.sweep import run_spec
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    reference = run_spec(load_spec(cfg), tmp_path / "ref", progress=False).records
+    out = tmp_path / "killed"
+    seen = _kill_after(cfg, out, 2, "--backend", "ray", "--workers", "2")
+    assert seen < 8
+    proc = _sweep_proc(cfg, out)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert without_timing(ResultStore(out).read()) == without_timing(reference)
 
 
 # --- backends --------------------------------------------------------------------------------------------
