@@ -421,6 +421,20 @@ def test_ray_backend_gives_the_local_records(tmp_path, mnist_train):
     assert len(ResultStore(tmp_path / "ray").read()) == 4
 
 
+def test_models_are_trained_once_per_settings_and_data(tmp_path, mnist_train):
+    from ittrna.experiments.sweep import run_spec
+
+    small = SMALL.replace('["none", "remap"]', '["none"]').replace("chip_seed = [1, 2]", "chip_seed = [1]")
+    first = run_spec(spec_of(small), tmp_path, progress=False)
+    assert len(first.trained) == 1 and first.computed == 1
+    again = run_spec(spec_of(small), tmp_path, progress=False)  # cached: nothing trained or computed
+    assert again.trained == [] and again.computed == 0
+    other = run_spec(spec_of(small.replace("train_size = 1000", "train_size = 800")), tmp_path, progress=False)
+    assert len(other.trained) == 1 and other.computed == 1  # other data: another model, another point
+    assert other.records[0]["model_sha256"] != first.records[0]["model_sha256"]
+    assert len(list((tmp_path / "models").glob("*.pt"))) == 2
+
+
 @pytest.mark.slow  # ~20 s: two spawned processes import torch and load the data
 def test_local_process_pool_gives_the_same_records(tmp_path, mnist_train):
     from ittrna.experiments.backends import LocalBackend

@@ -124,6 +124,7 @@ def evaluate_point(point: Point, key: str, data: DataSettings, payload: ModelPay
         "wall_seconds": time.perf_counter() - t0,
         "method_version": int(result["version"]),
         "ittrna_version": package_version(),
+        "torch_version": str(torch.__version__),
         "model_sha256": payload["sha256"],
     }
     return record

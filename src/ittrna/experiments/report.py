@@ -71,7 +71,7 @@ def plot_collapse(path: str | Path, rows: Sequence[dict[str, Any]], *, title: st
 
 
 # --- reports of a sweep folder -----------------------------------------------------------------------------
-_NOT_CELL = {"key", "chip_seed", "ittrna_version"}
+_NOT_CELL = {"key", "chip_seed", "ittrna_version", "torch_version"}
 """Record fields that never split a cell (a cell's records differ in them)."""
 _ALWAYS = ("model", "dataset", "method")
 _PLOT_AXES = {"saf_rate": "stuck-at-fault rate", "sigma": "variation σ (log G)"}

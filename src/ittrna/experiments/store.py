@@ -56,7 +56,7 @@ OPTIONAL_FIELDS: dict[str, str] = {
     "saf_rate": _NONNEG, "sigma": _NONNEG, "stuck_on_share": _NONNEG, "program_noise": _NONNEG,
     "read_noise": _NONNEG, "miss_rate": _NONNEG, "theta_noise": _NONNEG, "pattern": _STR,
     "wall_seconds": _NONNEG, "max_writes_per_cell": _COUNT, "cells_worn_out": _COUNT,
-    "fraction_cells_written": _NONNEG, "val_accuracy": _ACC,
+    "fraction_cells_written": _NONNEG, "val_accuracy": _ACC, "torch_version": _STR,
 }
 #: Measured fields (the rest of a record describes the point).
 MEASURES = ("software_accuracy", "chip_accuracy", "chip_accuracy_before", "writes", "writes_performed",

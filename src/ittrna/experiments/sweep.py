@@ -8,6 +8,8 @@ and the same numbers (a point is a pure function of its content)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,6 +72,13 @@ def _cached_payload(path: Path) -> ModelPayload:
     return {"sha256": weights_sha256(state), "meta": dict(meta), "state_dict": state}
 
 
+def model_file(folder: Path, source: ModelSource, data: DataSettings) -> Path:
+    """Where the sweep caches the model it trains for ``source`` on ``data`` (its name holds a hash of the
+    training settings and of the training/validation sizes)."""
+    sizes = json.dumps([data.train_size, data.val_size])
+    return folder / "models" / f"{source.ref}-{hashlib.sha256(sizes.encode()).hexdigest()[:8]}.pt"
+
+
 def _models(spec: SweepSpec, folder: Path, backend: Backend, progress: bool) -> tuple[dict[str, ModelPayload],
                                                                                       list[str]]:
     """Payload per model source: a given checkpoint, one cached in ``folder/models``, or trained now (on
@@ -81,8 +90,8 @@ def _models(spec: SweepSpec, folder: Path, backend: Backend, progress: bool) -> 
     for source in spec.sources:
         if source.path is not None:
             payloads[source.ref] = _file_payload(source)
-        elif (folder / "models" / f"{source.ref}.pt").exists():
-            payloads[source.ref] = _cached_payload(folder / "models" / f"{source.ref}.pt")
+        elif model_file(folder, source, spec.data).exists():
+            payloads[source.ref] = _cached_payload(model_file(folder, source, spec.data))
         else:
             to_train.append(source)
     trained = []
@@ -91,7 +100,7 @@ def _models(spec: SweepSpec, folder: Path, backend: Backend, progress: bool) -> 
         jobs = [(s, spec.data) for s in to_train]
         bar = tqdm(total=len(jobs), desc="train", unit="model", disable=None if progress else True)
         for i, payload in backend.run(train_model, jobs):
-            path = folder / "models" / f"{to_train[i].ref}.pt"
+            path = model_file(folder, to_train[i], spec.data)
             from ittrna.models import build
 
             meta = payload["meta"]
