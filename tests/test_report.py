@@ -99,6 +99,13 @@ def test_html_is_self_contained(tmp_path):
     assert text.count("<table>") == 1 and text.count("<tr>") == 11
 
 
+def test_report_takes_the_sweep_title(tmp_path):
+    folder = _store(tmp_path / "sweep", _records())
+    (folder / "sweep.json").write_text(json.dumps({"title": "Quick look"}))
+    rep = write_report(folder, html=True)
+    assert rep.markdown.read_text().startswith("# Quick look\n") and "<title>Quick look</title>" in rep.html.read_text()
+
+
 def test_report_of_nothing_is_one_line(tmp_path, capsys):
     for folder in (tmp_path / "missing", _store(tmp_path / "empty", [])):
         code = main(["report", str(folder)])

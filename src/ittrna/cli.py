@@ -429,7 +429,8 @@ def _check_sweep_outputs(out: Path, inputs: dict[str, Path | None]) -> None:
     from ittrna._validate import check_output
 
     check_output(out, None, inputs, what="the results folder")
-    for name, suffix in (("results.jsonl", ".jsonl"), ("results.csv", ".csv"), ("summary.csv", ".csv"),
+    for name, suffix in (("results.jsonl", ".jsonl"), ("results.csv", ".csv"), ("sweep.json", ".json"),
+                         ("summary.csv", ".csv"),
                          ("summary.json", ".json"), ("collapse.png", ".png")):
         check_output(out / name, suffix, inputs, what=f"the sweep's {name}")
 

@@ -283,26 +283,35 @@ def _html(title: str, rows: Sequence[dict[str, Any]], shown: Sequence[str], plot
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
              "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
              "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em;"
-             "text-align:right}th{background:#f2f2f2}td.l{text-align:left}img{max-width:100%;display:block;"
+             "text-align:right;white-space:nowrap}div.t{overflow-x:auto}th{background:#f2f2f2}td.l{text-align:left}img{max-width:100%;display:block;"
              "margin:1em 0}</style></head><body>", f"<h1>{e(title)}</h1>",
              f"<p>{n_records} records, {len(rows)} cells. Chip accuracy over chips: mean ± sample std and the 95 % "
              "confidence interval of the mean (Student t); loss = software − chip, in points.</p>"]
     for (model, dataset), rs in _groups(rows).items():
         cols = [c for c in shown if c not in ("model", "dataset")]
         parts.append(f"<h2>{e(model)} on {e(dataset)}</h2>")
-        parts.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in [*cols, *_HEAD])
+        parts.append('<div class="t"><table><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in [*cols, *_HEAD])
                      + "</tr></thead><tbody>")
         for r in rs:
             cells = _row_cells(r, cols)
             parts.append("<tr>" + "".join(f'<td class="l">{e(c)}</td>' if i < len(cols) else f"<td>{e(c)}</td>"
                                           for i, c in enumerate(cells)) + "</tr>")
-        parts.append("</tbody></table>")
+        parts.append("</tbody></table></div>")
     for p in plots:
         data = base64.b64encode(p.read_bytes()).decode("ascii")
         parts.append(f'<h2>{e(p.stem.replace("_", " "))}</h2><img alt="{e(p.stem)}" '
                      f'src="data:image/png;base64,{data}">')
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _stored_title(root: Path) -> str | None:
+    """The title of the last sweep config run into ``root`` (``sweep.json``), if any."""
+    try:
+        title = json.loads((root / "sweep.json").read_text(encoding="utf-8")).get("title")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return title if isinstance(title, str) and title else None
 
 
 def write_report(folder: str | Path, *, html: bool = False, title: str | None = None) -> Report:
@@ -333,7 +342,7 @@ def write_report(folder: str | Path, *, html: bool = False, title: str | None = 
     p = root / "plots" / "accuracy_vs_writes.png"
     if plot_writes(p, rows):
         plots.append(p)
-    name = title or f"Sweep report: {root.resolve().name}"
+    name = title or _stored_title(root) or f"Sweep report: {root.resolve().name}"
     atomic_write_text(root / "report.csv", records_to_csv([{k: v for k, v in r.items()} for r in rows]))
     md = root / "report.md"
     atomic_write_text(md, _markdown(name, rows, shown, plots, len(records)))

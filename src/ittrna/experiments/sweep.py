@@ -129,6 +129,10 @@ def run_spec(spec: SweepSpec, out: str | Path, *, backend: Backend | None = None
     _check_data(spec)
     backend = backend or LocalBackend()
     with store.open_writer():
+        if spec.title:
+            from ittrna._io import atomic_write_text
+
+            atomic_write_text(folder / "sweep.json", json.dumps({"title": spec.title}, indent=2) + "\n")
         payloads, trained = _models(spec, folder, backend, progress)
         keyed = [(p, point_key(p, payloads[p.source.ref]["sha256"], spec.data)) for p in spec.points]
         keyed = list({k: (p, k) for p, k in keyed}.values())
