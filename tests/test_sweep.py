@@ -447,6 +447,25 @@ def test_local_process_pool_gives_the_same_records(tmp_path, mnist_train):
     assert without_timing(one) == without_timing(two)
 
 
+@pytest.mark.slow  # ~40 s: a Ray cluster started here, a sweep connecting to it by address
+def test_ray_backend_connects_to_a_running_cluster(tmp_path, mnist_train):
+    ray = pytest.importorskip("ray")
+    from ittrna.experiments.sweep import run_spec
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(SMALL.replace('["none", "remap"]', '["none"]'))
+    local = run_spec(spec_of(cfg.read_text()), tmp_path / "local", progress=False).records
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        address = ray.get_runtime_context().gcs_address
+        proc = _sweep_proc(cfg, tmp_path / "remote", "--backend", "ray", "--address", address)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+    finally:
+        ray.shutdown()
+    assert without_timing(ResultStore(tmp_path / "remote").read()) == without_timing(local)
+
+
 def test_ray_backend_missing_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
     cfg = tmp_path / "s.toml"
