@@ -399,6 +399,26 @@ def test_killed_ray_driver_resumes_like_a_local_one(tmp_path, mnist_train):
     assert without_timing(ResultStore(out).read()) == without_timing(reference)
 
 
+def test_every_registered_method_runs_as_a_sweep_point(tmp_path, mnist_train):
+    """Each method of the registry (today's and later ones) goes through the same point, quick settings."""
+    from ittrna.experiments.sweep import run_spec
+    from ittrna.methods import METHODS
+
+    quick = {"epochs": 1, "search_images": 200, "importance_images": 64, "headroom_steps": 2, "search_passes": 1,
+             "rounds": 1}
+    tables = ""
+    for name, spec in METHODS.items():
+        fields = spec.config().to_dict()
+        settings = {k: v for k, v in quick.items() if k in fields}
+        tables += f"[methods.{name}]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+    text = SMALL.replace('["none", "remap"]', json.dumps(list(METHODS))).replace("[1, 2]", "[3]")
+    text = text.split("[methods.remap]")[0].replace("train_size = 1000", "train_size = 500") + tables
+    outcome = run_spec(spec_of(text), tmp_path, progress=False)
+    assert [r["method"] for r in outcome.records] == list(METHODS)
+    for r in outcome.records:
+        assert r["writes"] > 0 and 0 <= r["chip_accuracy"] <= 1 and r["method_version"] == METHODS[r["method"]].version
+
+
 # --- backends --------------------------------------------------------------------------------------------
 SMALL = TINY.replace("saf_rate = [0.1, 0.2]", "saf_rate = [0.2]")
 
