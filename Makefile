@@ -5,14 +5,15 @@ BIN    := $(VENV)/bin
 ART    := artifacts
 export ITTRNA_DATA ?= $(HOME)/.cache/ittrna
 
-.PHONY: demo test test-slow lint data bench clean help
+.PHONY: demo test test-slow lint data bench bench-sweep clean help
 
 help:
-	@echo "make demo       train the MLP on MNIST, show its accuracy collapse on imperfect chips and its rescue"
+	@echo "make demo       configs/quick.toml: train the MLP, its collapse on imperfect chips and its rescue; report"
 	@echo "make test       run the test suite (creates .venv with dev extras, fetches data)"
 	@echo "make test-slow  run the slow checks (full training runs, accuracy targets)"
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      simulation overhead benchmark"
+	@echo "make bench-sweep  sweep throughput, local backend vs Ray with 2 workers"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,24 +27,23 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(BIN)/python -m pip install -q -e .
 	@touch $@
 
+# dev extras include Ray (the sweep backend's tests) and Playwright, which drives the system's Chromium
+# (Debian package `chromium`; the browser test skips where there is none, so a failed apt-get is no error)
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "no chromium: the browser test will skip"
 	@touch $@
 
 data: $(VENV)/.installed
 	$(BIN)/ittrna data fetch mnist
 	$(BIN)/ittrna data fetch fashion-mnist || { apt-get update -qq && $(BIN)/ittrna data fetch fashion-mnist; }
 
-$(ART)/mlp-mnist.pt: | data
-	$(BIN)/ittrna train --model mlp --dataset mnist --epochs 5 --seed 0 --out $@
-
-# the collapse of a normally trained MLP, then one chip (SAF 20 % + sigma 1.0) rescued by tolerance methods
-demo: data $(ART)/mlp-mnist.pt
-	$(BIN)/ittrna sweep --model $(ART)/mlp-mnist.pt --chips 5 --seed 1000 --out $(ART)/demo
-	$(BIN)/ittrna chip make --model $(ART)/mlp-mnist.pt --saf-rate 0.2 --sigma 1.0 --seed 1000 --out $(ART)/demo/chip.npz
-	for m in none program remap remap-fat; do \
-	  $(BIN)/ittrna tolerate --method $$m --model $(ART)/mlp-mnist.pt --chip $(ART)/demo/chip.npz \
-	    --out $(ART)/demo/tuned-$$m.pt --quiet || exit 1; done
+# configs/quick.toml: trains the MLP, then none / program / remap / remap-fat on 3 chips at 20 % stuck-at faults,
+# sigma 1.0 and both (resumable: an interrupted demo goes on where it stopped); then the report and its plots
+demo: data
+	$(BIN)/ittrna sweep configs/quick.toml --out $(ART)/quick --workers 2
+	$(BIN)/ittrna report $(ART)/quick --html
 
 test: $(VENV)/.installed-dev data
 	ITTRNA_REQUIRE_DATA=1 $(BIN)/python -m pytest -q
@@ -58,6 +58,9 @@ lint: $(VENV)/.installed-dev
 
 bench: data
 	$(BIN)/python benchmarks/bench_evaluate.py
+
+bench-sweep: $(VENV)/.installed-dev data
+	$(BIN)/python benchmarks/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) $(ART) .pytest_cache .mypy_cache .ruff_cache

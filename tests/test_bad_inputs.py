@@ -168,7 +168,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "cfg.yaml").write_text("cell: {}\n")
 
     # sweep result stores edited by hand
-    for i, line in enumerate(['[1, 2]', '{"key": "k", "axis": "sigma", "value": 0.5, "accuracy": "high"}'], 1):
+    for i, line in enumerate(['[1, 2]', '{"key": "k", "saf_rate": 0.5, "chip_accuracy": "high"}'], 1):
         (d / f"badsweep{i}").mkdir()
         (d / f"badsweep{i}" / "results.jsonl").write_text(line + "\n")
     return d
@@ -352,7 +352,16 @@ CLI_CASES: list[tuple[str, list[str], str]] = [
     ("sweep-crossbar-memory", [*SWEEP, "--crossbar", "65536x65536"], "memory"),
     ("sweep-nan-weights", [*SWEEP, "--model", "{d}/nan.pt"], "NaN"),
     ("sweep-results-not-objects", [*SWEEP, "--out", "{d}/badsweep1"], "JSON list"),
-    ("sweep-results-bad-record", [*SWEEP, "--out", "{d}/badsweep2"], "accuracy"),
+    ("sweep-results-bad-record", [*SWEEP, "--out", "{d}/badsweep2"], "line 1: field chip_accuracy"),
+    ("sweep-config-missing", ["sweep", "{d}/nope.toml", "--out", "{d}/sw"], "nope.toml"),
+    ("sweep-config-not-toml", ["sweep", "{d}/m.pt", "--out", "{d}/sw"], ".toml"),
+    ("sweep-config-bad-toml", ["sweep", "{d}/bad.toml", "--out", "{d}/sw"], "invalid TOML"),
+    ("sweep-config-is-chip-config", ["sweep", "{d}/rlow.toml", "--out", "{d}/sw"], "unknown key cell"),
+    ("sweep-config-workers-0", ["sweep", "{d}/bad.toml", "--out", "{d}/sw", "--workers", "0"], "--workers"),
+    ("sweep-config-address-local", ["sweep", "{d}/bad.toml", "--out", "{d}/sw", "--address", "x"], "--address"),
+    ("report-missing-folder", ["report", "{d}/nofolder"], "nofolder"),
+    ("report-no-results", ["report", "{d}"], "no sweep results"),
+    ("report-bad-record", ["report", "{d}/badsweep2"], "line 1: field chip_accuracy"),
     ("config-no-subcommand", ["config"], ""),
     ("config-show-unknown-preset", ["config", "show", "--preset", "nope"], "nope"),
     ("config-show-latin1", ["config", "show", "--config", "{d}/latin1.toml"], "latin1.toml"),

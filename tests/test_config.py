@@ -83,8 +83,8 @@ def test_file_io(tmp_path):
 def test_shipped_config_files_load():
     from pathlib import Path
 
-    files = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
-    assert files, "configs/ should ship example files"
+    files = sorted((Path(__file__).parent.parent / "configs" / "chips").glob("*.toml"))
+    assert files, "configs/chips/ should ship example chip configs"
     for f in files:
         ChipConfig.from_file(f)
 

@@ -10,7 +10,6 @@ an input. Any other exception is a bug and surfaces with its traceback.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -383,39 +382,96 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _emit(args, text, {"ideal_accuracy": ideal, "accuracy_mean": mean, "accuracy_std": std, "accuracies": accs})
 
 
+_SWEEP_FLAGS = ("model", "saf_rates", "sigmas", "chips", "seed", "split", "data_dir")
+
+
+def _strict_json(value: Any) -> Any:
+    """NaN/inf -> None, recursively (the --json line is strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from ittrna._io import atomic_write_text
-    from ittrna._validate import check_fabricate, check_output
-    from ittrna.experiments import ResultStore, aggregate, collapse_points, run_sweep
-    from ittrna.experiments.report import format_table, plot_collapse, write_csv
-    from ittrna.training import accuracy
+    from ittrna.experiments.backends import make_backend
+    from ittrna.experiments.sweep import run_spec
 
     out: Path = args.out
-    inputs = {"--model": args.model, "--config": args.config}
+    if args.config_file is not None:
+        given = [f"--{f.replace('_', '-')}" for f in _SWEEP_FLAGS if getattr(args, f) is not None]
+        given += _given_chip_settings(args)
+        if given:
+            raise CliError(f"{', '.join(given)} belong to the flag form; with CONFIG.toml put them in the config "
+                           "(see docs/experiments.md)")
+        if args.address and args.backend != "ray":
+            raise CliError("--address is for --backend ray")
+        _check_sweep_outputs(out, {"CONFIG": args.config_file})
+        from ittrna.experiments.grid import load_spec
+
+        spec = load_spec(args.config_file)
+        with make_backend(args.backend, args.workers, args.address) as backend:
+            outcome = run_spec(spec, out, backend=backend, progress=not args.quiet)
+        text = (f"{len(outcome.records)} points ({outcome.computed} computed, "
+                f"{len(outcome.records) - outcome.computed} stored) -> {out}/results.jsonl, {out}/results.csv"
+                + (f"\npartial last line set aside in {outcome.set_aside}" if outcome.set_aside else "")
+                + f"\nreport: ittrna report {out} --html")
+        _emit(args, text, {"points": len(outcome.records), "computed": outcome.computed,
+                           "trained": outcome.trained, "out": str(out),
+                           "set_aside": str(outcome.set_aside) if outcome.set_aside else None})
+        return
+    if args.model is None:
+        raise CliError("give a sweep config (ittrna sweep CONFIG.toml --out DIR) or the flag form's --model")
+    _cmd_sweep_flags(args)
+
+
+def _check_sweep_outputs(out: Path, inputs: dict[str, Path | None]) -> None:
+    from ittrna._validate import check_output
+
     check_output(out, None, inputs, what="the results folder")
-    for name, suffix in (("results.jsonl", ".jsonl"), ("summary.csv", ".csv"), ("summary.json", ".json"),
-                         ("collapse.png", ".png")):
+    for name, suffix in (("results.jsonl", ".jsonl"), ("results.csv", ".csv"), ("sweep.json", ".json"),
+                         ("summary.csv", ".csv"),
+                         ("summary.json", ".json"), ("collapse.png", ".png")):
         check_output(out / name, suffix, inputs, what=f"the sweep's {name}")
-    _check_seeds(args)
-    base = _chip_config(args)
-    points = collapse_points(args.saf_rates, args.sigmas)
-    configs = [base.override(p.overrides) for p in points]  # every point's settings valid before any work
+
+
+def _cmd_sweep_flags(args: argparse.Namespace) -> None:
+    from ittrna._io import atomic_write_text
+    from ittrna._validate import check_fabricate
+    from ittrna.experiments.backends import make_backend
+    from ittrna.experiments.grid import collapse_spec
+    from ittrna.experiments.report import format_table, plot_collapse, write_csv
+    from ittrna.experiments.sweep import collapse_rows, flag_data, run_spec
     from ittrna.experiments.tolerate import load_tuned
 
+    out: Path = args.out
+    args.saf_rates = args.saf_rates if args.saf_rates is not None else [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+    args.sigmas = args.sigmas if args.sigmas is not None else [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
+    args.chips = args.chips if args.chips is not None else 5
+    args.seed = args.seed if args.seed is not None else 0
+    args.split = args.split or "test"
+    _check_sweep_outputs(out, {"--model": args.model, "--config": args.config})
+    _check_seeds(args)
+    base = _chip_config(args)
+    seeds = range(args.seed, args.seed + args.chips)
     model, meta, deployment = load_tuned(args.model)
     if deployment is not None:
         raise CliError(f"{args.model} is tuned for one chip; a sweep fabricates new chips: give it the software "
                        "checkpoint")
-    for cfg in configs:
-        check_fabricate(model, cfg, args.seed)
-    data = _eval_split(meta, args)
-    ideal = accuracy(model, data)
-    out.mkdir(parents=True, exist_ok=True)
-    store = ResultStore(out / "results.jsonl")
-    model_id = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()
-    records = run_sweep(model, base, points, range(args.seed, args.seed + args.chips), data, store,
-                        model_id=model_id, data_id=f"{meta['dataset']}/{args.split}", progress=not args.quiet)
-    rows = aggregate(records)
+    _dataset_of(meta, args)
+    spec = collapse_spec(args.model, meta, base, args.saf_rates, args.sigmas, seeds,
+                         flag_data(args.split, str(args.data_dir) if args.data_dir else None))
+    from ittrna.config import ChipConfig
+
+    for cfg in dict.fromkeys(json.dumps(p.chip, sort_keys=True) for p in spec.points):
+        check_fabricate(model, ChipConfig.from_dict(json.loads(cfg)), args.seed)
+    with make_backend(args.backend, args.workers, args.address) as backend:
+        outcome = run_spec(spec, out, backend=backend, progress=not args.quiet)
+    rows = collapse_rows(outcome.records, args.saf_rates, args.sigmas)
+    ideal = outcome.records[0]["software_accuracy"]
     write_csv(out / "summary.csv", rows)
     summary = {"model": meta["model"], "dataset": meta["dataset"], "split": args.split, "ideal_accuracy": ideal,
                "chips": args.chips, "first_seed": args.seed, "base_config": base.to_json_dict(), "rows": rows}
@@ -425,6 +481,22 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     text = (f"{meta['model']} on {meta['dataset']} ({args.split}); software accuracy {100 * ideal:.2f}%\n"
             + format_table(rows, ideal) + f"\nresults: {out}/summary.csv, plot: {out}/collapse.png")
     _emit(args, text, {"ideal_accuracy": ideal, "rows": rows, "out": str(out)})
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from ittrna.experiments.report import write_report
+
+    for name in ("report.md", "report.csv", "report.html"):
+        if (args.folder / name).is_dir():
+            raise CliError(f"{args.folder / name} is a folder; the report writes a file there")
+    rep = write_report(args.folder, html=args.html, title=args.title)
+    lines = [f"{rep.records} records, {len(rep.rows)} cells -> {rep.markdown}"]
+    lines += [f"plot: {p}" for p in rep.plots]
+    if rep.html is not None:
+        lines.append(f"html: {rep.html}")
+    _emit(args, "\n".join(lines), {"records": rep.records, "cells": _strict_json(rep.rows),
+                                    "markdown": str(rep.markdown), "plots": [str(p) for p in rep.plots],
+                                    "html": str(rep.html) if rep.html else None})
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
@@ -602,19 +674,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_chip_options(p)
 
-    p = _sub(subs, "sweep", "accuracy collapse over SAF rate (sigma = 0) and sigma (no faults), resumable",
-             "  ittrna sweep --model mlp.pt --saf-rates 0,0.1,0.2,0.3 --sigmas 0,0.5,1,1.5 --chips 5 --out out/\n",
-             cmd_sweep)
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--saf-rates", type=_float_list, default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
-    p.add_argument("--sigmas", type=_float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
-    p.add_argument("--chips", type=_int_in(1, MAX_CHIPS), default=5)
-    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0, help="first chip seed")
-    p.add_argument("--split", choices=["test", "val"], default="test")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, summary.csv, collapse.png")
+    p = _sub(subs, "sweep", "run a sweep: a TOML grid of models, chip settings, methods and chip seeds (or, with "
+             "--model, the collapse curves of a checkpoint); crash-safe and resumable",
+             "  ittrna sweep configs/quick.toml --out runs/quick\n"
+             "  ittrna sweep configs/paper-mlp.toml --out runs/mlp --backend ray --workers 2\n"
+             "  ittrna sweep study.toml --out runs/s --backend ray --address auto\n"
+             "  ittrna sweep --model mlp.pt --saf-rates 0,0.1,0.2,0.3 --sigmas 0,0.5,1,1.5 --chips 5 --out out/\n"
+             "  ittrna report runs/quick --html\n", cmd_sweep)
+    p.add_argument("config_file", nargs="?", type=Path, default=None, metavar="CONFIG.toml",
+                   help="sweep config (docs/experiments.md); omit for the flag form (--model ...)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for results.jsonl and results.csv (and the flag form's summary and plot)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: this process (or a process pool with --workers > 1); ray: Ray tasks")
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto or HOST:PORT); default: "
+                   "start a local Ray")
+    p.add_argument("--workers", type=_int_in(1, 4096), default=None,
+                   help="parallel workers (local: processes, default 1; ray: CPUs, default all)")
     p.add_argument("--quiet", action="store_true")
+    f = p.add_argument_group("flag form (instead of CONFIG.toml)")
+    f.add_argument("--model", type=Path, default=None, help="software checkpoint from `ittrna train`")
+    f.add_argument("--saf-rates", type=_float_list, default=None, help="default 0,0.05,...,0.3 (sigma = 0)")
+    f.add_argument("--sigmas", type=_float_list, default=None, help="default 0,0.25,...,1.5 (no faults)")
+    f.add_argument("--chips", type=_int_in(1, MAX_CHIPS), default=None, help="chips per point, default 5")
+    f.add_argument("--seed", type=_int_in(0, MAX_SEED), default=None, help="first chip seed, default 0")
+    f.add_argument("--split", choices=["test", "val"], default=None, help="default test")
+    f.add_argument("--data-dir", type=Path, default=None)
     _add_chip_options(p)
+
+    p = _sub(subs, "report", "statistics per grid cell (mean ± std, 95 % CI), report.md and plots of a sweep folder",
+             "  ittrna report runs/quick\n  ittrna report runs/quick --html   # also one self-contained report.html\n",
+             cmd_report)
+    p.add_argument("folder", type=Path, help="a sweep's --out folder")
+    p.add_argument("--html", action="store_true", help="also write report.html (plots embedded)")
+    p.add_argument("--title", default=None, help="report title")
 
     from ittrna.methods import METHODS
 

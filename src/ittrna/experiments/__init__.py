@@ -1,6 +1,7 @@
-"""Experiments: resumable sweeps over chip settings, a result store (JSONL + CSV), tables and plots."""
+"""Experiments: sweeps from a TOML grid (local or Ray), a crash-safe result store (JSONL + CSV), reports."""
 
+from ittrna.experiments.grid import SweepSpec, load_spec, parse_spec
 from ittrna.experiments.store import ResultStore
-from ittrna.experiments.sweep import SweepPoint, aggregate, collapse_points, run_sweep
+from ittrna.experiments.sweep import SweepOutcome, run_spec
 
-__all__ = ["ResultStore", "SweepPoint", "aggregate", "collapse_points", "run_sweep"]
+__all__ = ["ResultStore", "SweepOutcome", "SweepSpec", "load_spec", "parse_spec", "run_spec"]

@@ -1,16 +1,22 @@
-"""Tables (text, CSV) and plots of sweep results."""
+"""Reports of sweep results: per-cell statistics (mean ± std, 95 % confidence interval), ``report.md``,
+PNG plots and a self-contained ``report.html``; and the flag form's collapse table and plot."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
+import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ittrna._io import atomic_write, atomic_write_text
 
-__all__ = ["format_table", "plot_collapse", "write_csv"]
+__all__ = ["Report", "format_table", "plot_collapse", "plot_curves", "plot_writes", "summarize", "write_csv",
+           "write_report"]
 
 _AXIS_LABEL = {"saf_rate": "stuck-at-fault rate", "sigma": "variation sigma (log G)"}
 
@@ -62,3 +68,286 @@ def plot_collapse(path: str | Path, rows: Sequence[dict[str, Any]], *, title: st
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
+
+
+# --- reports of a sweep folder -----------------------------------------------------------------------------
+_NOT_CELL = {"key", "chip_seed", "ittrna_version", "torch_version"}
+"""Record fields that never split a cell (a cell's records differ in them)."""
+_ALWAYS = ("model", "dataset", "method")
+_PLOT_AXES = {"saf_rate": "stuck-at-fault rate", "sigma": "variation σ (log G)"}
+
+
+def _cell_columns(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(columns that identify a cell, those shown: the always-shown ones and those that vary)."""
+    from ittrna.experiments.grid import CHIP_AXES
+    from ittrna.experiments.store import MEASURES
+
+    seen = list(dict.fromkeys(k for r in records for k in r if k not in MEASURES and k not in _NOT_CELL))
+
+    def order(name: str) -> tuple[int, int, str]:
+        if name in ("model", "dataset"):
+            return (0, ("model", "dataset").index(name), "")
+        if name in CHIP_AXES:
+            return (1, list(CHIP_AXES).index(name), "")
+        if name == "method":
+            return (3, 0, "")
+        if name.startswith("method."):
+            return (4, 0, name)
+        if name in ("method_version", "model_sha256"):
+            return (5, 0, name)
+        return (2, 0, name)
+
+    cols = sorted(seen, key=order)
+    shown = [c for c in cols if c in _ALWAYS
+             or (c not in ("model_sha256",) and len({json.dumps(r.get(c)) for r in records}) > 1)]
+    return cols, shown
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per grid cell (every point field but the chip seed): the chips, mean ± std (sample) and 95 %
+    confidence interval of the chip accuracy (Student t, n - 1 degrees of freedom, clipped to [0, 1]; none for
+    one chip), the
+    software accuracy, the loss in points, the accuracy before the method, writes and seconds. Returns
+    (rows, the cell columns worth showing)."""
+    from scipy import stats
+
+    cols, shown = _cell_columns(records)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(json.dumps([r.get(c) for c in cols]), []).append(r)
+    rows = []
+    for members in groups.values():
+        acc = [float(r["chip_accuracy"]) for r in members]
+        n = len(acc)
+        mean = statistics.fmean(acc)
+        std = statistics.stdev(acc) if n > 1 else 0.0
+        half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan
+        low, high = (max(0.0, mean - half), min(1.0, mean + half)) if n > 1 else (math.nan, math.nan)
+        soft = statistics.fmean(float(r["software_accuracy"]) for r in members)
+        row = {c: members[0].get(c) for c in cols}
+        row.update(chips=n, software_accuracy=soft, chip_accuracy_mean=mean, chip_accuracy_std=std,
+                   ci95_low=low, ci95_high=high, loss_mean=soft - mean,
+                   chip_accuracy_before_mean=statistics.fmean(float(r["chip_accuracy_before"]) for r in members),
+                   writes_mean=statistics.fmean(float(r["writes"]) for r in members),
+                   seconds_mean=statistics.fmean(float(r["seconds"]) for r in members))
+        rows.append(row)
+
+    def sort_key(row: dict[str, Any]) -> list[Any]:
+        return [(0, row[c]) if isinstance(row[c], (int, float)) else (1, str(row[c])) for c in cols]
+
+    rows.sort(key=sort_key)
+    return rows, shown
+
+
+def _pct(x: float) -> str:
+    return "—" if math.isnan(x) else f"{100 * x:.2f}"
+
+
+def _cell_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "" if value is None else str(value)
+
+
+_HEAD = ["chips", "software %", "chip % (mean ± std)", "95 % CI", "loss (points)", "before %", "writes", "s/chip"]
+
+
+def _row_cells(row: dict[str, Any], shown: Sequence[str]) -> list[str]:
+    ci = "—" if math.isnan(row["ci95_low"]) else f"[{_pct(row['ci95_low'])}, {_pct(row['ci95_high'])}]"
+    return [_cell_text(row[c]) for c in shown] + [
+        str(row["chips"]), _pct(row["software_accuracy"]),
+        f"{_pct(row['chip_accuracy_mean'])} ± {_pct(row['chip_accuracy_std'])}", ci,
+        f"{100 * row['loss_mean']:.2f}", _pct(row["chip_accuracy_before_mean"]), f"{row['writes_mean']:.0f}",
+        f"{row['seconds_mean']:.1f}"]
+
+
+def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault((str(r["model"]), str(r["dataset"])), []).append(r)
+    return out
+
+
+def _series(rows: Sequence[dict[str, Any]], x: str, shown: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Curves along ``x``: one per combination of the other shown columns, kept with >= 2 x values."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    others = [c for c in shown if c not in (x, "model", "dataset")]
+    for r in rows:
+        if not isinstance(r.get(x), (int, float)):
+            continue
+        label = ", ".join(f"{r[c]}" if c == "method" else f"{c}={_cell_text(r[c])}" for c in others
+                          if r.get(c) is not None)
+        out.setdefault(label or "chip", []).append(r)
+    return {k: sorted(v, key=lambda r: r[x]) for k, v in out.items() if len({r[x] for r in v}) >= 2}
+
+
+def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], shown: Sequence[str], x: str) -> bool:
+    """Chip accuracy (mean, 95 % CI bars) against ``x`` per method, one panel per (model, dataset), the
+    software accuracy dashed; False (nothing written) when no curve has two x values."""
+    groups = {g: _series(rs, x, shown) for g, rs in _groups(rows).items()}
+    groups = {g: s for g, s in groups.items() if s}
+    if not groups:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(8.5 * len(groups), 4.4), squeeze=False)
+    for ax, ((model, dataset), series) in zip(axes[0], groups.items(), strict=True):
+        soft = []
+        for label, rs in series.items():
+            yerr = [[0.0 if math.isnan(r["ci95_low"]) else 100 * (r["chip_accuracy_mean"] - r["ci95_low"]) for r in rs],
+                    [0.0 if math.isnan(r["ci95_high"]) else 100 * (r["ci95_high"] - r["chip_accuracy_mean"])
+                     for r in rs]]
+            ax.errorbar([r[x] for r in rs], [100 * r["chip_accuracy_mean"] for r in rs], yerr=yerr, marker="o",
+                        capsize=3, label=label)
+            soft += [r["software_accuracy"] for r in rs]
+        ax.axhline(100 * statistics.fmean(soft), color="gray", ls="--", label="software")
+        ax.set_title(f"{model} / {dataset}")
+        ax.set_xlabel(_PLOT_AXES.get(x, x))
+        ax.set_ylabel("chip accuracy (%), mean and 95 % CI")
+        ax.set_ylim(0, 101)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+    return True
+
+
+def plot_writes(path: str | Path, rows: Sequence[dict[str, Any]]) -> bool:
+    """Chip accuracy against writes issued (log scale) for the cells whose method wrote cells, one colour
+    per method and one panel per (model, dataset); False (nothing written) when no cell wrote."""
+    groups = {g: [r for r in rs if r["writes_mean"] > 0] for g, rs in _groups(rows).items()}
+    groups = {g: rs for g, rs in groups.items() if rs}
+    if not groups:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.4), squeeze=False)
+    for ax, ((model, dataset), rs) in zip(axes[0], groups.items(), strict=True):
+        for method in dict.fromkeys(str(r["method"]) for r in rs):
+            sel = [r for r in rs if r["method"] == method]
+            ax.scatter([r["writes_mean"] for r in sel], [100 * r["chip_accuracy_mean"] for r in sel], label=method)
+        ax.set_xscale("log")
+        ax.set_title(f"{model} / {dataset}")
+        ax.set_xlabel("cell writes issued per chip (log)")
+        ax.set_ylabel("chip accuracy (%), mean")
+        ax.set_ylim(0, 101)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+    return True
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` wrote."""
+
+    rows: list[dict[str, Any]]
+    shown: list[str]
+    markdown: Path
+    plots: list[Path]
+    html: Path | None = None
+    records: int = 0
+
+
+def _markdown(title: str, rows: Sequence[dict[str, Any]], shown: Sequence[str], plots: Sequence[Path],
+              n_records: int) -> str:
+    out = [f"# {title}", "", f"{n_records} records, {len(rows)} cells. Chip accuracy over chips: mean ± sample "
+           "std and the 95 % confidence interval of the mean (Student t); loss = software − chip, in points.", ""]
+    for (model, dataset), rs in _groups(rows).items():
+        cols = [c for c in shown if c not in ("model", "dataset")]
+        out += [f"## {model} on {dataset}", "", "| " + " | ".join([*cols, *_HEAD]) + " |",
+                "|" + "---|" * (len(cols) + len(_HEAD))]
+        for r in rs:
+            out.append("| " + " | ".join(_row_cells(r, cols)) + " |")
+        out.append("")
+    for p in plots:
+        out += [f"![{p.stem}]({p.parent.name}/{p.name})", ""]
+    return "\n".join(out)
+
+
+def _html(title: str, rows: Sequence[dict[str, Any]], shown: Sequence[str], plots: Sequence[Path],
+          n_records: int) -> str:
+    import base64
+    import html
+
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
+             "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+             "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em;"
+             "text-align:right;white-space:nowrap}div.t{overflow-x:auto}th{background:#f2f2f2}td.l{text-align:left}img{max-width:100%;display:block;"
+             "margin:1em 0}</style></head><body>", f"<h1>{e(title)}</h1>",
+             f"<p>{n_records} records, {len(rows)} cells. Chip accuracy over chips: mean ± sample std and the 95 % "
+             "confidence interval of the mean (Student t); loss = software − chip, in points.</p>"]
+    for (model, dataset), rs in _groups(rows).items():
+        cols = [c for c in shown if c not in ("model", "dataset")]
+        parts.append(f"<h2>{e(model)} on {e(dataset)}</h2>")
+        parts.append('<div class="t"><table><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in [*cols, *_HEAD])
+                     + "</tr></thead><tbody>")
+        for r in rs:
+            cells = _row_cells(r, cols)
+            parts.append("<tr>" + "".join(f'<td class="l">{e(c)}</td>' if i < len(cols) else f"<td>{e(c)}</td>"
+                                          for i, c in enumerate(cells)) + "</tr>")
+        parts.append("</tbody></table></div>")
+    for p in plots:
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        parts.append(f'<h2>{e(p.stem.replace("_", " "))}</h2><img alt="{e(p.stem)}" '
+                     f'src="data:image/png;base64,{data}">')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _stored_title(root: Path) -> str | None:
+    """The title of the last sweep config run into ``root`` (``sweep.json``), if any."""
+    try:
+        title = json.loads((root / "sweep.json").read_text(encoding="utf-8")).get("title")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return title if isinstance(title, str) and title else None
+
+
+def write_report(folder: str | Path, *, html: bool = False, title: str | None = None) -> Report:
+    """Write ``report.md``, ``report.csv`` (one row per cell) and the plots (``plots/*.png``) of the sweep in
+    ``folder``, and
+    with ``html`` one self-contained ``report.html`` (plots embedded).
+
+    Raises:
+        InputError: no results in ``folder``, or an invalid record (named by line).
+    """
+    from ittrna.errors import InputError
+    from ittrna.experiments.store import ResultStore, records_to_csv
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root} is not a folder; accepted a sweep's --out folder")
+    records = ResultStore(root).read()
+    if not records:
+        raise InputError(f"{root} holds no sweep results (results.jsonl is missing or empty); run `ittrna sweep` "
+                         "into it first")
+    rows, shown = summarize(records)
+    plots = []
+    (root / "plots").mkdir(exist_ok=True)
+    for x in ("saf_rate", "sigma"):
+        p = root / "plots" / f"accuracy_vs_{x}.png"
+        if plot_curves(p, rows, shown, x):
+            plots.append(p)
+    p = root / "plots" / "accuracy_vs_writes.png"
+    if plot_writes(p, rows):
+        plots.append(p)
+    name = title or _stored_title(root) or f"Sweep report: {root.resolve().name}"
+    atomic_write_text(root / "report.csv", records_to_csv([{k: v for k, v in r.items()} for r in rows]))
+    md = root / "report.md"
+    atomic_write_text(md, _markdown(name, rows, shown, plots, len(records)))
+    out = Report(rows, shown, md, plots, records=len(records))
+    if html:
+        out.html = root / "report.html"
+        atomic_write_text(out.html, _html(name, rows, shown, plots, len(records)))
+    return out

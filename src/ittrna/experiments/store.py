@@ -1,72 +1,272 @@
-"""An append-only JSONL result store: one record per (sweep point, chip seed); resumable by construction."""
+"""The result store of a sweep: ``DIR/results.jsonl`` (one flat record per point, appended and fsynced)
+mirrored to ``DIR/results.csv``.
+
+- One writer at a time: :meth:`ResultStore.open_writer` takes an exclusive lock (``DIR/.results.lock``); a
+  second writer gets a one-line :class:`StoreLockedError`. The lock is the kernel's (``flock``), so a killed
+  writer never leaves it held.
+- A record is one ``write`` of one line, flushed and fsynced before the point counts as done; a crash can
+  cut only the last line. The writer sets such a partial last line (no newline at the end of the file) aside
+  in ``results.jsonl.partial-N`` and truncates the store to its last whole line; it is never merged.
+- Every record is validated on reading and before writing (:func:`check_record`): a record with a wrong type
+  (a string for a number, a list, an accuracy outside [0, 1]) or repeating another's key is an error naming
+  the file and the line.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ittrna.errors import FileFormatError
+from ittrna._io import atomic_write_text
+from ittrna.errors import FileFormatError, InputError
 
-__all__ = ["ResultStore"]
+__all__ = ["MEASURES", "RECORD_FIELDS", "ResultStore", "StoreLockedError", "check_record", "records_to_csv"]
+
+_ACC = "accuracy"
+_COUNT = "count"
+_NONNEG = "nonneg"
+_STR = "str"
+_INT = "int"
+
+#: Required fields of a record and their kinds.
+RECORD_FIELDS: dict[str, str] = {
+    "key": _STR,
+    "model": _STR,
+    "dataset": _STR,
+    "method": _STR,
+    "chip_seed": _INT,
+    "software_accuracy": _ACC,
+    "chip_accuracy": _ACC,
+    "chip_accuracy_before": _ACC,
+    "writes": _COUNT,
+    "writes_performed": _COUNT,
+    "seconds": _NONNEG,
+    "method_version": _INT,
+    "ittrna_version": _STR,
+    "model_sha256": _STR,
+}
+#: Known optional fields and their kinds (other fields must be plain scalars).
+OPTIONAL_FIELDS: dict[str, str] = {
+    "saf_rate": _NONNEG, "sigma": _NONNEG, "stuck_on_share": _NONNEG, "program_noise": _NONNEG,
+    "read_noise": _NONNEG, "miss_rate": _NONNEG, "theta_noise": _NONNEG, "pattern": _STR,
+    "wall_seconds": _NONNEG, "max_writes_per_cell": _COUNT, "cells_worn_out": _COUNT,
+    "fraction_cells_written": _NONNEG, "val_accuracy": _ACC, "torch_version": _STR,
+}
+#: Measured fields (the rest of a record describes the point).
+MEASURES = ("software_accuracy", "chip_accuracy", "chip_accuracy_before", "writes", "writes_performed",
+            "seconds", "wall_seconds", "max_writes_per_cell", "cells_worn_out", "fraction_cells_written",
+            "val_accuracy")
 
 
-def _check_record(path: Path, line: int, record: Any) -> None:
-    where = f"{path}: line {line}"
-    if not isinstance(record, dict):
-        raise FileFormatError(f"{where} holds a JSON {type(record).__name__}; accepted a JSON object per line")
-    if "key" not in record:
-        return
-    ok = (isinstance(record["key"], str) and isinstance(record.get("axis"), str)
-          and _number(record.get("value")) and _number(record.get("accuracy")) and 0 <= record["accuracy"] <= 1)
-    if not ok:
-        raise FileFormatError(f"{where}: record needs a string key and axis, a finite value and an accuracy in "
-                              "[0, 1]; remove the line or the file to recompute")
+class StoreLockedError(InputError):
+    """Another process is writing the store."""
 
 
-def _number(value: Any) -> bool:
+def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _problem(kind: str, value: Any) -> str | None:
+    if kind == _STR:
+        return None if isinstance(value, str) else "is not a string"
+    if kind == _INT:
+        return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else \
+            "is not a non-negative integer"
+    if kind == _COUNT:
+        return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else \
+            "is not a count (a non-negative integer)"
+    if not _is_number(value):
+        return "is not a finite number"
+    if kind == _ACC and not 0 <= value <= 1:
+        return "is outside [0, 1] (accuracies are fractions)"
+    if kind == _NONNEG and value < 0:
+        return "is negative"
+    return None
+
+
+def check_record(record: Any, where: str) -> None:
+    """Raise :class:`FileFormatError` (``where``: ``FILE: line N``) unless ``record`` is a valid result."""
+    if not isinstance(record, dict):
+        raise FileFormatError(f"{where} holds a JSON {type(record).__name__}; accepted a JSON object (one "
+                              "record) per line")
+    for name, value in record.items():
+        kind = RECORD_FIELDS.get(name) or OPTIONAL_FIELDS.get(name)
+        if kind is not None:
+            if value is None and name in OPTIONAL_FIELDS:
+                continue
+            bad = _problem(kind, value)
+        elif isinstance(value, (dict, list)):
+            bad = "is a JSON " + ("object" if isinstance(value, dict) else "list") + "; records are flat"
+        elif isinstance(value, float) and not math.isfinite(value):
+            bad = "is not finite"
+        else:
+            bad = None
+        if bad:
+            shown = json.dumps(value)[:60] if not isinstance(value, float) else repr(value)
+            raise FileFormatError(f"{where}: field {name} = {shown} {bad}; remove the line (it will be "
+                                  "recomputed) or the folder")
+    missing = [n for n in RECORD_FIELDS if n not in record]
+    if missing:
+        raise FileFormatError(f"{where}: field {missing[0]} is missing; accepted a sweep record with "
+                              f"{list(RECORD_FIELDS)} (remove the line or the folder)")
+
+
+def records_to_csv(records: Sequence[Mapping[str, Any]]) -> str:
+    """CSV text of flat records: the union of their fields as columns, in first-seen order."""
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow(dict(r))
+    return buf.getvalue() if records else ""
+
+
+def _parse_lines(path: Path, data: bytes) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        where = f"{path}: line {n}"
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise FileFormatError(f"{where} is not a JSON record; remove the line (it will be recomputed) or "
+                                  "the folder") from None
+        check_record(record, where)
+        key = record["key"]
+        if key in seen:
+            raise FileFormatError(f"{where} repeats the point of line {seen[key]} (key {key[:12]}…); a point is "
+                                  "stored once: remove one of the lines")
+        seen[key] = n
+        records.append(record)
+    return records
+
+
 class ResultStore:
-    """Records appended one JSON line at a time (flushed and fsynced), so an interrupted sweep loses at
-    most the record being written; a truncated last line is ignored on reading."""
+    """``DIR/results.jsonl`` + ``DIR/results.csv``. Read with :meth:`read`; write through
+    :meth:`open_writer` (a context manager holding the lock)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / "results.jsonl"
+        self.csv_path = self.folder / "results.csv"
+        self.lock_path = self.folder / ".results.lock"
+        self._records: list[dict[str, Any]] = []
+        self._keys: set[str] = set()
+        self._lock: Any = None
+        self.set_aside: Path | None = None
+        """Where the writer put a partial last line it found (None: there was none)."""
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Stored records in order; a line that is not valid JSON (a partial write) is skipped.
+    # --- reading ---------------------------------------------------------------------------------------------
+    def read(self) -> list[dict[str, Any]]:
+        """The stored records, validated. A partial last line (a write in progress or cut by a crash) is
+        skipped, not read.
 
         Raises:
-            FileFormatError: a line holds JSON that is not an object, or a keyed record lacks a valid
-                ``axis``, ``value`` or ``accuracy`` (the file was edited or is not a result store).
+            FileFormatError: a whole line is not a valid record, or repeats another's key (names the line).
         """
         if not self.path.exists():
-            return
-        with open(self.path, encoding="utf-8", errors="replace") as fh:
-            for n, line in enumerate(fh, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except (json.JSONDecodeError, RecursionError):
-                    continue  # a partial line from an interrupted write
-                _check_record(self.path, n, record)
-                yield record
+            return []
+        data = self.path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        return _parse_lines(self.path, whole)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._records if self._lock is not None else self.read())
 
     def keys(self) -> set[str]:
-        """The ``key`` of every stored record."""
-        return {r["key"] for r in self if "key" in r}
+        """Keys of the stored records."""
+        return set(self._keys) if self._lock is not None else {r["key"] for r in self.read()}
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Append one record durably."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
+    # --- writing ---------------------------------------------------------------------------------------------
+    def open_writer(self) -> ResultStore:
+        """Take the writer's lock, set a partial last line aside, load the records; use as ``with``.
+
+        Raises:
+            StoreLockedError: another process holds the lock.
+            FileFormatError: a stored record is invalid.
+        """
+        from filelock import FileLock, Timeout
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.lock_path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise StoreLockedError(f"{self.folder} is being written by another sweep (lock {self.lock_path} is "
+                                   "held); wait for it to finish or choose another --out") from None
+        try:
+            self._recover()
+            self._records = _parse_lines(self.path, self.path.read_bytes()) if self.path.exists() else []
+            self._keys = {r["key"] for r in self._records}
+            self._write_csv()
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+        return self
+
+    def __enter__(self) -> ResultStore:
+        if self._lock is None:
+            self.open_writer()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the lock."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _recover(self) -> None:
+        """Move a partial last line to ``results.jsonl.partial-N`` and cut the store to whole lines."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        n = 1
+        while (self.folder / f"results.jsonl.partial-{n}").exists():
+            n += 1
+        aside = self.folder / f"results.jsonl.partial-{n}"
+        atomic_write_text(aside, data[cut:].decode("utf-8", errors="replace") + "\n")
+        with open(self.path, "r+b") as fh:
+            fh.truncate(cut)
             fh.flush()
             os.fsync(fh.fileno())
+        self.set_aside = aside
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record durably (one write, flushed and fsynced) and refresh the CSV mirror.
+
+        Raises:
+            RuntimeError: the store is not open for writing, or the key is stored already (a bug).
+        """
+        if self._lock is None:
+            raise RuntimeError("the store is not open for writing (use `with store.open_writer():`)")
+        check_record(record, f"record for {self.path}")
+        if record["key"] in self._keys:
+            raise RuntimeError(f"point {record['key']} is stored already")
+        line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
+        with open(self.path, "ab") as fh:
+            fh.write(line.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._records.append(record)
+        self._keys.add(record["key"])
+        self._write_csv()
+
+    def _write_csv(self) -> None:
+        if self._records or self.csv_path.exists():
+            atomic_write_text(self.csv_path, records_to_csv(self._records))

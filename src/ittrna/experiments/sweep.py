@@ -1,5 +1,10 @@
-"""Monte-Carlo sweeps of a trained model over chip settings (e.g. the accuracy collapse with SAF rate and
-sigma), resumable through a :class:`ResultStore`."""
+"""Sweeps: every point of a :class:`~ittrna.experiments.grid.SweepSpec` evaluated once, resumably.
+
+The driver (this module) validates everything, trains the software models (once per model, dataset and
+training settings, cached in ``DIR/models/``), keys every point by its full content, skips the points the
+store holds, hands the rest to a backend (local or Ray) and appends each record as it arrives: it is the
+store's only writer. Killing it at any moment and running the same command again ends with every point once
+and the same numbers (a point is a pure function of its content)."""
 
 from __future__ import annotations
 
@@ -7,86 +12,161 @@ import hashlib
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from torch import nn
 from tqdm.auto import tqdm
 
-from ittrna.chip import Chip
-from ittrna.config import ChipConfig
-from ittrna.data import Split
+from ittrna.errors import InputError
+from ittrna.experiments.backends import Backend, LocalBackend
+from ittrna.experiments.grid import DataSettings, ModelSource, SweepSpec, point_key
+from ittrna.experiments.points import ModelPayload, evaluate_point, train_model, weights_sha256
 from ittrna.experiments.store import ResultStore
-from ittrna.nn import evaluate
 
-__all__ = ["SweepPoint", "aggregate", "collapse_points", "run_sweep"]
-
-
-@dataclass(frozen=True)
-class SweepPoint:
-    """One setting of a sweep: a label, the axis it belongs to and its dotted config overrides."""
-
-    axis: str
-    value: float
-    overrides: dict[str, Any]
+__all__ = ["SweepOutcome", "collapse_rows", "run_spec"]
 
 
-def collapse_points(saf_rates: Sequence[float], sigmas: Sequence[float]) -> list[SweepPoint]:
-    """The two classic collapse curves: SAF rate with sigma = 0, and sigma with no faults."""
-    pts = [SweepPoint("saf_rate", r, {"faults.rate": r, "variation.sigma": 0.0}) for r in saf_rates]
-    pts += [SweepPoint("sigma", s, {"faults.rate": 0.0, "variation.sigma": s}) for s in sigmas]
-    return pts
+@dataclass
+class SweepOutcome:
+    """What a sweep did."""
+
+    records: list[dict[str, Any]]
+    """The records of the spec's points, in grid order."""
+    computed: int = 0
+    """Points computed by this run (the rest were stored)."""
+    trained: list[str] = field(default_factory=list)
+    """Model checkpoints trained by this run."""
+    set_aside: Path | None = None
+    """Where a partial last line found in the store was moved."""
 
 
-def _key(model_id: str, data_id: str, cfg: ChipConfig, seed: int) -> str:
-    """Identity of one evaluation: model, data, the full chip config and the chip seed."""
-    text = json.dumps({"model": model_id, "data": data_id, "config": cfg.to_json_dict(), "seed": seed},
-                      sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+def _check_data(spec: SweepSpec) -> None:
+    """Load every split the sweep reads (errors before any output; fills this process's cache)."""
+    from ittrna.experiments.points import split
+
+    for ds in dict.fromkeys(p.source.dataset for p in spec.points):
+        for which in ("train", "val", spec.data.split):
+            data = split(ds, which, spec.data)
+            if len(data) == 0:
+                raise InputError(f"{ds}/{which} has no images with the sweep's data settings")
 
 
-def run_sweep(
-    model: nn.Module,
-    base: ChipConfig,
-    points: Sequence[SweepPoint],
-    seeds: Sequence[int],
-    data: Split,
-    store: ResultStore,
-    *,
-    model_id: str,
-    data_id: str,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Evaluate ``model`` on one chip per (point, seed), skipping evaluations already in ``store``.
+def _file_payload(source: ModelSource) -> ModelPayload:
+    from ittrna.experiments.tolerate import load_tuned
 
-    Every point uses the same chip seeds, so points differ only in their settings (and, with independent
-    random streams per quantity, the same dies). A stored record is reused only when the model, the data,
-    the full chip configuration and the seed all match. Returns the records of these points.
+    assert source.path is not None
+    model, meta, deployment = load_tuned(source.path)
+    if deployment is not None:
+        raise InputError(f"{source.path} is tuned for one chip; a sweep fabricates new chips: give it the software "
+                         "checkpoint")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {"sha256": weights_sha256(state), "meta": dict(meta), "state_dict": state}
 
-    Args:
-        model_id: identifies the model's weights (e.g. the checkpoint's sha256).
-        data_id: identifies the evaluation data (e.g. ``mnist/test``).
+
+def _cached_payload(path: Path) -> ModelPayload:
+    from ittrna.models import load_checkpoint
+
+    model, meta = load_checkpoint(path)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {"sha256": weights_sha256(state), "meta": dict(meta), "state_dict": state}
+
+
+def model_file(folder: Path, source: ModelSource, data: DataSettings) -> Path:
+    """Where the sweep caches the model it trains for ``source`` on ``data`` (its name holds a hash of the
+    training settings and of the training/validation sizes)."""
+    sizes = json.dumps([data.train_size, data.val_size])
+    return folder / "models" / f"{source.ref}-{hashlib.sha256(sizes.encode()).hexdigest()[:8]}.pt"
+
+
+def _models(spec: SweepSpec, folder: Path, backend: Backend, progress: bool) -> tuple[dict[str, ModelPayload],
+                                                                                      list[str]]:
+    """Payload per model source: a given checkpoint, one cached in ``folder/models``, or trained now (on
+    the backend, in parallel) and cached."""
+    from ittrna.models import save_checkpoint
+
+    payloads: dict[str, ModelPayload] = {}
+    to_train: list[ModelSource] = []
+    for source in spec.sources:
+        if source.path is not None:
+            payloads[source.ref] = _file_payload(source)
+        elif model_file(folder, source, spec.data).exists():
+            payloads[source.ref] = _cached_payload(model_file(folder, source, spec.data))
+        else:
+            to_train.append(source)
+    trained = []
+    if to_train:
+        (folder / "models").mkdir(parents=True, exist_ok=True)
+        jobs = [(s, spec.data) for s in to_train]
+        bar = tqdm(total=len(jobs), desc="train", unit="model", disable=None if progress else True)
+        for i, payload in backend.run(train_model, jobs):
+            path = model_file(folder, to_train[i], spec.data)
+            from ittrna.models import build
+
+            meta = payload["meta"]
+            model = build(meta["model"], tuple(meta["in_shape"]), int(meta["num_classes"]))
+            model.load_state_dict(payload["state_dict"])
+            save_checkpoint(path, model, meta)
+            payloads[to_train[i].ref] = payload
+            trained.append(str(path))
+            bar.update(1)
+        bar.close()
+    return payloads, trained
+
+
+def run_spec(spec: SweepSpec, out: str | Path, *, backend: Backend | None = None,
+             progress: bool = True) -> SweepOutcome:
+    """Evaluate every point of ``spec`` not yet in ``out/results.jsonl``.
+
+    Raises:
+        InputError: bad data or model files, a stored record that is invalid, another writer at work.
     """
-    configs = [base.override(p.overrides) for p in points]  # one validated config per point
-    keyed = [(p, c, s, _key(model_id, data_id, c, s)) for p, c in zip(points, configs, strict=True) for s in seeds]
-    done = store.keys()
-    todo = [(p, c, s, k) for p, c, s, k in keyed if k not in done]
-    for point, cfg, seed, key in tqdm(todo, desc="sweep", unit="chip", disable=None if progress else True):
-        chip = Chip.fabricate(model, cfg, seed)
-        acc = evaluate(model, chip, data)
-        store.append({"key": key, "axis": point.axis, "value": point.value, "overrides": point.overrides,
-                      "seed": seed, "accuracy": acc, "model": model_id, "data": data_id})
-    wanted = {k for *_, k in keyed}
-    return [r for r in store if r.get("key") in wanted]
+    if not spec.points:
+        raise InputError("the sweep has no points; accepted a grid with at least one value per axis")
+    folder = Path(out)
+    store = ResultStore(folder)
+    store.read()  # a broken store is refused before anything is written
+    _check_data(spec)
+    backend = backend or LocalBackend()
+    with store.open_writer():
+        if spec.title:
+            from ittrna._io import atomic_write_text
+
+            atomic_write_text(folder / "sweep.json", json.dumps({"title": spec.title}, indent=2) + "\n")
+        payloads, trained = _models(spec, folder, backend, progress)
+        keyed = [(p, point_key(p, payloads[p.source.ref]["sha256"], spec.data)) for p in spec.points]
+        keyed = list({k: (p, k) for p, k in keyed}.values())
+        stored = store.keys()
+        todo = [(p, k) for p, k in keyed if k not in stored]
+        shared = {ref: backend.share(pl) for ref, pl in payloads.items()}
+        jobs = [(p, k, spec.data, shared[p.source.ref]) for p, k in todo]
+        bar = tqdm(total=len(keyed), initial=len(keyed) - len(todo), desc="sweep", unit="point",
+                   disable=None if progress else True)
+        for _, record in backend.run(evaluate_point, jobs):
+            store.append(record)
+            bar.update(1)
+        bar.close()
+        by_key = {r["key"]: r for r in store}
+        records = [by_key[k] for _, k in keyed]
+        return SweepOutcome(records, len(todo), trained, store.set_aside)
 
 
-def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean, std (sample, 0 for one chip), min and count of accuracy per (axis, value), sorted."""
-    groups: dict[tuple[str, float], list[float]] = {}
-    for r in records:
-        groups.setdefault((r["axis"], float(r["value"])), []).append(float(r["accuracy"]))
+def collapse_rows(records: Sequence[dict[str, Any]], saf_rates: Sequence[float],
+                  sigmas: Sequence[float]) -> list[dict[str, Any]]:
+    """The flag form's summary: per SAF rate (at sigma 0) and per sigma (no faults), mean, std (sample, 0
+    for one chip), min and count of the chip accuracy over chips. A point on both curves counts on both."""
     rows = []
-    for (axis, value), accs in sorted(groups.items()):
-        rows.append({"axis": axis, "value": value, "chips": len(accs), "mean": statistics.fmean(accs),
-                     "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "min": min(accs)})
+    for axis, values, other in (("saf_rate", saf_rates, "sigma"), ("sigma", sigmas, "saf_rate")):
+        for value in dict.fromkeys(float(v) for v in values):
+            accs = [float(r["chip_accuracy"]) for r in records
+                    if float(r[axis]) == value and float(r[other]) == 0.0]
+            if not accs:
+                continue
+            rows.append({"axis": axis, "value": value, "chips": len(accs), "mean": statistics.fmean(accs),
+                         "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "min": min(accs)})
     return rows
+
+
+def flag_data(split: str, data_dir: str | None) -> DataSettings:
+    """Data settings of the flag form (whole splits)."""
+    return DataSettings(split=split, dir=data_dir)

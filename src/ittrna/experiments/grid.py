@@ -1,0 +1,495 @@
+"""Sweep configs: a TOML grid (model x dataset x chip settings x method x chip seed), validated whole before
+any work, expanded into :class:`Point` s whose identity is their full content.
+
+Schema (every key, default and range: ``docs/experiments.md``)::
+
+    title = "optional report title"
+
+    [grid]                      # axes: lists (a scalar is a one-value list); the points are their product
+    model = ["mlp"]             # required: names of ittrna.models.MODELS
+    dataset = ["mnist"]         # required: names of ittrna.data.DATASETS
+    method = ["none", "remap"]  # default ["none"]: names of ittrna.methods.METHODS
+    chip_seed = [1, 2]          # required: fabrication seeds (also the chip test's and the method's seed)
+    saf_rate = [0.0, 0.1]       # chip axes by short name (CHIP_AXES) or any dotted field ("cell.levels")
+    [[grid.part]]               # optional: the grid is the union of one product per part; a part's axes
+    sigma = [0.0, 1.0]          #   replace the [grid] axes of the same name
+
+    [train]                     # software models, trained once per (model, dataset, these settings)
+    epochs = 5
+    [data]                      # train_size/val_size/test_size (first N images), split, dir
+    [chip]                      # shared chip settings: preset, config (file), short names, dotted fields
+    [methods.fat]               # method settings; a list makes an axis for points of that method
+    epochs = [1, 3]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from ittrna.config import MAX_CONFIG_BYTES, ChipConfig
+from ittrna.errors import ConfigError
+
+__all__ = [
+    "CHIP_AXES",
+    "DataSettings",
+    "ModelSource",
+    "Point",
+    "SweepSpec",
+    "TrainSettings",
+    "load_spec",
+    "parse_spec",
+    "point_key",
+]
+
+MAX_SEED = 2**63 - 1
+MAX_POINTS = 1_000_000
+"""Most points one sweep may hold (a larger grid is almost surely a mistake)."""
+
+#: Short grid names of chip settings -> dotted config fields.
+CHIP_AXES: dict[str, str] = {
+    "saf_rate": "faults.rate",
+    "sigma": "variation.sigma",
+    "pattern": "faults.pattern",
+    "stuck_on_share": "faults.stuck_on_share",
+    "program_noise": "variation.program_noise",
+    "read_noise": "variation.read_noise",
+    "miss_rate": "test.miss_rate",
+    "theta_noise": "test.theta_noise",
+}
+_NAMED_AXES = ("model", "dataset", "method", "chip_seed")
+_TOP_KEYS = ("title", "grid", "train", "data", "chip", "methods")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a software model is trained (``ittrna train``'s options)."""
+
+    epochs: int = 5
+    seed: int = 0
+    lr: float = 1e-3
+    batch_size: int = 64
+    patience: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "seed": self.seed, "lr": self.lr, "batch_size": self.batch_size,
+                "patience": self.patience}
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which data the models train on and the points are judged on."""
+
+    train_size: int | None = None
+    """First N training images (None: the whole training split)."""
+    val_size: int | None = None
+    test_size: int | None = None
+    split: str = "test"
+    """Split the chip accuracy is measured on: ``test`` (final numbers) or ``val``."""
+    dir: str | None = None
+    """Dataset folder (None: the cache; required for cifar10)."""
+
+    def identity(self, dataset: str) -> dict[str, Any]:
+        """What identifies the data of a point (the folder is where, not what: left out)."""
+        return {"dataset": dataset, "train_size": self.train_size, "val_size": self.val_size,
+                "test_size": self.test_size, "split": self.split}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a point's software model comes from: trained by the sweep, or a checkpoint file."""
+
+    model: str
+    dataset: str
+    train: TrainSettings | None = None
+    """Training settings (None for a checkpoint file)."""
+    path: str | None = None
+    """Checkpoint file (None for a model the sweep trains)."""
+
+    @property
+    def ref(self) -> str:
+        """A stable name for the cached checkpoint / the source."""
+        text = json.dumps({"model": self.model, "dataset": self.dataset,
+                           "train": self.train.to_dict() if self.train else None, "path": self.path},
+                          sort_keys=True)
+        return f"{self.model}-{self.dataset}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One chip run: a model source, a chip config, a method with its settings and a chip seed.
+
+    ``columns`` are the flat record fields that describe the point (grid keys by name, e.g. ``saf_rate``);
+    the identity (:func:`point_key`) is the content, never these labels.
+    """
+
+    source: ModelSource
+    chip: dict[str, Any]
+    """The full chip config (``ChipConfig.to_json_dict()``), test imperfections included."""
+    method: str
+    method_settings: dict[str, Any]
+    """The method's full settings (defaults filled in)."""
+    method_version: int
+    chip_seed: int
+    columns: dict[str, Any] = field(default_factory=dict)
+
+    def content(self) -> str:
+        """Canonical JSON of everything but the model's weights (dedupes repeated grid values)."""
+        return json.dumps({"source": self.source.ref, "chip": self.chip, "method": self.method,
+                           "settings": self.method_settings, "version": self.method_version,
+                           "seed": self.chip_seed}, sort_keys=True)
+
+
+def point_key(point: Point, model_sha256: str, data: DataSettings) -> str:
+    """Identity of a point: model weights (sha256), data, full chip config (test config included), method
+    name, settings and version, and the seeds. Two points share a key only if they compute the same thing."""
+    text = json.dumps({"model_sha256": model_sha256, "data": data.identity(point.source.dataset),
+                       "chip": point.chip, "method": point.method, "settings": point.method_settings,
+                       "method_version": point.method_version, "chip_seed": point.chip_seed,
+                       "test_seed": point.chip_seed, "method_seed": point.chip_seed}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: its points (deduplicated, in grid order) and shared settings."""
+
+    points: tuple[Point, ...]
+    data: DataSettings
+    title: str = ""
+
+    @property
+    def sources(self) -> list[ModelSource]:
+        """The distinct model sources, in first-use order."""
+        return list(dict.fromkeys(p.source for p in self.points))
+
+
+# --- parsing -----------------------------------------------------------------------------------------------
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep config file (``.toml``); relative paths in it are relative to the file."""
+    p = Path(path)
+    if p.suffix != ".toml":
+        raise ConfigError(f"sweep config {p} has suffix {p.suffix!r}; accepted a .toml file")
+    try:
+        if p.is_file() and p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"sweep config {p} is {p.stat().st_size} bytes; accepted at most {MAX_CONFIG_BYTES}")
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read sweep config {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"sweep config {p} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"sweep config {p}: invalid TOML: {exc}") from None
+    try:
+        return parse_spec(data, base_dir=p.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"sweep config {p}: {exc}") from None
+
+
+def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepSpec:
+    """Validate a sweep config (the parsed TOML) and expand its points.
+
+    Raises:
+        ConfigError: one line naming the first bad key or value and what is accepted.
+    """
+    from ittrna.data import DATASETS
+    from ittrna.methods import METHODS
+    from ittrna.models import MODELS
+
+    _only(data, _TOP_KEYS, "")
+    title = data.get("title", "")
+    if not isinstance(title, str):
+        raise ConfigError(f"title = {title!r} is invalid; accepted a string")
+    train = _train(_table(data, "train"))
+    dset = _data(_table(data, "data"), Path(base_dir))
+    base_cfg = _chip_base(_table(data, "chip"), Path(base_dir))
+    method_tables = _table(data, "methods")
+    for name in method_tables:
+        if name not in METHODS:
+            raise ConfigError(f"unknown method methods.{name}; accepted one of {list(METHODS)}")
+    method_axes = {name: _method_axes(name, _table(method_tables, name, f"methods.{name}"))
+                   for name in method_tables}
+
+    grid = _table(data, "grid")
+    if not grid:
+        raise ConfigError("the config has no [grid] table; accepted [grid] with at least model, dataset and "
+                          "chip_seed")
+    parts_raw = grid.get("part", [{}])
+    if not isinstance(parts_raw, list) or not parts_raw or not all(isinstance(t, Mapping) for t in parts_raw):
+        raise ConfigError("grid.part is invalid; accepted one or more [[grid.part]] tables")
+    base_axes = _axes({k: v for k, v in grid.items() if k != "part"}, "grid")
+    points: dict[str, Point] = {}
+    for i, part in enumerate(parts_raw):
+        where = f"grid.part[{i}]" if "part" in grid else "grid"
+        axes = {**base_axes, **_axes(part, where)}
+        for name in ("model", "dataset", "chip_seed"):
+            if name not in axes:
+                raise ConfigError(f"{where}: grid.{name} is missing; accepted a non-empty list")
+        axes.setdefault("method", ["none"])
+        for name, values in axes.items():
+            if not values:
+                raise ConfigError(f"{where}.{name} is empty; accepted a non-empty list (an empty grid has no "
+                                  "points)")
+        _check_names(axes["model"], MODELS, f"{where}.model", "model")
+        _check_names(axes["dataset"], DATASETS, f"{where}.dataset", "dataset")
+        _check_names(axes["method"], METHODS, f"{where}.method", "method")
+        for seed in axes["chip_seed"]:
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+                raise ConfigError(f"{where}.chip_seed = {seed!r} is invalid; accepted integers in [0, 2**63 - 1]")
+        for model in axes["model"]:
+            for dataset in axes["dataset"]:
+                _check_fits(model, dataset)
+        chip_names = [k for k in axes if k not in _NAMED_AXES]
+        n_points = math.prod(len(v) for v in axes.values())
+        if n_points > MAX_POINTS:
+            raise ConfigError(f"{where} has {n_points} points; accepted at most {MAX_POINTS}")
+        for combo in itertools.product(*(axes[k] for k in chip_names)):
+            overrides = {_dotted(k): v for k, v in zip(chip_names, combo, strict=True)}
+            cfg = _override(base_cfg, overrides, dict(zip(chip_names, combo, strict=True)), where)
+            chip_json = cfg.to_json_dict()
+            chip_columns = _chip_columns(cfg, chip_names, combo)
+            for model, dataset, method, seed in itertools.product(axes["model"], axes["dataset"], axes["method"],
+                                                                  axes["chip_seed"]):
+                source = ModelSource(model, dataset, train=train)
+                for settings, columns in method_axes.get(method, [({}, {})]):
+                    spec = METHODS[method]
+                    full = spec.make_config(settings).to_dict()
+                    pt = Point(source, chip_json, method, full, spec.version, seed,
+                               {"model": model, "dataset": dataset, **chip_columns, "method": method,
+                                **columns, "chip_seed": seed})
+                    points.setdefault(pt.content(), pt)
+    _check_chips(points.values())
+    return SweepSpec(tuple(points.values()), dset, title)
+
+
+def _check_chips(points: Iterable[Point]) -> None:
+    """Every (model, chip config) fits in memory (estimated on shapes alone, nothing allocated)."""
+    import torch
+
+    from ittrna._validate import check_fabricate
+    from ittrna.data import DATASETS
+    from ittrna.models import build
+
+    shapes: dict[tuple[str, str], torch.nn.Module] = {}
+    seen: set[str] = set()
+    for p in points:
+        pair = (p.source.model, p.source.dataset)
+        key = json.dumps([pair, p.chip], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        if pair not in shapes:
+            spec = DATASETS[pair[1]]
+            with torch.device("meta"):
+                shapes[pair] = build(pair[0], spec.in_shape, spec.num_classes)
+        check_fabricate(shapes[pair], ChipConfig.from_dict(p.chip), p.chip_seed)
+
+
+def collapse_spec(model_path: str | Path, meta: Mapping[str, Any], base: ChipConfig, saf_rates: Sequence[float],
+                  sigmas: Sequence[float], seeds: Sequence[int], data: DataSettings) -> SweepSpec:
+    """The flag form of ``ittrna sweep``: the collapse curves of a checkpoint file, method ``none``:
+    SAF rates at sigma = 0 and sigmas without faults (a point on both curves is one point)."""
+    from ittrna.methods import get_method
+
+    source = ModelSource(str(meta["model"]), str(meta["dataset"]), path=str(model_path))
+    spec = get_method("none")
+    settings = spec.make_config().to_dict()
+    points: dict[str, Point] = {}
+    pairs = [(r, 0.0) for r in saf_rates] + [(0.0, s) for s in sigmas]
+    for rate, sigma in pairs:
+        cfg = _override(base, {"faults.rate": rate, "variation.sigma": sigma},
+                        {"saf_rate": rate, "sigma": sigma}, "")
+        for seed in seeds:
+            pt = Point(source, cfg.to_json_dict(), "none", settings, spec.version, int(seed),
+                       {"model": source.model, "dataset": source.dataset, **_chip_columns(cfg, [], ()),
+                        "method": "none", "chip_seed": int(seed)})
+            points.setdefault(pt.content(), pt)
+    return SweepSpec(tuple(points.values()), data)
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+def _only(table: Mapping[str, Any], accepted: Sequence[str], where: str) -> None:
+    for key in table:
+        if key not in accepted:
+            name = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"unknown key {name}; accepted {list(accepted)}")
+
+
+def _table(data: Mapping[str, Any], key: str, name: str | None = None) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name or key} = {value!r} is invalid; accepted a table ([{name or key}])")
+    return dict(value)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"cell": {"levels": 16}}`` (TOML ``cell.levels = 16`` or ``[x.cell]``) -> ``{"cell.levels": 16}``."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _is_dotted_field(name: str) -> bool:
+    parts = name.split(".")
+    fields = ChipConfig().to_dict()
+    return len(parts) == 2 and parts[0] in fields and parts[1] in fields[parts[0]]
+
+
+def _dotted(name: str) -> str:
+    return CHIP_AXES.get(name, name)
+
+
+def _axes(table: Mapping[str, Any], where: str) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for name, value in _flatten(table).items():
+        if name not in _NAMED_AXES and name not in CHIP_AXES and not _is_dotted_field(name):
+            raise ConfigError(f"unknown key {where}.{name}; accepted {[*_NAMED_AXES, *CHIP_AXES]} or a chip "
+                              "field section.field (e.g. \"cell.levels\")")
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, (list, Mapping)):
+                raise ConfigError(f"{where}.{name} holds {v!r}; accepted a list of plain values")
+        unique = list(dict.fromkeys(json.dumps(v, sort_keys=True) for v in values))  # repeated values: once
+        out[name] = [json.loads(u) for u in unique]
+    return out
+
+
+def _check_names(values: Sequence[Any], registry: Mapping[str, Any], where: str, what: str) -> None:
+    for v in values:
+        if not isinstance(v, str) or v not in registry:
+            raise ConfigError(f"{where}: unknown {what} {v!r}; accepted one of {list(registry)}")
+
+
+def _check_fits(model: str, dataset: str) -> None:
+    from ittrna.data import DATASETS
+    from ittrna.errors import InputError
+    from ittrna.models import build
+
+    spec = DATASETS[dataset]
+    try:
+        import torch
+
+        with torch.device("meta"):
+            build(model, spec.in_shape, spec.num_classes)
+    except InputError as exc:
+        raise ConfigError(f"grid: model {model!r} does not fit dataset {dataset!r}: {exc}") from None
+
+
+def _override(base: ChipConfig, overrides: dict[str, Any], labels: dict[str, Any], where: str) -> ChipConfig:
+    try:
+        return base.override(overrides)
+    except ConfigError as exc:
+        shown = ", ".join(f"{k} = {v!r}" for k, v in labels.items())
+        raise ConfigError(f"{where + ': ' if where else ''}{exc}" + (f" (at {shown})" if shown else "")) from None
+
+
+def _chip_columns(cfg: ChipConfig, extra: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
+    """Record columns of a chip: every short-named setting, then the dotted axes of the grid."""
+    d = cfg.to_dict()
+    cols = {short: d[dotted.split(".")[0]][dotted.split(".")[1]] for short, dotted in CHIP_AXES.items()}
+    for name, value in zip(extra, values, strict=True):
+        if name not in CHIP_AXES:
+            cols[name] = value
+    return cols
+
+
+def _int(table: Mapping[str, Any], key: str, where: str, lo: int, hi: int, default: Any) -> Any:
+    value = table.get(key, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{where}.{key} = {value!r} is invalid; accepted an integer in [{lo}, {hi}]")
+    return value
+
+
+def _train(table: Mapping[str, Any]) -> TrainSettings:
+    _only(table, ("epochs", "seed", "lr", "batch_size", "patience"), "train")
+    lr = table.get("lr", 1e-3)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 1e-8 <= lr <= 10:
+        raise ConfigError(f"train.lr = {lr!r} is invalid; accepted a number in [1e-08, 10]")
+    return TrainSettings(epochs=_int(table, "epochs", "train", 0, 100_000, 5),
+                         seed=_int(table, "seed", "train", 0, MAX_SEED, 0), lr=float(lr),
+                         batch_size=_int(table, "batch_size", "train", 1, 1_000_000, 64),
+                         patience=_int(table, "patience", "train", 1, 1000, None))
+
+
+def _data(table: Mapping[str, Any], base_dir: Path) -> DataSettings:
+    _only(table, ("train_size", "val_size", "test_size", "split", "dir"), "data")
+    split = table.get("split", "test")
+    if split not in ("test", "val"):
+        raise ConfigError(f"data.split = {split!r} is invalid; accepted one of ['test', 'val']")
+    folder = table.get("dir")
+    if folder is not None and not isinstance(folder, str):
+        raise ConfigError(f"data.dir = {folder!r} is invalid; accepted a folder path (string)")
+    return DataSettings(train_size=_int(table, "train_size", "data", 1, 10**9, None),
+                        val_size=_int(table, "val_size", "data", 1, 10**9, None),
+                        test_size=_int(table, "test_size", "data", 1, 10**9, None), split=split,
+                        dir=str(base_dir / folder) if folder is not None else None)
+
+
+def _chip_base(table: Mapping[str, Any], base_dir: Path) -> ChipConfig:
+    preset = table.get("preset")
+    config = table.get("config")
+    if preset is not None and config is not None:
+        raise ConfigError("chip.preset and chip.config are both given; accepted one of them")
+    if config is not None:
+        if not isinstance(config, str):
+            raise ConfigError(f"chip.config = {config!r} is invalid; accepted a chip config file path (string)")
+        base = ChipConfig.from_file(base_dir / config)
+    else:
+        if preset is not None and not isinstance(preset, str):
+            raise ConfigError(f"chip.preset = {preset!r} is invalid; accepted a preset name (string)")
+        base = ChipConfig.preset(preset or "default")
+    changes: dict[str, Any] = {}
+    for name, value in _flatten({k: v for k, v in table.items() if k not in ("preset", "config")}).items():
+        if name not in CHIP_AXES and not _is_dotted_field(name):
+            raise ConfigError(f"unknown key chip.{name}; accepted preset, config, {list(CHIP_AXES)} or a chip "
+                              "field section.field (e.g. mapping.rows)")
+        if isinstance(value, list):
+            raise ConfigError(f"chip.{name} = {value!r} is a list; shared chip settings take one value (put "
+                              f"axes in [grid])")
+        changes[_dotted(name)] = value
+    return _override(base, changes, {}, "chip") if changes else base
+
+
+def _method_axes(name: str, table: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(settings, record columns) per combination of the method's listed settings, each validated."""
+    from ittrna.methods import get_method
+
+    spec = get_method(name)
+    flat = _flatten(table)
+    keys = list(flat)
+    lists = []
+    for key in keys:
+        values = flat[key] if isinstance(flat[key], list) else [flat[key]]
+        if not values:
+            raise ConfigError(f"methods.{name}.{key} is empty; accepted a value or a non-empty list")
+        lists.append(list(dict.fromkeys(json.dumps(v) for v in values)))
+    out = []
+    for combo in itertools.product(*lists):
+        settings = {f"method.{k}": json.loads(v) for k, v in zip(keys, combo, strict=True)}
+        try:
+            spec.make_config(settings)
+        except ConfigError as exc:
+            raise ConfigError(f"methods.{name}: {exc}") from None
+        out.append((settings, dict(settings)))
+    return out

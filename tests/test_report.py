@@ -1,0 +1,168 @@
+"""`ittrna report`: statistics per grid cell (mean ± std, Student-t 95 % CI), report.md, plots, and a
+self-contained report.html that a real headless browser renders (skipped where none exists)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import random
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ittrna.cli import main
+from ittrna.experiments.report import summarize, write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _records(seed: int = 0) -> list[dict]:
+    """A synthetic sweep: two methods on the SAF curve (sigma 0) and the sigma curve (no faults), 3 chips."""
+    rng = random.Random(seed)
+    out = []
+    pairs = [(0.0, 0.0), (0.1, 0.0), (0.2, 0.0), (0.0, 0.5), (0.0, 1.0)]
+    for method, writes in (("none", 1000), ("remap", 900)):
+        for rate, sigma in pairs:
+            for chip in (1, 2, 3):
+                acc = max(0.0, 0.95 - rate * (2 if method == "none" else 0.3) - sigma * 0.2 + rng.uniform(-.02, .02))
+                out.append({"key": f"{method}-{rate}-{sigma}-{chip}", "model": "mlp", "dataset": "mnist",
+                            "saf_rate": rate, "sigma": sigma, "pattern": "uniform", "method": method,
+                            "chip_seed": chip, "software_accuracy": 0.95, "chip_accuracy": acc,
+                            "chip_accuracy_before": acc - 0.01 if acc > 0.01 else acc, "writes": writes,
+                            "writes_performed": writes, "seconds": 0.5, "method_version": 1,
+                            "ittrna_version": "0.1.0", "model_sha256": "s" * 64})
+    return out
+
+
+def _store(folder: Path, records: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_cell_statistics_mean_std_and_t_interval():
+    recs = [r for r in _records() if r["method"] == "none" and r["saf_rate"] == 0.1]
+    for r, acc in zip(recs, (0.80, 0.90, 0.85), strict=True):
+        r["chip_accuracy"] = acc
+    rows, shown = summarize(recs)
+    assert len(rows) == 1 and shown == ["model", "dataset", "method"]  # constant columns are not shown
+    row = rows[0]
+    assert row["chips"] == 3 and math.isclose(row["chip_accuracy_mean"], 0.85)
+    assert math.isclose(row["chip_accuracy_std"], 0.05)
+    half = 4.302652729911275 * 0.05 / math.sqrt(3)  # t(0.975, 2 dof)
+    assert math.isclose(row["ci95_high"] - row["chip_accuracy_mean"], half, rel_tol=1e-9)
+    assert math.isclose(row["loss_mean"], 0.95 - 0.85)
+    single, _ = summarize(recs[:1])
+    assert single[0]["chips"] == 1 and math.isnan(single[0]["ci95_low"]) and single[0]["chip_accuracy_std"] == 0
+
+
+def test_cells_split_on_every_point_field_but_the_chip_seed():
+    recs = _records()
+    rows, shown = summarize(recs)
+    assert len(rows) == 2 * 5 and all(r["chips"] == 3 for r in rows)
+    assert shown == ["model", "dataset", "saf_rate", "sigma", "method"]
+    recs[0]["stuck_on_share"] = 0.5  # another chip setting: its own cell, and a shown column
+    rows, shown = summarize(recs)
+    assert len(rows) == 11 and "stuck_on_share" in shown
+
+
+def test_report_writes_markdown_csv_and_plots(tmp_path, capsys):
+    folder = _store(tmp_path / "sweep", _records())
+    code = main(["report", str(folder), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    payload = json.loads(out.strip().splitlines()[-1])
+    assert payload["records"] == 30 and len(payload["cells"]) == 10 and payload["html"] is None
+    md = (folder / "report.md").read_text()
+    assert "| saf_rate | sigma | method | chips |" in md and "95 % CI" in md
+    assert md.count("\n| 0") + md.count("\n| 0.1") >= 5
+    names = sorted(p.name for p in (folder / "plots").iterdir())
+    assert names == ["accuracy_vs_saf_rate.png", "accuracy_vs_sigma.png", "accuracy_vs_writes.png"]
+    for p in (folder / "plots").iterdir():
+        assert p.read_bytes().startswith(PNG) and p.stat().st_size > 5000
+        assert f"(plots/{p.name})" in md
+    assert len((folder / "report.csv").read_text().splitlines()) == 11
+    assert not (folder / "report.html").exists()
+
+
+def test_html_is_self_contained(tmp_path):
+    folder = _store(tmp_path / "sweep", _records())
+    rep = write_report(folder, html=True, title="A <test> report")
+    text = rep.html.read_text()
+    assert "<title>A &lt;test&gt; report</title>" in text
+    assert not re.search(r"""(src|href)=["'](?!data:)""", text)  # nothing loaded from elsewhere
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(images) == 3 and all(base64.b64decode(i).startswith(PNG) for i in images)
+    assert text.count("<table>") == 1 and text.count("<tr>") == 11
+
+
+def test_report_takes_the_sweep_title(tmp_path):
+    folder = _store(tmp_path / "sweep", _records())
+    (folder / "sweep.json").write_text(json.dumps({"title": "Quick look"}))
+    rep = write_report(folder, html=True)
+    assert rep.markdown.read_text().startswith("# Quick look\n") and "<title>Quick look</title>" in rep.html.read_text()
+
+
+def test_report_of_nothing_is_one_line(tmp_path, capsys):
+    for folder in (tmp_path / "missing", _store(tmp_path / "empty", [])):
+        code = main(["report", str(folder)])
+        err = capsys.readouterr().err
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "missing").exists() and sorted(p.name for p in (tmp_path / "empty").iterdir()) == [
+        "results.jsonl"]
+
+
+def test_report_reads_a_store_being_written(tmp_path):
+    folder = _store(tmp_path / "sweep", _records())
+    with open(folder / "results.jsonl", "a") as fh:
+        fh.write('{"key": "half a rec')  # a write in progress: skipped, left alone
+    rep = write_report(folder)
+    assert rep.records == 30 and (folder / "results.jsonl").read_text().endswith("half a rec")
+
+
+# --- a real browser --------------------------------------------------------------------------------------------
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def test_html_report_renders_in_a_headless_browser(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    folder = _store(tmp_path / "sweep", _records())
+    rep = write_report(folder, html=True)
+    with sync_api.sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        except Exception as exc:  # a browser that cannot start here (no display libraries, ...)
+            pytest.skip(f"Chromium does not start: {str(exc).splitlines()[0]}")
+        try:
+            page = browser.new_page()
+            page.goto(rep.html.resolve().as_uri())
+            page.wait_for_load_state("load")
+            tables = page.locator("table")
+            assert tables.count() == 1
+            for i in range(tables.count()):
+                table = tables.nth(i)
+                assert table.is_visible()
+                assert table.locator("tbody tr").count() == 10
+                assert table.locator("th").count() == 3 + 8
+                box = table.bounding_box()
+                assert box is not None and box["width"] > 100 and box["height"] > 100
+            images = page.locator("img")
+            assert images.count() == 3
+            sizes = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+            assert all(done and w > 0 and h > 0 for done, w, h in sizes), sizes
+            assert page.title() == f"Sweep report: {folder.name}"
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+            assert (tmp_path / "report.png").read_bytes().startswith(PNG)
+        finally:
+            browser.close()
