@@ -405,7 +405,8 @@ def test_every_registered_method_runs_as_a_sweep_point(tmp_path, mnist_train):
     from ittrna.methods import METHODS
 
     quick = {"epochs": 1, "search_images": 200, "importance_images": 64, "headroom_steps": 2, "search_passes": 1,
-             "rounds": 1}
+             "rounds": 1, "iterations": 1, "write_budget": 500, "calib_images": 64, "digital_epochs": 0,
+             "eval_every": 50, "eval_images": 100}
     tables = ""
     for name, spec in METHODS.items():
         fields = spec.config().to_dict()
