@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import pickle
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from ittrna.chip import CellArray, Chip
 from ittrna.config import ChipConfig
 from ittrna.device import HEALTHY, STUCK_OFF, STUCK_ON
 from ittrna.errors import InputError, WriteBudgetError
-from ittrna.experiments.tolerate import evaluate_deployment, tolerate
+from ittrna.experiments.tolerate import deployment_mismatch, evaluate_deployment, tolerate
 from ittrna.host import Deployment
 from ittrna.methods import METHODS, Context, apply_method, get_method
 from ittrna.methods.ondevice import _ChipLoop, _fit_registers, chip_accuracy
@@ -47,8 +49,18 @@ def _dep(model: nn.Module, scale: float = 1.0) -> Deployment:
 
 
 def _state(chip: Chip) -> dict:
-    return {(n, a, f): getattr(arr, f).clone() for n, layer in chip.layers.items()
-            for a, arr in layer.arrays.items() for f in ("fault", "theta", "g", "eps", "writes")}
+    cells = {(n, a, f): getattr(arr, f).clone() for n, layer in chip.layers.items()
+             for a, arr in layer.arrays.items() for f in ("fault", "theta", "g", "eps", "writes")}
+    layers = {(n, "layer", f): torch.tensor(float(getattr(layer, f))) for n, layer in chip.layers.items()
+              for f in ("scale", "version")}
+    counts = {("chip", f, ""): torch.tensor(getattr(chip, f)) for f in ("write_epoch", "writes_issued",
+                                                                         "writes_performed")}
+    return {**cells, **layers, **counts}
+
+
+def _unchanged(before: dict, chip: Chip) -> bool:
+    after = _state(chip)
+    return before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 # --- accounting ---------------------------------------------------------------------------------------------
@@ -90,8 +102,7 @@ def test_write_budget_is_never_exceeded_and_a_refused_write_writes_nothing():
         except WriteBudgetError as exc:
             refused += 1
             assert "budget" in str(exc)
-            after = _state(chip)
-            assert all(torch.equal(before[key], after[key]) for key in before)  # nothing written
+            assert _unchanged(before, chip)  # nothing written, nothing counted
         assert s.ondevice_writes <= 50 and s.writes_left is not None and s.writes_left >= 0
         s.forward(torch.randn(2, 20))
     assert refused > 0 and s.ondevice_writes <= 50
@@ -109,9 +120,10 @@ def test_iteration_limit_counts_programming_rounds():
     s.forward(torch.randn(1, 4))
     s.program_weights("0", w * 0.3)
     s.forward(torch.randn(1, 4))
+    before = _state(chip)
     with pytest.raises(WriteBudgetError, match="iteration 3 refused"):
-        s.program_weights("0", w * 0.2)
-    assert s.iterations == 2
+        s.program_targets("0", s.weight_targets("0", w * 0.2))
+    assert s.iterations == 2 and _unchanged(before, chip)
 
 
 def test_a_cell_past_endurance_sticks_mid_training():
@@ -220,10 +232,17 @@ def test_counterfactual_what_hardware_cannot_show_changes_nothing(small, method)
     model, tr, val, _ = small
     a = Chip.fabricate(model, ChipConfig().override(HARD), 6)
     b = copy.deepcopy(a)
+    gen = torch.Generator().manual_seed(0)
     for layer in b:
         for arr in layer.arrays.values():
             arr.writes = arr.writes + 7
             arr.theta = torch.where(arr.fault != HEALTHY, arr.theta + 1.5, arr.theta)
+            arr.eps = torch.where(arr.fault != HEALTHY, arr.eps + 0.7, arr.eps)
+            # padding columns: no layout puts a weight there (a remap may route rows onto padding rows)
+            pad = (torch.arange(arr.fault.shape[1]) >= layer.grid.n).expand_as(arr.fault)
+            arr.fault = torch.where(pad, torch.randint(0, 3, arr.fault.shape, generator=gen, dtype=torch.int8),
+                                    arr.fault)
+            arr.theta = torch.where(pad, torch.randn(arr.theta.shape, generator=gen), arr.theta)
     measured = a.test(seed=1)
     ctx = Context(tr.subset(640), val, seed=0)
     deps = []
@@ -235,6 +254,89 @@ def test_counterfactual_what_hardware_cannot_show_changes_nothing(small, method)
     assert all(torch.equal(da.state_dict[k], db.state_dict[k]) for k in da.state_dict)
     assert all(torch.equal(da.targets[n][x], db.targets[n][x]) for n in da.targets for x in da.targets[n])
     assert all(torch.equal(da.registers[n][x], db.registers[n][x]) for n in da.registers for x in da.registers[n])
+
+
+def test_deploy_is_all_or_nothing_and_bad_requests_write_nothing():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    chip = Chip.fabricate(model, ChipConfig(), 0)
+    s = ChipSession(chip, model)
+    bad = Deployment({k: v.clone() for k, v in model.state_dict().items()}, {"0": 1.0, "2": 1.0},
+                     registers={"2": {"gain": torch.ones(5), "offset": torch.zeros(5)}})  # layer 2 has 2 columns
+    before = _state(chip)
+    with pytest.raises(InputError, match="register"):
+        s.deploy(bad)
+    assert _unchanged(before, chip) and s.writes_issued == 0
+    good = Deployment({k: v.clone() for k, v in model.state_dict().items()}, {"0": 1.0, "2": 1.0})
+    assert s.deploy(good) > 0  # the session is still usable
+    before = _state(chip)
+    nan = s.weight_targets("0", model[0].weight.detach())
+    nan["pos"][0, 0] = float("nan")
+    for call in (lambda: s.program_targets("0", nan), lambda: s.count_writes("0", nan),
+                 lambda: s.program_weights("0", torch.full((3, 4), float("inf"))),
+                 lambda: s.program_weights("0", model[0].weight.detach(), scale=-1.0),
+                 lambda: s.forward(torch.randn(2, 7))):
+        with pytest.raises(InputError):
+            call()
+    assert _unchanged(before, chip)
+    w = model[0].weight.detach().clone().requires_grad_(True)
+    s.program_targets("0", s.weight_targets("0", 2 * w))  # targets still attached to autograd
+    chip.save(Path(tempfile.mkdtemp()) / "c.npz")  # the chip holds plain tensors
+    s.close()
+    with pytest.raises(InputError, match="closed"):
+        s.forward(torch.randn(1, 4))
+
+
+def test_evaluator_refuses_a_deployment_that_is_not_the_chips_state(small):
+    model, tr, val, _ = small
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.1}), 2)
+    s = ChipSession(chip, model)
+    dep = apply_method("codesign", model, chip.test(), Context(tr.subset(640), val), FAST["codesign"], session=s)
+    assert deployment_mismatch(chip, dep) == ""
+    moved = copy.deepcopy(dep)
+    moved.targets["1"]["pos"][0, 0] += 1e-6
+    assert "more writes" in deployment_mismatch(chip, moved)
+    moved = copy.deepcopy(dep)
+    moved.registers["1"]["gain"][0] += 0.5
+    assert "registers" in deployment_mismatch(chip, moved)
+
+
+def test_estimates_and_registers_are_exact_on_a_perfect_conv_chip():
+    """No faults, no variation, no noise: the chip realises the weights, so the least-squares estimate from
+    layer outputs gives them back (Conv2d and Linear) and the register fit gives gain 1, offset 0."""
+    from ittrna.methods.ondevice import _estimate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4)).eval()
+    chip = Chip.fabricate(model, ChipConfig(), 0)
+    s = ChipSession(chip, model)
+    s.deploy(Deployment({k: v.clone() for k, v in model.state_dict().items()},
+                        {"0": float(model[0].weight.detach().abs().max()),
+                         "3": float(model[3].weight.detach().abs().max())}))
+    names = s.layer_names
+    w = {n: dict(model.named_modules())[n].weight.detach().reshape(len(dict(model.named_modules())[n].weight), -1).t()
+         for n in names}
+    images = torch.rand(512, 1, 8, 8)  # more images than the Linear layer has inputs (108)
+    est, power = _estimate(s, model, names, {n: torch.zeros_like(w[n]) for n in names}, images, 1e-9)
+    for n in names:
+        seen = power[n] > 1e-8  # rows whose input the data excites (a dead ReLU's row stays at the prior, 0)
+        assert power[n].shape == (w[n].shape[0],) and bool(seen.any())
+        assert torch.allclose(est[n][seen], w[n][seen], atol=1e-4), n
+    _fit_registers(s, model, names, w, images)
+    for n in names:
+        gain, offset = s.registers(n)
+        assert torch.allclose(gain, torch.ones_like(gain), atol=1e-3) and offset.abs().max() < 1e-3
+
+
+def test_undeploy_bakes_the_registers_in():
+    from ittrna.nn import deploy, undeploy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3))
+    chip = Chip.fabricate(model, ChipConfig().override({"variation.sigma": 0.3}), 1)
+    net = deploy(model, chip)
+    chip.set_registers("0", torch.tensor([1.5, 0.5, -1.0]), torch.tensor([0.1, 0.0, 0.2]))
+    x = torch.randn(4, 5)
+    assert torch.allclose(undeploy(net, effective=True)(x), net(x), atol=1e-5)
 
 
 def test_on_device_method_needs_a_session(small):

@@ -309,7 +309,7 @@ class Chip:
         for aname, arr in layer.arrays.items():
             if aname not in targets:
                 continue
-            t = targets[aname].to(device=arr.g.device, dtype=arr.g.dtype)
+            t = targets[aname].detach().to(device=arr.g.device, dtype=arr.g.dtype)
             if t.shape != arr.g.shape:
                 raise InputError(f"layer {name!r} array {aname!r}: target shape {tuple(t.shape)} "
                                  f"!= array shape {tuple(arr.g.shape)}")
@@ -392,7 +392,8 @@ class Chip:
         first = layer.scale == 0.0
         if layout is not None:
             layout.check(layer.grid, f"layer {name!r} layout")
-            layer.layout = layout.to(layer.arrays[next(iter(layer.arrays))].g.device)
+            own = LayerLayout(layout.row_map.detach().clone(), layout.col_sign.detach().clone())  # never an alias
+            layer.layout = own.to(layer.arrays[next(iter(layer.arrays))].g.device)
         if scale is not None and not (math.isfinite(scale) and scale > 0):
             raise InputError(f"layer {name!r}: scale = {scale!r} is invalid; accepted a finite number > 0")
         layer.scale = float(scale) if scale is not None else weight_scale(weight, self.config.mapping.clip_percentile)

@@ -220,6 +220,14 @@ class ChipAccess(Protocol):
         """Writes that ``program_targets(name, targets)`` would issue (the host knows what it programmed)."""
         ...
 
+    def set_layout(self, name: str, layout: LayerLayout) -> None:
+        """Change a layer's digital routing and polarity (no cell writes: the cells keep their state)."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """The session's own counts: writes issued (all, on-device), iterations, forward passes, images."""
+        ...
+
     def set_registers(self, name: str, gain: torch.Tensor, offset: torch.Tensor) -> None:
         """Set a layer's per-column gain and offset registers (N,) (digital: no cell writes)."""
         ...

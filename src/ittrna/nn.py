@@ -188,8 +188,16 @@ def undeploy(model: nn.Module, *, effective: bool = False, inplace: bool = False
         if isinstance(module, _AnalogLayer):
             digital = copy.deepcopy(module.digital)
             if effective:
+                layer = module._chip.layer(module._chip_layer)
                 with torch.no_grad():
-                    digital.weight.copy_(module.effective_weight())  # type: ignore[operator]
+                    w = module.effective_weight()
+                    if layer.gain is not None and layer.offset is not None:  # bake the per-column registers in
+                        w = w * layer.gain.view(-1, *([1] * (w.dim() - 1))).to(w)
+                        bias = digital.bias
+                        if bias is None:
+                            digital.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype))
+                        digital.bias += layer.offset.to(w)  # type: ignore[operator]
+                    digital.weight.copy_(w)  # type: ignore[operator]
             _set_module(target, name, digital)
     return target
 

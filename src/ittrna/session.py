@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -32,13 +33,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from ittrna.chip import Chip
+from ittrna.chip import Chip, check_registers
 from ittrna.errors import InputError, WriteBudgetError
 from ittrna.host import Deployment
 from ittrna.mapping import LayerLayout
 from ittrna.nn import _AnalogLayer, deploy
 
 __all__ = ["ChipSession", "in_session"]
+
+
+def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    """A detached float copy of ``t``; InputError unless it is a finite floating-point tensor."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+        raise InputError(f"{what} must be a finite floating-point tensor")
+    return t.detach().clone()
+
+
+def _scale(scale: float, name: str) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise InputError(f"layer {name!r}: scale = {scale!r}; accepted a finite number > 0")
+    return float(scale)
 
 _GATE = threading.local()
 
@@ -90,6 +104,12 @@ class ChipSession:
         self.__iterations = 0
         self.__forward_passes = 0
         self.__images = 0
+        self.__closed = False
+
+    def close(self) -> None:
+        """End the session: every later call is refused (the evaluator closes it when the method returns)."""
+        self.__closed = True
+        self.__net = None
 
     # --- what the host may read -------------------------------------------------------------------------
     @property
@@ -166,6 +186,8 @@ class ChipSession:
                 ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """Run a batch through the chip in eval mode; with ``record`` also each crossbar layer's (input,
         output) as the layer's periphery delivers them (registers and bias applied)."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 1:
+            raise InputError("session.forward takes a non-empty float tensor batch (batch first)")
         net = self._net()
         seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         hooks = []
@@ -174,12 +196,17 @@ class ChipSession:
                 if isinstance(module, _AnalogLayer):
                     hooks.append(module.register_forward_hook(
                         lambda _m, inp, out, name=name: seen.__setitem__(name, (inp[0].detach(), out.detach()))))
+        failed = None
         try:
             with _gate(), torch.no_grad():
-                logits = net(x.cpu())
+                logits = net(x.detach().cpu())
+        except (RuntimeError, ValueError) as exc:  # e.g. a wrong input shape: a fresh error, no chip in its frames
+            failed = f"session.forward failed on an input of shape {tuple(x.shape)}: {str(exc).splitlines()[0]}"
         finally:
             for h in hooks:
                 h.remove()
+        if failed is not None:
+            raise InputError(failed)
         self.__forward_passes += 1
         self.__images += int(x.shape[0])
         self.__round_open = False
@@ -189,28 +216,58 @@ class ChipSession:
     def deploy(self, deployment: Deployment) -> int:
         """Program a deployment (layouts, scales, targets or weights, registers) as the chip's first
         programming; allowed once, before any other write."""
+        self._check_open()
         if self.__deployed:
             raise InputError("the session's chip is deployed already; later writes go through program_*")
+        model = copy.deepcopy(self.__model)
+        try:
+            model.load_state_dict(deployment.state_dict)
+        except (RuntimeError, KeyError) as exc:
+            first = str(exc).splitlines()[0]
+            raise InputError(f"the deployment's state_dict does not fit the model: {first}") from None
         with _gate():
             if any(layer.scale != 0.0 for layer in self.__chip):
                 raise InputError("the session's chip has been programmed already; start from a fabricated chip")
+            self._check_deployment(deployment)  # everything checked before the first write: all or nothing
             issued = self.__chip.program_deployment(deployment)
         self.__deployed = True
         self.__issued += issued
-        self.__model.load_state_dict(deployment.state_dict)
+        self.__model = model
         self.__net = None
         return issued
+
+    def _check_deployment(self, deployment: Deployment) -> None:
+        for name, layer in self.__chip.layers.items():
+            weight = deployment.state_dict.get(f"{name}.weight")
+            if weight is None or tuple(weight.shape) != layer.weight_shape:
+                raise InputError(f"the deployment has no weight of shape {layer.weight_shape} for layer {name!r}")
+            _finite(weight, f"layer {name!r} weight")
+            scale = deployment.scales.get(name)
+            if scale is not None and not (math.isfinite(scale) and scale > 0):
+                raise InputError(f"layer {name!r}: scale = {scale!r}; accepted a finite number > 0")
+            layout = deployment.layouts.get(name)
+            if layout is not None:
+                layout.check(layer.grid, f"layer {name!r} layout")
+            targets = deployment.targets.get(name)
+            if targets is not None:
+                for a, t in targets.items():
+                    _finite(t, f"layer {name!r} array {a!r} targets")
+                self.__chip.count_issued(name, dict(targets))  # shapes
+            reg = deployment.registers.get(name)
+            if reg is not None:
+                check_registers(name, layer.grid.n, reg["gain"], reg["offset"])
 
     def program_targets(self, name: str, targets: Mapping[str, torch.Tensor]) -> int:
         self._check_name(name)
         self._check_deployed()
-        targets = dict(targets)
+        targets = {a: _finite(t, f"layer {name!r} array {a!r} targets") for a, t in targets.items()}
         with _gate():
             count = self.__chip.count_issued(name, targets)
             if count == 0:
                 return 0
             self._admit(count)
             issued = self.__chip.program(name, targets)
+            self._recalibrate()
         assert issued == count
         self.__issued += issued
         self.__ondevice += issued
@@ -219,52 +276,75 @@ class ChipSession:
     def program_weights(self, name: str, weight: torch.Tensor, *, scale: float | None = None) -> int:
         self._check_name(name)
         self._check_deployed()
+        weight = _finite(weight, f"layer {name!r} weight")
         with _gate():
             layer = self.__chip.layer(name)
             if tuple(weight.shape) != layer.weight_shape:
                 raise InputError(f"layer {name!r}: weight shape {tuple(weight.shape)} != {layer.weight_shape}")
-            s = layer.scale if scale is None else float(scale)
-            if not (s > 0 and s < float("inf")):
-                raise InputError(f"layer {name!r}: scale = {scale!r}; accepted a finite number > 0")
+            s = layer.scale if scale is None else _scale(scale, name)
             targets = self.__chip.weight_targets(name, weight, s)
             count = self.__chip.count_issued(name, targets)
             if count == 0 and s == layer.scale:
                 return 0
             self._admit(count)
             issued = self.__chip.program_weights(name, weight, scale=s, targets=targets)
+            self._recalibrate()
         self.__issued += issued
         self.__ondevice += issued
         return issued
 
     def count_writes(self, name: str, targets: Mapping[str, torch.Tensor]) -> int:
         self._check_name(name)
+        targets = {a: _finite(t, f"layer {name!r} array {a!r} targets") for a, t in targets.items()}
         with _gate():
-            return self.__chip.count_issued(name, dict(targets))
+            return self.__chip.count_issued(name, targets)
 
     def weight_targets(self, name: str, weight: torch.Tensor, scale: float | None = None) -> dict[str, torch.Tensor]:
         """Target conductances the chip's converter gives ``weight`` (design knowledge: the converter)."""
         self._check_name(name)
+        weight = _finite(weight, f"layer {name!r} weight")
+        if scale is None:
+            self._check_deployed()
         with _gate():
             layer = self.__chip.layer(name)
-            return self.__chip.weight_targets(name, weight, layer.scale if scale is None else scale)
+            if tuple(weight.shape) != layer.weight_shape:
+                raise InputError(f"layer {name!r}: weight shape {tuple(weight.shape)} != {layer.weight_shape}")
+            return self.__chip.weight_targets(name, weight, layer.scale if scale is None else _scale(scale, name))
 
     def set_registers(self, name: str, gain: torch.Tensor, offset: torch.Tensor) -> None:
         self._check_name(name)
         self._check_deployed()
         with _gate():
-            self.__chip.set_registers(name, gain.detach().cpu(), offset.detach().cpu())
+            self.__chip.set_registers(name, _finite(gain, f"layer {name!r} gain register"),
+                                      _finite(offset, f"layer {name!r} offset register"))
 
     def set_layout(self, name: str, layout: LayerLayout) -> None:
         """Change a layer's digital routing (no cell writes: the cells keep their conductances)."""
         self._check_name(name)
         self._check_deployed()
+        own = LayerLayout(layout.row_map.detach().clone(), layout.col_sign.detach().clone())  # no alias to the host
         with _gate():
             layer = self.__chip.layer(name)
-            layout.check(layer.grid, f"layer {name!r} layout")
-            layer.layout = layout
+            own.check(layer.grid, f"layer {name!r} layout")
+            layer.layout = own.to(layer.arrays[next(iter(layer.arrays))].g.device)
             layer.version += 1
+            self._recalibrate()
 
     # --- internals --------------------------------------------------------------------------------------
+    def _recalibrate(self) -> None:
+        """After programming, calibrate the ADCs (if any) on the session's calibration inputs, as the evaluator
+        does, so the method sees the converter state it will be scored with (not counted as a forward pass)."""
+        if self.__calibration is None or self.__net is None or self.__chip.config.mapping.adc_bits is None:
+            return
+        for layer in self.__chip:
+            layer.adc_fs = None
+        with torch.no_grad():
+            self.__net(self.__calibration)
+
+    def _check_open(self) -> None:
+        if self.__closed:
+            raise InputError("the chip session is closed (the method has returned)")
+
     def _admit(self, count: int) -> None:
         """Refuse (before writing anything) a write past the budget or an iteration past the limit."""
         if not self.__round_open and self.__max_iterations is not None and self.__iterations >= self.__max_iterations:
@@ -279,6 +359,7 @@ class ChipSession:
             self.__iterations += 1
 
     def _check_name(self, name: str) -> None:
+        self._check_open()
         if name not in self.__names:
             raise InputError(f"the chip has no crossbar layer {name!r}; it holds {self.__names}")
 
@@ -287,6 +368,7 @@ class ChipSession:
             raise InputError("deploy a first programming before on-device writes")
 
     def _net(self) -> nn.Module:
+        self._check_open()
         self._check_deployed()
         if self.__net is None:
             with _gate():

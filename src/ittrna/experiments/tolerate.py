@@ -22,13 +22,14 @@ from ittrna.chip import Chip
 from ittrna.data import Split
 from ittrna.errors import FileFormatError, InputError
 from ittrna.host import Deployment, MeasuredMap
+from ittrna.mapping import LayerLayout
 from ittrna.methods import Context, apply_method, get_method
 from ittrna.models import CHECKPOINT_FORMAT, load_checkpoint_payload
 from ittrna.nn import deploy
 from ittrna.session import ChipSession
 from ittrna.training import accuracy
 
-__all__ = ["check_map_fits", "evaluate_deployment", "load_tuned", "save_tuned", "tolerate"]
+__all__ = ["check_map_fits", "deployment_mismatch", "evaluate_deployment", "load_tuned", "save_tuned", "tolerate"]
 
 
 def check_map_fits(measured: MeasuredMap, chip: Chip) -> None:
@@ -39,6 +40,31 @@ def check_map_fits(measured: MeasuredMap, chip: Chip) -> None:
     geometry = {n: layer.shape_meta() for n, layer in chip.layers.items()}
     if {n: dict(m) for n, m in measured.meta.items()} != geometry:
         raise InputError("the measured map's layer geometry differs from the chip's")
+
+
+def deployment_mismatch(chip: Chip, deployment: Deployment) -> str:
+    """Where programming ``deployment`` would change ``chip`` (writes, layouts, registers); '' if nowhere.
+    An on-device method's deployment must describe the chip as its session left it."""
+    for name, layer in chip.layers.items():
+        weight = deployment.state_dict.get(f"{name}.weight")
+        if weight is None:
+            return f"no weight for layer {name!r}"
+        scale = deployment.scales.get(name, layer.scale)
+        if scale != layer.scale:
+            return f"layer {name!r} scale {scale} != {layer.scale}"
+        layout = deployment.layouts.get(name) or LayerLayout.identity(layer.grid)
+        if not layout.equals(layer.get_layout()):
+            return f"layer {name!r} layout differs"
+        targets = deployment.targets.get(name) or chip.weight_targets(name, weight, layer.scale)
+        issued = chip.count_issued(name, dict(targets))
+        if issued:
+            return f"layer {name!r} would take {issued} more writes"
+        reg = deployment.registers.get(name)
+        have = (layer.gain, layer.offset) if layer.gain is not None and layer.offset is not None else None
+        if (reg is None) != (have is None) or (reg is not None and have is not None and not (
+                torch.equal(reg["gain"].float(), have[0].cpu()) and torch.equal(reg["offset"].float(), have[1].cpu()))):
+            return f"layer {name!r} registers differ"
+    return ""
 
 
 def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, data: Split,
@@ -105,6 +131,12 @@ def tolerate(
                               max_iterations=getattr(cfg, "iterations", None), calibration=calibration)
     deployment = apply_method(method, model, measured, ctx, cfg, session=session)
     seconds = time.perf_counter() - t0
+    if session is not None:
+        session.close()
+        mismatch = deployment_mismatch(chip, deployment)
+        if mismatch:  # reprogramming would write outside the session's budget: a method bug
+            raise RuntimeError(f"on-device method {method!r} returned a deployment that is not the chip's state "
+                               f"({mismatch})")
     issued_by_method = chip.writes_issued
     after = evaluate_deployment(model, chip, deployment, test, calibration)
     wear = chip.write_stats()

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ittrna.data import Split
+from ittrna.errors import InputError
 from ittrna.host import ChipAccess, Deployment, MeasuredMap
 from ittrna.mapping import matrix_to_weight, weight_to_matrix
 from ittrna.methods.base import Context, register
@@ -155,6 +156,10 @@ class _ChipLoop(nn.Module):
 
     def __init__(self, model: nn.Module, session: ChipAccess, names: list[str]):
         super().__init__()
+        mixed = [type(m).__name__ for m in model.modules()
+                 if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))]
+        if mixed:  # the host trains in train mode while the chip runs in eval mode: their values would differ
+            raise InputError(f"chip-in-the-loop training does not support {sorted(set(mixed))} layers yet")
         self.model = model
         self.names = names
         self.__dict__["_session"] = session  # not a submodule
@@ -254,9 +259,7 @@ def _loop_train(model: nn.Module, measured: MeasuredMap, cfg: ChipLoopConfig, ct
 
 def session_counts(session: ChipAccess) -> dict[str, int]:
     """The session's host-visible counts, for the report."""
-    counts = getattr(session, "counts", None)
-    return dict(counts()) if callable(counts) else {"writes_issued": session.writes_issued,
-                                                    "iterations": session.iterations}
+    return dict(session.counts())
 
 
 # --- codesign ---------------------------------------------------------------------------------------------
@@ -286,6 +289,11 @@ class _LayerIO:
         return b.detach() if isinstance(b, torch.Tensor) else torch.zeros(())
 
 
+def _safe(gain: torch.Tensor) -> torch.Tensor:
+    """A gain register safe to divide by (a zero gain erases its column: nothing to invert)."""
+    return torch.where(gain.abs() < 1e-6, torch.full_like(gain, 1e-6), gain)
+
+
 def _record(session: ChipAccess, model: nn.Module, names: list[str], images: torch.Tensor, batch: int = 256
             ) -> Any:
     """Yield the chip's recorded {layer: (input, output)} over ``images`` in batches."""
@@ -308,8 +316,8 @@ def _fit_registers(session: ChipAccess, model: nn.Module, names: list[str], want
         for rec in _record(session, model, names, images):
             x, y = rec[n]
             g0, o0 = session.registers(n)
-            raw = (io.cols(y) - io.bias() - o0) / g0  # (rows, N) the crossbar's own column outputs
-            exp = io.rows(x) @ want[n]  # (rows, N) intended
+            raw = ((io.cols(y) - io.bias() - o0) / _safe(g0)).double()  # (rows, N) the crossbar's own outputs
+            exp = (io.rows(x) @ want[n]).double()  # (rows, N) intended
             sx = raw.sum(0) if sx is None else sx + raw.sum(0)
             sy = exp.sum(0) if sy is None else sy + exp.sum(0)
             sxx = (raw * raw).sum(0) if sxx is None else sxx + (raw * raw).sum(0)
@@ -321,7 +329,7 @@ def _fit_registers(session: ChipAccess, model: nn.Module, names: list[str], want
         gain = torch.where(var > 1e-12, (sxy / count - mx * my) / var.clamp_min(1e-12), torch.ones_like(var))
         gain = gain.clamp(0.25, 4.0)
         offset = my - gain * mx
-        session.set_registers(n, gain, offset)
+        session.set_registers(n, gain.float(), offset.float())
         gains[n] = [float(gain.min()), float(gain.max())]
     return gains
 
@@ -341,7 +349,7 @@ def _estimate(session: ChipAccess, model: nn.Module, names: list[str], prior: di
             x, y = rec[n]
             g0, o0 = regs[n]
             xr = io[n].rows(x).double()
-            raw = ((io[n].cols(y) - io[n].bias() - o0) / g0).double()
+            raw = ((io[n].cols(y) - io[n].bias() - o0) / _safe(g0)).double()
             xtx[n] = xtx.get(n, 0) + xr.t() @ xr
             xty[n] = xty.get(n, 0) + xr.t() @ raw
             rows[n] = rows.get(n, 0) + xr.shape[0]
@@ -463,7 +471,7 @@ def _codesign(model: nn.Module, measured: MeasuredMap, cfg: CodesignConfig, ctx:
                     continue
                 e, w = est[n], want[n]
                 ratio = w / torch.where(e.abs() > 1e-12, e, torch.ones_like(e))
-                mult = (torch.sign(e) == torch.sign(w)) & (e.abs() > 0.1 * w.abs())
+                mult = (torch.sign(e) == torch.sign(w)) & (e.abs() > 0.1 * w.abs()) & (cmd[n] != 0)
                 fixed = torch.where(mult, cmd[n] * ratio.clamp(0.5, 2.0), cmd[n] + (w - e))
                 new = torch.where(pick, fixed, cmd[n])
                 targets = host.targets(n, new, scales[n], "pair")
@@ -479,6 +487,9 @@ def _codesign(model: nn.Module, measured: MeasuredMap, cfg: CodesignConfig, ctx:
             corrections[n] += (new != cmd[n]).to(torch.int64)
             cmd[n] = new
         chosen_total += m
+        # the rewritten weights changed their columns: refit the registers to them (zero writes), so they
+        # never keep compensating an error the rewrite removed
+        _fit_registers(session, net, names, want, images)
         history.append({"stage": f"iteration {it + 1}", "writes": session.writes_issued,
                         "val_accuracy": chip_accuracy(session, net, names, val)})
     if cfg.digital_epochs > 0:
@@ -531,7 +542,7 @@ def _threshold(model: nn.Module, measured: MeasuredMap, cfg: ThresholdConfig, ct
     return _loop_train(model, measured, cfg, ctx, session, cfg.threshold)
 
 
-@register("codesign", "on-device", CodesignConfig, 1,
+@register("codesign", "on-device", CodesignConfig, 2,
           "ITT-RNA part 3 (reconstructed): aft/dynamic off-device, zero-write per-column gain/offset from the "
           "chip, then at most K budgeted rewrite iterations steered by the chip's measured layer errors")
 def _codesign_method(model: nn.Module, measured: MeasuredMap, cfg: CodesignConfig, ctx: Context,
