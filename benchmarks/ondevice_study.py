@@ -188,13 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table_only:
         from ittrna.methods import get_method
 
-        jobs = []
+        jobs = []  # chip by chip, so that a partial run has every method on the same chips
         for s in settings:
-            for m in methods:
-                fields = set(get_method(m).config().to_dict())
-                ov = {k: v for k, v in overrides.items() if k.removeprefix("method.") in fields}
-                jobs += [(s, m, seed, ov) for seed in range(args.seeds, args.seeds + args.chips)
-                         if (s, m, seed) not in done]
+            for seed in range(args.seeds, args.seeds + args.chips):
+                for m in methods:
+                    fields = set(get_method(m).config().to_dict())
+                    ov = {k: v for k, v in overrides.items() if k.removeprefix("method.") in fields}
+                    if (s, m, seed) not in done:
+                        jobs.append((s, m, seed, ov))
         print(f"{len(jobs)} runs to do ({len(done)} stored)", flush=True)
         t0 = time.perf_counter()
         ctx = mp.get_context("spawn")

@@ -418,3 +418,17 @@ def test_registers_survive_save_and_load(tmp_path):
     bad["registers"]["0"]["gain"] = torch.tensor([float("inf"), 1.0, 1.0])
     with pytest.raises(InputError, match="registers"):
         Deployment.from_payload(dep.state_dict, bad)
+
+
+def test_ondevice_wears_cells_out_mid_training_and_codesign_does_not(small):
+    """Endurance 5 writes: full on-device retraining (20 steps, every changed cell written each step) wears
+    cells out mid-run; codesign writes each cell a few times at most."""
+    model, tr, val, test = small
+    cfg = ChipConfig().override({**HARD, "endurance.endurance": 5})
+    out = {}
+    for method in ("ondevice", "codesign"):
+        settings = {f"method.{k}": v for k, v in FAST[method].items()}
+        out[method], _ = tolerate(model, Chip.fabricate(model, cfg, 10), method, train=tr.subset(1280), val=val,
+                                  test=test, settings=settings)
+    assert out["ondevice"]["cells_worn_out"] > 0 and out["ondevice"]["max_writes_per_cell"] > 5
+    assert out["codesign"]["cells_worn_out"] == 0
