@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _study import load_records, pending, run_jobs
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "saf20": {"faults.rate": 0.2},
@@ -102,43 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "results.jsonl"
-    done = set()
-    records: list[dict[str, Any]] = []
-    if store.exists():
-        for line in store.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            records.append(r)
-            done.add((r["setting"], r["method"], r["chip_seed"]))
+    records = load_records(store)
     if args.table_only:
         print(table(records, settings, methods))
         return 0
-    jobs = []
-    from ittrna.methods import get_method
-
-    for s in settings:
-        for m in methods:
-            fields = set(get_method(m).config().to_dict())
-            ov = {k: v for k, v in overrides.items() if k.removeprefix("method.") in fields}
-            jobs += [(s, m, seed, ov) for seed in range(args.seeds, args.seeds + args.chips)
-                     if (s, m, seed) not in done]
-    # slow methods first, so the pool stays busy to the end
-    slow = {"fat": 0, "remap-fat": 0, "dynamic": 1, "aft": 1, "noise": 2}
-    jobs.sort(key=lambda j: slow.get(j[1], 3))
-    print(f"{len(jobs)} runs to do ({len(done)} stored)", flush=True)
-    t0 = time.perf_counter()
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(args.workers, initializer=_init, initargs=(args.model, args.threads, args.device)) as pool, \
-            open(store, "a", encoding="utf-8") as fh:
-        for i, rec in enumerate(pool.imap_unordered(_run, jobs), 1):
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            records.append(rec)
-            print(f"[{i}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {rec['setting']} {rec['method']} "
-                  f"seed {rec['chip_seed']}: {100 * rec['chip_accuracy']:.2f}% "
-                  f"(software {100 * rec['software_accuracy']:.2f}%, {rec['seconds']:.1f}s)", flush=True)
+    jobs = pending(records, settings, methods, range(args.seeds, args.seeds + args.chips), overrides)
+    slow = {"fat": 0, "remap-fat": 0, "dynamic": 1, "aft": 1, "noise": 2}  # slow methods first: the pool
+    jobs.sort(key=lambda j: slow.get(j[1], 3))  # stays busy to the end
+    run_jobs(store, jobs, records, args.workers, _init, (args.model, args.threads, args.device), _run,
+             lambda r: f"{100 * r['chip_accuracy']:.2f}% (software {100 * r['software_accuracy']:.2f}%, "
+                       f"{r['seconds']:.1f}s)")
     text = table(records, settings, methods)
     (args.out / "table.md").write_text(text + "\n")
     print(text)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _study import load_records, pending, run_jobs
 
 HARD = {"faults.rate": 0.2, "faults.stuck_on_share": 0.162, "variation.sigma": 1.0,
         "variation.program_noise": 0.1, "variation.read_noise": 0.02, "test.miss_rate": 0.05,
@@ -175,40 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "results.jsonl"
-    records: list[dict[str, Any]] = []
-    done = set()
-    if store.exists():
-        for line in store.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            records.append(r)
-            done.add((r["setting"], r["method"], r["chip_seed"]))
+    records = load_records(store)
     if not args.table_only:
-        from ittrna.methods import get_method
-
-        jobs = []  # chip by chip, so that a partial run has every method on the same chips
-        for s in settings:
-            for seed in range(args.seeds, args.seeds + args.chips):
-                for m in methods:
-                    fields = set(get_method(m).config().to_dict())
-                    ov = {k: v for k, v in overrides.items() if k.removeprefix("method.") in fields}
-                    if (s, m, seed) not in done:
-                        jobs.append((s, m, seed, ov))
-        print(f"{len(jobs)} runs to do ({len(done)} stored)", flush=True)
-        t0 = time.perf_counter()
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(args.workers, initializer=_init, initargs=(args.model, args.threads)) as pool, \
-                open(store, "a", encoding="utf-8") as fh:
-            for i, rec in enumerate(pool.imap_unordered(_run, jobs), 1):
-                fh.write(json.dumps(rec) + "\n")
-                fh.flush()
-                records.append(rec)
-                print(f"[{i}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {rec['setting']} {rec['method']} "
-                      f"seed {rec['chip_seed']}: {100 * rec['chip_accuracy']:.2f}% (software "
-                      f"{100 * rec['software_accuracy']:.2f}%, {rec['writes']:,} writes, {rec['seconds']:.0f}s)",
-                      flush=True)
+        jobs = pending(records, settings, methods, range(args.seeds, args.seeds + args.chips), overrides)
+        run_jobs(store, jobs, records, args.workers, _init, (args.model, args.threads), _run,
+                 lambda r: f"{100 * r['chip_accuracy']:.2f}% (software {100 * r['software_accuracy']:.2f}%, "
+                           f"{r['writes']:,} writes, {r['seconds']:.0f}s)")
     texts = []
     for s in settings:
         if any(r["setting"] == s for r in records):
