@@ -55,3 +55,27 @@ def run_jobs(store: Path, jobs: list[Job], records: list[dict[str, Any]], worker
             records.append(rec)
             print(f"[{i}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {rec['setting']} {rec['method']} seed "
                   f"{rec['chip_seed']}: {describe(rec)}", flush=True)
+
+
+def parse_args(doc: str | None, argv: list[str] | None, *, settings: str, all_settings: list[str], methods: str,
+               seeds: int, device: bool = False) -> tuple[Any, list[str], list[str], dict[str, Any]]:
+    """The study scripts' shared command line: (args, settings, methods, method overrides)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="software checkpoint (converged)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--settings", default=settings, help=f"comma list of {all_settings}")
+    p.add_argument("--methods", default=methods)
+    p.add_argument("--seeds", type=int, default=seeds, help="first chip seed")
+    p.add_argument("--chips", type=int, default=5)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2, help="torch threads per worker")
+    if device:
+        p.add_argument("--device", default="cpu", help="where methods compute (cpu, cuda)")
+    p.add_argument("--table-only", action="store_true", help="print the tables of what OUT holds; run nothing")
+    p.add_argument("--set", action="append", default=[], metavar="method.FIELD=VALUE")
+    args = p.parse_args(argv)
+    overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args, args.settings.split(","), args.methods.split(","), overrides

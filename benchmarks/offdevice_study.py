@@ -12,16 +12,13 @@ OUT/table.md. Chip seeds 1000-1004 were never used while developing the methods 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from _study import load_records, pending, run_jobs
+from _study import load_records, parse_args, pending, run_jobs
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "saf20": {"faults.rate": 0.2},
@@ -86,22 +83,9 @@ def table(records: list[dict[str, Any]], settings: list[str], methods: list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="software checkpoint (converged)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {list(SETTINGS)}")
-    p.add_argument("--methods", default="none,noise,program,remap,aft,dynamic,fat,remap-fat")
-    p.add_argument("--seeds", type=int, default=1000, help="first chip seed")
-    p.add_argument("--chips", type=int, default=5)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2, help="torch threads per worker")
-    p.add_argument("--device", default="cpu", help="where methods compute (cpu, cuda)")
-    p.add_argument("--table-only", action="store_true", help="print the table of what OUT holds; run nothing")
-    p.add_argument("--set", action="append", default=[], metavar="method.FIELD=VALUE")
-    args = p.parse_args(argv)
-    settings, methods = args.settings.split(","), args.methods.split(",")
-    overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
-    args.out.mkdir(parents=True, exist_ok=True)
+    args, settings, methods, overrides = parse_args(
+        __doc__, argv, settings=",".join(SETTINGS), all_settings=list(SETTINGS),
+        methods="none,noise,program,remap,aft,dynamic,fat,remap-fat", seeds=1000, device=True)
     store = args.out / "results.jsonl"
     records = load_records(store)
     if args.table_only:

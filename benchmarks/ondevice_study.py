@@ -14,8 +14,6 @@ OUT/accuracy_vs_writes.png. Chip seeds 3000-3004 were never used while developin
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _study import load_records, pending, run_jobs
+from _study import load_records, parse_args, pending, run_jobs
 
 HARD = {"faults.rate": 0.2, "faults.stuck_on_share": 0.162, "variation.sigma": 1.0,
         "variation.program_noise": 0.1, "variation.read_noise": 0.02, "test.miss_rate": 0.05,
@@ -160,21 +158,8 @@ def plot(records: list[dict[str, Any]], setting: str, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="software checkpoint (converged)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--settings", default="hard", help=f"comma list of {list(SETTINGS)}")
-    p.add_argument("--methods", default="none,aft,threshold,ondevice,codesign")
-    p.add_argument("--seeds", type=int, default=3000, help="first chip seed")
-    p.add_argument("--chips", type=int, default=5)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2, help="torch threads per worker")
-    p.add_argument("--table-only", action="store_true", help="print the tables of what OUT holds; run nothing")
-    p.add_argument("--set", action="append", default=[], metavar="method.FIELD=VALUE")
-    args = p.parse_args(argv)
-    settings, methods = args.settings.split(","), args.methods.split(",")
-    overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
-    args.out.mkdir(parents=True, exist_ok=True)
+    args, settings, methods, overrides = parse_args(__doc__, argv, settings="hard", all_settings=list(SETTINGS),
+                                                    methods="none,aft,threshold,ondevice,codesign", seeds=3000)
     store = args.out / "results.jsonl"
     records = load_records(store)
     if not args.table_only:
