@@ -373,6 +373,8 @@ def test_on_device_methods_improve_the_chip_within_budget_and_reproduce(small, m
     budget = FAST[method].get("write_budget")
     if budget is not None:
         assert result["report"]["ondevice_writes"] <= budget
+    # the result (and so a sweep record) carries the session's count of writes after the first programming
+    assert 0 < result["ondevice_writes"] == result["report"]["ondevice_writes"] < result["writes"]
     if method == "codesign":
         assert result["iterations"] <= FAST[method]["iterations"]
     # the deployment (through its file payload) plus the saved programmed chip reproduce the accuracy

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ittrna.cli import main
-from ittrna.experiments.report import summarize, write_report
+from ittrna.experiments.report import pivot, summarize, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -69,6 +69,37 @@ def test_cells_split_on_every_point_field_but_the_chip_seed():
     assert len(rows) == 11 and "stuck_on_share" in shown
 
 
+def test_pivot_is_one_row_per_setting_and_a_column_per_method():
+    recs = _records()
+    recs = [r for r in recs if not (r["method"] == "remap" and r["saf_rate"] == 0.2)]  # a cell not yet run
+    recs.append({**recs[0], "key": "extra", "method": "aft", "chip_accuracy": 0.97})  # one chip, beats software
+    rows, shown = summarize(recs)
+    (p,) = pivot(rows, shown, ["none", "remap"])
+    assert (p.model, p.dataset, p.settings, p.methods) == ("mlp", "mnist", ["saf_rate", "sigma"],
+                                                            ["none", "remap", "aft"])
+    assert [v for v, _ in p.rows] == [[0.0, 0.0], [0.0, 0.5], [0.0, 1.0], [0.1, 0.0], [0.2, 0.0]]
+    by_setting = {tuple(v): cells for v, cells in p.rows}
+    assert by_setting[(0.2, 0.0)][1] is None and by_setting[(0.0, 0.0)][2]["chips"] == 1
+    for values, cells in p.rows:  # every cell is the summarize row of that setting and method
+        for method, cell in zip(p.methods, cells, strict=True):
+            if cell is not None:
+                assert cell["method"] == method and [cell[c] for c in p.settings] == values
+    assert sum(c is not None for _, cells in p.rows for c in cells) == len(rows)
+    assert by_setting[(0.0, 0.0)][2]["loss_mean"] < 0
+
+
+def test_report_leads_with_loss_by_method(tmp_path):
+    recs = [r for r in _records() if not (r["method"] == "remap" and r["chip_seed"] == 3 and r["sigma"] == 1.0)]
+    rep = write_report(_store(tmp_path / "sweep", recs))
+    md = rep.markdown.read_text()
+    head, rest = md.split("## mlp on mnist: every cell")
+    assert "## Loss by method" in head and "### mlp on mnist (software 95.00 %)" in head
+    assert "| saf_rate | sigma | none | remap |" in head  # none first, then the store's order
+    line = next(x for x in head.splitlines() if x.startswith("| 0 | 1 |"))
+    remap = [r for r in rep.rows if r["method"] == "remap" and r["sigma"] == 1.0][0]
+    assert line.split(" | ")[-1] == f"{100 * remap['loss_mean']:.2f} ± {100 * remap['chip_accuracy_std']:.2f} (n=2) |"
+
+
 def test_report_writes_markdown_csv_and_plots(tmp_path, capsys):
     folder = _store(tmp_path / "sweep", _records())
     code = main(["report", str(folder), "--json"])
@@ -96,7 +127,7 @@ def test_html_is_self_contained(tmp_path):
     assert not re.search(r"""(src|href)=["'](?!data:)""", text)  # nothing loaded from elsewhere
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
     assert len(images) == 3 and all(base64.b64decode(i).startswith(PNG) for i in images)
-    assert text.count("<table>") == 1 and text.count("<tr>") == 11
+    assert text.count("<table>") == 2 and text.count("<tr>") == 11 + 6  # the loss-by-method table and every cell
 
 
 def test_report_takes_the_sweep_title(tmp_path):
@@ -149,12 +180,12 @@ def test_html_report_renders_in_a_headless_browser(tmp_path):
             page.goto(rep.html.resolve().as_uri())
             page.wait_for_load_state("load")
             tables = page.locator("table")
-            assert tables.count() == 1
-            for i in range(tables.count()):
+            assert tables.count() == 2  # loss by method (settings x methods), then every cell
+            for i, (rows, heads) in enumerate(((5, 2 + 2), (10, 3 + 8))):
                 table = tables.nth(i)
                 assert table.is_visible()
-                assert table.locator("tbody tr").count() == 10
-                assert table.locator("th").count() == 3 + 8
+                assert table.locator("tbody tr").count() == rows
+                assert table.locator("th").count() == heads
                 box = table.bounding_box()
                 assert box is not None and box["width"] > 100 and box["height"] > 100
             images = page.locator("img")

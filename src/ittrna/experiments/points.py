@@ -122,6 +122,7 @@ def evaluate_point(point: Point, key: str, data: DataSettings, payload: ModelPay
         "fraction_cells_written": float(result.get("fraction_cells_written", 0.0)),
         "iterations": int(result.get("iterations", 0)),
         "forward_passes": int(result.get("forward_passes", 0)),
+        "ondevice_writes": int(result.get("ondevice_writes", 0)),
         "val_accuracy": float(val_acc) if isinstance(val_acc, (int, float)) else None,
         "seconds": float(result["seconds"]),
         "wall_seconds": time.perf_counter() - t0,

@@ -9,14 +9,14 @@ import json
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ittrna._io import atomic_write, atomic_write_text
 
-__all__ = ["Report", "format_table", "plot_collapse", "plot_curves", "plot_writes", "summarize", "write_csv",
-           "write_report"]
+__all__ = ["Pivot", "Report", "format_table", "pivot", "plot_collapse", "plot_curves", "plot_writes", "summarize",
+           "write_csv", "write_report"]
 
 _AXIS_LABEL = {"saf_rate": "stuck-at-fault rate", "sigma": "variation sigma (log G)"}
 
@@ -139,6 +139,73 @@ def summarize(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     return rows, shown
 
 
+@dataclass
+class Pivot:
+    """One (model, dataset)'s cells as a wide table: a row per setting, a column per method.
+
+    Attributes:
+        model, dataset: the group.
+        settings: the setting columns (the shown cell columns but model, dataset and method).
+        methods: the method columns, in the order given.
+        rows: per setting, its values and per method the cell (a :func:`summarize` row) or ``None``.
+    """
+
+    model: str
+    dataset: str
+    settings: list[str]
+    methods: list[str]
+    rows: list[tuple[list[Any], list[dict[str, Any] | None]]]
+
+
+def pivot(rows: Sequence[dict[str, Any]], shown: Sequence[str],
+          method_order: Sequence[str] | None = None) -> list[Pivot]:
+    """The cells of :func:`summarize` as wide tables, one per (model, dataset): setting × method.
+
+    Args:
+        rows, shown: what :func:`summarize` returned.
+        method_order: method columns in this order (``none`` first, then the order of a sweep's config is what a
+            report passes); methods not named follow alphabetically.
+
+    Returns:
+        One :class:`Pivot` per (model, dataset), settings in the rows' (sorted) order.
+    """
+    settings = [c for c in shown if c not in ("model", "dataset", "method")]
+    order = list(method_order or [])
+    out = []
+    for (model, dataset), rs in _groups(rows).items():
+        present = {str(r["method"]) for r in rs}
+        methods = [m for m in order if m in present] + sorted(present - set(order))
+        table: dict[str, tuple[list[Any], dict[str, dict[str, Any]]]] = {}
+        for r in rs:
+            values = [r.get(c) for c in settings]
+            table.setdefault(json.dumps(values), (values, {}))[1][str(r["method"])] = r
+        out.append(Pivot(model, dataset, settings, methods,
+                         [(values, [cells.get(m) for m in methods]) for values, cells in table.values()]))
+    return out
+
+
+def _loss_text(cell: dict[str, Any] | None, chips: int = 0) -> str:
+    """``loss ± std``, with ``(n=K)`` where the cell has fewer chips than ``chips`` (a sweep still running)."""
+    if cell is None:
+        return ""
+    text = f"{100 * cell['loss_mean']:.2f} ± {_pct(cell['chip_accuracy_std'])}"
+    return text + (f" (n={cell['chips']})" if cell["chips"] < chips else "")
+
+
+def _most_chips(p: Pivot) -> int:
+    return max((c["chips"] for _, cells in p.rows for c in cells if c is not None), default=0)
+
+
+def _method_order(records: Sequence[dict[str, Any]]) -> list[str]:
+    """``none`` first, then methods in the order their first record appears (a sweep's grid order)."""
+    seen = dict.fromkeys(str(r.get("method")) for r in records)
+    return ["none", *[m for m in seen if m != "none"]]
+
+
+_PIVOT_NOTE = ("Loss in points (software − chip accuracy), mean ± sample std over chips; (n=K): fewer chips than "
+               "the other cells; a negative loss means the method's retraining beat the software model.")
+
+
 def _pct(x: float) -> str:
     return "—" if math.isnan(x) else f"{100 * x:.2f}"
 
@@ -256,15 +323,29 @@ class Report:
     plots: list[Path]
     html: Path | None = None
     records: int = 0
+    pivots: list[Pivot] = field(default_factory=list)
+
+
+def _software_text(p: Pivot) -> str:
+    soft = {round(c["software_accuracy"], 6) for _, cells in p.rows for c in cells if c is not None}
+    return f" (software {_pct(soft.pop())} %)" if len(soft) == 1 else ""
 
 
 def _markdown(title: str, rows: Sequence[dict[str, Any]], shown: Sequence[str], plots: Sequence[Path],
-              n_records: int) -> str:
+              n_records: int, pivots: Sequence[Pivot] = ()) -> str:
     out = [f"# {title}", "", f"{n_records} records, {len(rows)} cells. Chip accuracy over chips: mean ± sample "
            "std and the 95 % confidence interval of the mean (Student t); loss = software − chip, in points.", ""]
+    if pivots:
+        out += ["## Loss by method", "", _PIVOT_NOTE, ""]
+    for p in pivots:
+        out += [f"### {p.model} on {p.dataset}{_software_text(p)}", "",
+                "| " + " | ".join([*p.settings, *p.methods]) + " |", "|" + "---|" * (len(p.settings) + len(p.methods))]
+        for values, cells in p.rows:
+            out.append("| " + " | ".join([*(_cell_text(v) for v in values), *(_loss_text(c, _most_chips(p)) for c in cells)]) + " |")
+        out.append("")
     for (model, dataset), rs in _groups(rows).items():
         cols = [c for c in shown if c not in ("model", "dataset")]
-        out += [f"## {model} on {dataset}", "", "| " + " | ".join([*cols, *_HEAD]) + " |",
+        out += [f"## {model} on {dataset}: every cell", "", "| " + " | ".join([*cols, *_HEAD]) + " |",
                 "|" + "---|" * (len(cols) + len(_HEAD))]
         for r in rs:
             out.append("| " + " | ".join(_row_cells(r, cols)) + " |")
@@ -275,7 +356,7 @@ def _markdown(title: str, rows: Sequence[dict[str, Any]], shown: Sequence[str], 
 
 
 def _html(title: str, rows: Sequence[dict[str, Any]], shown: Sequence[str], plots: Sequence[Path],
-          n_records: int) -> str:
+          n_records: int, pivots: Sequence[Pivot] = ()) -> str:
     import base64
     import html
 
@@ -287,9 +368,19 @@ def _html(title: str, rows: Sequence[dict[str, Any]], shown: Sequence[str], plot
              "margin:1em 0}</style></head><body>", f"<h1>{e(title)}</h1>",
              f"<p>{n_records} records, {len(rows)} cells. Chip accuracy over chips: mean ± sample std and the 95 % "
              "confidence interval of the mean (Student t); loss = software − chip, in points.</p>"]
+    if pivots:
+        parts.append(f"<h2>Loss by method</h2><p>{e(_PIVOT_NOTE)}</p>")
+    for p in pivots:
+        parts.append(f"<h3>{e(p.model)} on {e(p.dataset)}{e(_software_text(p))}</h3>")
+        parts.append('<div class="t"><table><thead><tr>'
+                     + "".join(f"<th>{e(h)}</th>" for h in [*p.settings, *p.methods]) + "</tr></thead><tbody>")
+        for values, cells in p.rows:
+            parts.append("<tr>" + "".join(f'<td class="l">{e(_cell_text(v))}</td>' for v in values)
+                         + "".join(f"<td>{e(_loss_text(c, _most_chips(p)))}</td>" for c in cells) + "</tr>")
+        parts.append("</tbody></table></div>")
     for (model, dataset), rs in _groups(rows).items():
         cols = [c for c in shown if c not in ("model", "dataset")]
-        parts.append(f"<h2>{e(model)} on {e(dataset)}</h2>")
+        parts.append(f"<h2>{e(model)} on {e(dataset)}: every cell</h2>")
         parts.append('<div class="t"><table><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in [*cols, *_HEAD])
                      + "</tr></thead><tbody>")
         for r in rs:
@@ -344,10 +435,11 @@ def write_report(folder: str | Path, *, html: bool = False, title: str | None = 
         plots.append(p)
     name = title or _stored_title(root) or f"Sweep report: {root.resolve().name}"
     atomic_write_text(root / "report.csv", records_to_csv([{k: v for k, v in r.items()} for r in rows]))
+    pivots = pivot(rows, shown, _method_order(records))
     md = root / "report.md"
-    atomic_write_text(md, _markdown(name, rows, shown, plots, len(records)))
-    out = Report(rows, shown, md, plots, records=len(records))
+    atomic_write_text(md, _markdown(name, rows, shown, plots, len(records), pivots))
+    out = Report(rows, shown, md, plots, records=len(records), pivots=pivots)
     if html:
         out.html = root / "report.html"
-        atomic_write_text(out.html, _html(name, rows, shown, plots, len(records)))
+        atomic_write_text(out.html, _html(name, rows, shown, plots, len(records), pivots))
     return out

@@ -57,12 +57,12 @@ OPTIONAL_FIELDS: dict[str, str] = {
     "read_noise": _NONNEG, "miss_rate": _NONNEG, "theta_noise": _NONNEG, "pattern": _STR,
     "wall_seconds": _NONNEG, "max_writes_per_cell": _COUNT, "cells_worn_out": _COUNT,
     "fraction_cells_written": _NONNEG, "val_accuracy": _ACC, "torch_version": _STR,
-    "iterations": _COUNT, "forward_passes": _COUNT,
+    "iterations": _COUNT, "forward_passes": _COUNT, "ondevice_writes": _COUNT,
 }
 #: Measured fields (the rest of a record describes the point).
 MEASURES = ("software_accuracy", "chip_accuracy", "chip_accuracy_before", "writes", "writes_performed",
             "seconds", "wall_seconds", "max_writes_per_cell", "cells_worn_out", "fraction_cells_written",
-            "iterations", "forward_passes", "val_accuracy")
+            "iterations", "forward_passes", "ondevice_writes", "val_accuracy")
 
 
 class StoreLockedError(InputError):

@@ -140,7 +140,8 @@ def tolerate(
     issued_by_method = chip.writes_issued
     after = evaluate_deployment(model, chip, deployment, test, calibration)
     wear = chip.write_stats()
-    counts = session.counts() if session is not None else {"iterations": 0, "forward_passes": 0, "images": 0}
+    counts = session.counts() if session is not None else {"iterations": 0, "forward_passes": 0, "images": 0,
+                                                            "ondevice_writes": 0}
     result = {
         "method": method,
         "version": spec.version,
@@ -152,6 +153,7 @@ def tolerate(
         **{k: v for k, v in wear.items() if k != "writes_issued"},
         "iterations": counts["iterations"],
         "forward_passes": counts["forward_passes"],
+        "ondevice_writes": counts["ondevice_writes"],
         "evaluation_writes": chip.writes_issued - issued_by_method,
         "report": deployment.report,
     }
