@@ -92,11 +92,11 @@ def test_report_leads_with_loss_by_method(tmp_path):
     recs = [r for r in _records() if not (r["method"] == "remap" and r["chip_seed"] == 3 and r["sigma"] == 1.0)]
     rep = write_report(_store(tmp_path / "sweep", recs))
     md = rep.markdown.read_text()
-    head, rest = md.split("## mlp on mnist: every cell")
+    head, _ = md.split("## mlp on mnist: every cell")
     assert "## Loss by method" in head and "### mlp on mnist (software 95.00 %)" in head
     assert "| saf_rate | sigma | none | remap |" in head  # none first, then the store's order
     line = next(x for x in head.splitlines() if x.startswith("| 0 | 1 |"))
-    remap = [r for r in rep.rows if r["method"] == "remap" and r["sigma"] == 1.0][0]
+    remap = next(r for r in rep.rows if r["method"] == "remap" and r["sigma"] == 1.0)
     assert line.split(" | ")[-1] == f"{100 * remap['loss_mean']:.2f} ± {100 * remap['chip_accuracy_std']:.2f} (n=2) |"
 
 

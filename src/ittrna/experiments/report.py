@@ -338,10 +338,13 @@ def _markdown(title: str, rows: Sequence[dict[str, Any]], shown: Sequence[str], 
     if pivots:
         out += ["## Loss by method", "", _PIVOT_NOTE, ""]
     for p in pivots:
+        width = len(p.settings) + len(p.methods)
         out += [f"### {p.model} on {p.dataset}{_software_text(p)}", "",
-                "| " + " | ".join([*p.settings, *p.methods]) + " |", "|" + "---|" * (len(p.settings) + len(p.methods))]
+                "| " + " | ".join([*p.settings, *p.methods]) + " |", "|" + "---|" * width]
+        most = _most_chips(p)
         for values, cells in p.rows:
-            out.append("| " + " | ".join([*(_cell_text(v) for v in values), *(_loss_text(c, _most_chips(p)) for c in cells)]) + " |")
+            texts = [*(_cell_text(v) for v in values), *(_loss_text(c, most) for c in cells)]
+            out.append("| " + " | ".join(texts) + " |")
         out.append("")
     for (model, dataset), rs in _groups(rows).items():
         cols = [c for c in shown if c not in ("model", "dataset")]
