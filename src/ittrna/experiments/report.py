@@ -337,12 +337,12 @@ def _markdown(title: str, rows: Sequence[dict[str, Any]], shown: Sequence[str], 
            "std and the 95 % confidence interval of the mean (Student t); loss = software − chip, in points.", ""]
     if pivots:
         out += ["## Loss by method", "", _PIVOT_NOTE, ""]
-    for p in pivots:
-        width = len(p.settings) + len(p.methods)
-        out += [f"### {p.model} on {p.dataset}{_software_text(p)}", "",
-                "| " + " | ".join([*p.settings, *p.methods]) + " |", "|" + "---|" * width]
-        most = _most_chips(p)
-        for values, cells in p.rows:
+    for pv in pivots:
+        width = len(pv.settings) + len(pv.methods)
+        out += [f"### {pv.model} on {pv.dataset}{_software_text(pv)}", "",
+                "| " + " | ".join([*pv.settings, *pv.methods]) + " |", "|" + "---|" * width]
+        most = _most_chips(pv)
+        for values, cells in pv.rows:
             texts = [*(_cell_text(v) for v in values), *(_loss_text(c, most) for c in cells)]
             out.append("| " + " | ".join(texts) + " |")
         out.append("")
@@ -373,13 +373,14 @@ def _html(title: str, rows: Sequence[dict[str, Any]], shown: Sequence[str], plot
              "confidence interval of the mean (Student t); loss = software − chip, in points.</p>"]
     if pivots:
         parts.append(f"<h2>Loss by method</h2><p>{e(_PIVOT_NOTE)}</p>")
-    for p in pivots:
-        parts.append(f"<h3>{e(p.model)} on {e(p.dataset)}{e(_software_text(p))}</h3>")
+    for pv in pivots:
+        parts.append(f"<h3>{e(pv.model)} on {e(pv.dataset)}{e(_software_text(pv))}</h3>")
         parts.append('<div class="t"><table><thead><tr>'
-                     + "".join(f"<th>{e(h)}</th>" for h in [*p.settings, *p.methods]) + "</tr></thead><tbody>")
-        for values, cells in p.rows:
+                     + "".join(f"<th>{e(h)}</th>" for h in [*pv.settings, *pv.methods]) + "</tr></thead><tbody>")
+        most = _most_chips(pv)
+        for values, cells in pv.rows:
             parts.append("<tr>" + "".join(f'<td class="l">{e(_cell_text(v))}</td>' for v in values)
-                         + "".join(f"<td>{e(_loss_text(c, _most_chips(p)))}</td>" for c in cells) + "</tr>")
+                         + "".join(f"<td>{e(_loss_text(c, most))}</td>" for c in cells) + "</tr>")
         parts.append("</tbody></table></div>")
     for (model, dataset), rs in _groups(rows).items():
         cols = [c for c in shown if c not in ("model", "dataset")]
