@@ -388,9 +388,9 @@ def _html(title: str, rows: Sequence[dict[str, Any]], shown: Sequence[str], plot
         parts.append('<div class="t"><table><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in [*cols, *_HEAD])
                      + "</tr></thead><tbody>")
         for r in rs:
-            cells = _row_cells(r, cols)
+            texts = _row_cells(r, cols)
             parts.append("<tr>" + "".join(f'<td class="l">{e(c)}</td>' if i < len(cols) else f"<td>{e(c)}</td>"
-                                          for i, c in enumerate(cells)) + "</tr>")
+                                          for i, c in enumerate(texts)) + "</tr>")
         parts.append("</tbody></table></div>")
     for p in plots:
         data = base64.b64encode(p.read_bytes()).decode("ascii")
