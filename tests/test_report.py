@@ -9,6 +9,7 @@ import math
 import random
 import re
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,35 @@ def test_html_report_renders_in_a_headless_browser(tmp_path):
             assert (tmp_path / "report.png").read_bytes().startswith(PNG)
         finally:
             browser.close()
+
+
+# --- benchmarks/paper_claims.py: the claims table of docs/REPRODUCTION.md -------------------------------------
+def _claims_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_claims.py"
+    spec = importlib.util.spec_from_file_location("paper_claims", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_claims_table_charges_retraining_gains_back_to_the_strict_reference(tmp_path):
+    recs = []
+    for method, ideal, sigma1 in (("none", 0.95, 0.60), ("remap", 0.95, 0.93), ("aft", 0.96, 0.955)):
+        for sigma, acc in ((0.0, ideal), (1.0, sigma1)):
+            for chip in (1, 2):
+                recs.append({"key": f"{method}-{sigma}-{chip}", "model": "mlp", "dataset": "mnist", "saf_rate": 0.0,
+                             "sigma": sigma, "method": method, "chip_seed": chip, "software_accuracy": 0.95,
+                             "chip_accuracy": acc + (0.01 if chip == 2 else -0.01), "chip_accuracy_before": acc,
+                             "writes": 10, "writes_performed": 10, "seconds": 1.0, "method_version": 1,
+                             "ittrna_version": "0.1.0", "model_sha256": "s" * 64})
+    claims = _claims_module()
+    text = claims.claims_table([_store(tmp_path / "sweep", recs)])
+    assert "software 95.00 %, strict reference 96.00 % (`aft` on the ideal chip)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| σ 1.0 |"))
+    std = 100 * statistics.stdev([0.945, 0.965])
+    assert row == (f"| σ 1.0 | < 1.1 | 35.00 ± {std:.2f} | `remap` 2.00 ± {std:.2f} | -0.50 ± {std:.2f} | "
+                   f"0.50 ± {std:.2f} |")
+    assert "SAF 20 %" not in text  # settings the sweep did not run are left out
+    assert claims.main([str(tmp_path / "nothing")]) == 1

@@ -107,7 +107,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     """One row per grid cell (every point field but the chip seed): the chips, mean ± std (sample) and 95 %
     confidence interval of the chip accuracy (Student t, n - 1 degrees of freedom, clipped to [0, 1]; none for
     one chip), the
-    software accuracy, the loss in points, the accuracy before the method, writes and seconds. Returns
+    software accuracy, the loss in points, the accuracy before the method, writes (all, and on-device: after the
+    first programming), on-device iterations and seconds. Returns
     (rows, the cell columns worth showing)."""
     from scipy import stats
 
@@ -129,6 +130,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
                    ci95_low=low, ci95_high=high, loss_mean=soft - mean,
                    chip_accuracy_before_mean=statistics.fmean(float(r["chip_accuracy_before"]) for r in members),
                    writes_mean=statistics.fmean(float(r["writes"]) for r in members),
+                   ondevice_writes_mean=statistics.fmean(float(r.get("ondevice_writes") or 0) for r in members),
+                   iterations_mean=statistics.fmean(float(r.get("iterations") or 0) for r in members),
                    seconds_mean=statistics.fmean(float(r["seconds"]) for r in members))
         rows.append(row)
 
