@@ -506,3 +506,18 @@ def test_shipped_sweep_configs_validate(name):
     if name == "quick":
         assert {p.method for p in spec.points} == {"none", "program", "remap", "remap-fat"}
         assert len(spec.points) <= 48
+
+
+@pytest.mark.parametrize("part, full", [("1-cnn-claims", "paper-cnn"), ("2-mlp-claims", "paper-mlp"),
+                                        ("3-cnn-rest", "paper-cnn")])
+def test_paper_order_configs_are_subsets_of_the_full_studies(part, full):
+    """configs/paper-order/ runs the claim settings first into the full study's folder: every point it computes
+    must be one of the full config's points (same content, same data), so the full run reuses them."""
+    from ittrna.experiments.grid import load_spec
+
+    sub = load_spec(ROOT / "configs" / "paper-order" / f"{part}.toml")
+    whole = load_spec(ROOT / "configs" / f"{full}.toml")
+    assert sub.data == whole.data
+    whole_points = {p.content() for p in whole.points}
+    assert sub.points and all(p.content() in whole_points for p in sub.points)
+    assert len(sub.points) < len(whole.points)
