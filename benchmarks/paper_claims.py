@@ -10,7 +10,7 @@ on the ideal chip of the same sweep (no faults, no variation, no noise). Retrain
 software model a little further, so against the software model they can show negative losses; the strict loss
 charges that back.
 
-    python benchmarks/paper_claims.py runs/paper-mlp runs/paper-cnn
+    python benchmarks/paper_claims.py docs/results/paper-mlp docs/results/paper-cnn
 """
 
 from __future__ import annotations
