@@ -89,6 +89,23 @@ def test_pivot_is_one_row_per_setting_and_a_column_per_method():
     assert by_setting[(0.0, 0.0)][2]["loss_mean"] < 0
 
 
+def test_pivot_names_a_method_version_only_where_the_store_mixes_several():
+    recs = _records()
+    for r in recs:
+        if r["method"] == "remap":
+            r["method_version"] = 2  # another method's version is not a setting: no extra rows
+    rows, shown = summarize(recs)
+    (p,) = pivot(rows, shown, ["none", "remap"])
+    assert p.settings == ["saf_rate", "sigma"] and p.methods == ["none", "remap"] and len(p.rows) == 5
+    old = [{**r, "key": r["key"] + "-v1", "method_version": 1, "chip_accuracy": 0.5}
+           for r in recs if r["method"] == "remap"]  # the same method at two versions: two columns
+    rows, shown = summarize(recs + old)
+    (p,) = pivot(rows, shown, ["none", "remap"])
+    assert p.methods == ["none", "remap v1", "remap v2"] and len(p.rows) == 5
+    for _, cells in p.rows:
+        assert cells[1]["method_version"] == 1 and cells[2]["method_version"] == 2
+
+
 def test_report_leads_with_loss_by_method(tmp_path):
     recs = [r for r in _records() if not (r["method"] == "remap" and r["chip_seed"] == 3 and r["sigma"] == 1.0)]
     rep = write_report(_store(tmp_path / "sweep", recs))

@@ -172,16 +172,25 @@ def pivot(rows: Sequence[dict[str, Any]], shown: Sequence[str],
     Returns:
         One :class:`Pivot` per (model, dataset), settings in the rows' (sorted) order.
     """
-    settings = [c for c in shown if c not in ("model", "dataset", "method")]
+    settings = [c for c in shown if c not in ("model", "dataset", "method", "method_version")]
     order = list(method_order or [])
     out = []
     for (model, dataset), rs in _groups(rows).items():
-        present = {str(r["method"]) for r in rs}
-        methods = [m for m in order if m in present] + sorted(present - set(order))
+        versions: dict[str, set[Any]] = {}
+        for r in rs:
+            versions.setdefault(str(r["method"]), set()).add(r.get("method_version"))
+
+        def label(r: dict[str, Any]) -> str:  # a method's version is named only where the store mixes several
+            m = str(r["method"])
+            return m if len(versions[m]) == 1 else f"{m} v{r.get('method_version')}"
+
+        present = sorted({label(r) for r in rs}, key=lambda x: (x.split(" v")[0], x))
+        methods = [x for m in order for x in present if x.split(" v")[0] == m]
+        methods += [x for x in present if x not in methods]
         table: dict[str, tuple[list[Any], dict[str, dict[str, Any]]]] = {}
         for r in rs:
             values = [r.get(c) for c in settings]
-            table.setdefault(json.dumps(values), (values, {}))[1][str(r["method"])] = r
+            table.setdefault(json.dumps(values), (values, {}))[1][label(r)] = r
         out.append(Pivot(model, dataset, settings, methods,
                          [(values, [cells.get(m) for m in methods]) for values, cells in table.values()]))
     return out
