@@ -4,6 +4,7 @@ PNG plots and a self-contained ``report.html``; and the flag form's collapse tab
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -179,11 +180,7 @@ def pivot(rows: Sequence[dict[str, Any]], shown: Sequence[str],
         versions: dict[str, set[Any]] = {}
         for r in rs:
             versions.setdefault(str(r["method"]), set()).add(r.get("method_version"))
-
-        def label(r: dict[str, Any]) -> str:  # a method's version is named only where the store mixes several
-            m = str(r["method"])
-            return m if len(versions[m]) == 1 else f"{m} v{r.get('method_version')}"
-
+        label = functools.partial(_method_label, versions=versions)
         present = sorted({label(r) for r in rs}, key=lambda x: (x.split(" v")[0], x))
         methods = [x for m in order for x in present if x.split(" v")[0] == m]
         methods += [x for x in present if x not in methods]
@@ -194,6 +191,12 @@ def pivot(rows: Sequence[dict[str, Any]], shown: Sequence[str],
         out.append(Pivot(model, dataset, settings, methods,
                          [(values, [cells.get(m) for m in methods]) for values, cells in table.values()]))
     return out
+
+
+def _method_label(r: dict[str, Any], versions: dict[str, set[Any]]) -> str:
+    """A pivot column's name: the method, with its version only where the store mixes several of it."""
+    m = str(r["method"])
+    return m if len(versions[m]) == 1 else f"{m} v{r.get('method_version')}"
 
 
 def _loss_text(cell: dict[str, Any] | None, chips: int = 0) -> str:
