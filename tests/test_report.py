@@ -104,6 +104,10 @@ def test_pivot_names_a_method_version_only_where_the_store_mixes_several():
     assert p.methods == ["none", "remap v1", "remap v2"] and len(p.rows) == 5
     for _, cells in p.rows:
         assert cells[1]["method_version"] == 1 and cells[2]["method_version"] == 2
+    from ittrna.experiments.report import _series
+
+    curves = _series(rows, "saf_rate", shown)  # the plots' curve labels follow the same rule
+    assert set(curves) == {"sigma=0, none", "sigma=0, remap v1", "sigma=0, remap v2"}
 
 
 def test_report_leads_with_loss_by_method(tmp_path):

@@ -253,12 +253,15 @@ def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[s
 def _series(rows: Sequence[dict[str, Any]], x: str, shown: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """Curves along ``x``: one per combination of the other shown columns, kept with >= 2 x values."""
     out: dict[str, list[dict[str, Any]]] = {}
-    others = [c for c in shown if c not in (x, "model", "dataset")]
+    others = [c for c in shown if c not in (x, "model", "dataset", "method_version")]
+    versions: dict[str, set[Any]] = {}
+    for r in rows:
+        versions.setdefault(str(r["method"]), set()).add(r.get("method_version"))
     for r in rows:
         if not isinstance(r.get(x), (int, float)):
             continue
-        label = ", ".join(f"{r[c]}" if c == "method" else f"{c}={_cell_text(r[c])}" for c in others
-                          if r.get(c) is not None)
+        label = ", ".join(_method_label(r, versions) if c == "method" else f"{c}={_cell_text(r[c])}"
+                          for c in others if r.get(c) is not None)
         out.setdefault(label or "chip", []).append(r)
     return {k: sorted(v, key=lambda r: r[x]) for k, v in out.items() if len({r[x] for r in v}) >= 2}
 
