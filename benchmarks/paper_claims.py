@@ -8,7 +8,9 @@ of the best baseline, and of the ITT-RNA methods (``aft``, ``dynamic``, ``codesi
 Two references: the software model (the paper's) and a *strict* one, the best mean accuracy any method reached
 on the ideal chip of the same sweep (no faults, no variation, no noise). Retraining methods fine-tune the
 software model a little further, so against the software model they can show negative losses; the strict loss
-charges that back.
+charges that back. "Best baseline" is the baseline with the highest mean accuracy among those run at the
+setting (chosen after the fact, which favours the baselines). For on-device methods a line under the table
+gives their iterations and the writes after the first programming, mean per chip.
 
     python benchmarks/paper_claims.py docs/results/paper-mlp docs/results/paper-cnn
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ittrna.errors import InputError
-from ittrna.experiments.report import summarize
+from ittrna.experiments.report import points, summarize
 from ittrna.experiments.store import ResultStore
 
 #: Chip fields that make a chip imperfect (0 = perfect); a missing field counts as 0.
@@ -36,7 +38,7 @@ CLAIMS: list[tuple[str, dict[str, float], str]] = [
     ("σ 1.0", {"sigma": 1.0}, "< 1.1"),
     ("σ 1.5", {"sigma": 1.5}, "—"),
     ("σ 2.0", {"sigma": 2.0}, "—"),
-    ("SAF 10 %", {"saf_rate": 0.1}, "< 1"),
+    ("SAF 10 %", {"saf_rate": 0.1}, "—"),
     ("SAF 20 %", {"saf_rate": 0.2}, "< 1"),
     ("SAF 20 % + σ 1.0", {"saf_rate": 0.2, "sigma": 1.0}, "—"),
     ("hard chip (SAF 20 %, σ 1.0, noise, imperfect test)",
@@ -59,7 +61,7 @@ def _matches(row: dict[str, Any], claim: dict[str, float]) -> bool:
 def _loss(row: dict[str, Any], reference: float, chips: int) -> str:
     """``loss ± std`` in points against ``reference``; ``(n=K)`` where the cell has fewer than ``chips`` chips."""
     n = f" (n={row['chips']})" if row["chips"] < chips else ""
-    return f"{100 * (reference - row['chip_accuracy_mean']):.2f} ± {100 * row['chip_accuracy_std']:.2f}{n}"
+    return f"{points(reference - row['chip_accuracy_mean'])} ± {100 * row['chip_accuracy_std']:.2f}{n}"
 
 
 def claims_table(folders: Sequence[Path]) -> str:
@@ -87,6 +89,7 @@ def claims_table(folders: Sequence[Path]) -> str:
                     "| setting | paper (ITT-RNA) | `none` | best baseline | " + " | ".join(f"`{m}`" for m in mine)
                     + " | strict: " + ", ".join(f"`{m}`" for m in mine) + " |",
                     "|---|---|---|---|" + "---|" * len(mine) + "---|"]
+            notes: list[str] = []
             for name, claim, paper in CLAIMS:
                 cells = {str(r["method"]): r for r in rs if _matches(r, claim)}
                 if not cells:
@@ -94,17 +97,17 @@ def claims_table(folders: Sequence[Path]) -> str:
                 base = [cells[m] for m in BASELINES if m in cells]
                 top = max(base, key=lambda r: r["chip_accuracy_mean"], default=None)
                 ours = [cells.get(m) for m in mine]
-                extra = ""
-                cd = cells.get("codesign")
-                if cd is not None:
-                    extra = (f"; `codesign`: {cd['iterations_mean']:.1f} iterations, "
-                             f"{cd['ondevice_writes_mean']:.0f} writes after the first programming")
                 out.append(" | ".join([
                     f"| {name}", paper, _loss(cells["none"], soft, chips) if "none" in cells else "—",
                     f"`{top['method']}` {_loss(top, soft, chips)}" if top else "—",
                     *(_loss(r, soft, chips) if r else "—" for r in ours),
-                    ", ".join(_loss(r, strict, chips) if r else "—" for r in ours) + extra]) + " |")
-            out.append("")
+                    ", ".join(_loss(r, strict, chips) if r else "—" for r in ours)]) + " |")
+                cost = [f"`{m}` {cells[m]['iterations_mean']:,.0f} iterations, "
+                        f"{cells[m]['ondevice_writes_mean']:,.0f} writes after the first programming"
+                        for m in cells if cells[m]["iterations_mean"] > 0]
+                if cost:
+                    notes.append(f"On-device cost at {name}, mean per chip: " + "; ".join(cost) + ".")
+            out += ["", *notes, ""] if notes else [""]
     return "\n".join(out)
 
 

@@ -250,4 +250,21 @@ def test_claims_table_charges_retraining_gains_back_to_the_strict_reference(tmp_
     assert row == (f"| σ 1.0 | < 1.1 | 35.00 ± {std:.2f} | `remap` 2.00 ± {std:.2f} | -0.50 ± {std:.2f} | "
                    f"0.50 ± {std:.2f} |")
     assert "SAF 20 %" not in text  # settings the sweep did not run are left out
+    assert "On-device cost" not in text  # no method here wrote after the first programming
+    hard = {"saf_rate": 0.2, "sigma": 1.0, "program_noise": 0.1, "read_noise": 0.02, "miss_rate": 0.05,
+            "theta_noise": 0.2}
+    for method, iters, extra in (("none", 0, 0), ("codesign", 5, 1000), ("ondevice", 860, 3_000_000)):
+        for chip in (1, 2):
+            recs.append({**recs[0], **hard, "key": f"hard-{method}-{chip}", "method": method, "chip_seed": chip,
+                         "iterations": iters, "ondevice_writes": extra + chip, "chip_accuracy": 0.9})
+    text = claims.claims_table([_store(tmp_path / "sweep2", recs)])
+    assert ("On-device cost at hard chip (SAF 20 %, σ 1.0, noise, imperfect test), mean per chip: `codesign` 5 "
+            "iterations, 1,002 writes after the first programming; `ondevice` 860 iterations, 3,000,002 writes "
+            "after the first programming.") in text
     assert claims.main([str(tmp_path / "nothing")]) == 1
+
+
+def test_points_never_prints_minus_zero():
+    from ittrna.experiments.report import points
+
+    assert points(-0.00001) == "0.00" and points(-0.0051) == "-0.51" and points(0.1234) == "12.34"

@@ -508,7 +508,7 @@ def test_shipped_sweep_configs_validate(name):
         assert len(spec.points) <= 48
 
 
-@pytest.mark.parametrize("part, full", [("1-cnn-claims", "paper-cnn"), ("2-mlp-claims", "paper-mlp"),
+@pytest.mark.parametrize("part, full", [("1-mlp-claims", "paper-mlp"), ("2-cnn-claims", "paper-cnn"),
                                         ("3-cnn-rest", "paper-cnn")])
 def test_paper_order_configs_are_subsets_of_the_full_studies(part, full):
     """configs/paper-order/ runs the claim settings first into the full study's folder: every point it computes

@@ -16,8 +16,8 @@ from typing import Any
 
 from ittrna._io import atomic_write, atomic_write_text
 
-__all__ = ["Pivot", "Report", "format_table", "pivot", "plot_collapse", "plot_curves", "plot_writes", "summarize",
-           "write_csv", "write_report"]
+__all__ = ["Pivot", "Report", "format_table", "pivot", "plot_collapse", "plot_curves", "plot_writes", "points",
+           "summarize", "write_csv", "write_report"]
 
 _AXIS_LABEL = {"saf_rate": "stuck-at-fault rate", "sigma": "variation sigma (log G)"}
 
@@ -203,7 +203,7 @@ def _loss_text(cell: dict[str, Any] | None, chips: int = 0) -> str:
     """``loss ± std``, with ``(n=K)`` where the cell has fewer chips than ``chips`` (a sweep still running)."""
     if cell is None:
         return ""
-    text = f"{100 * cell['loss_mean']:.2f} ± {_pct(cell['chip_accuracy_std'])}"
+    text = f"{points(cell['loss_mean'])} ± {_pct(cell['chip_accuracy_std'])}"
     return text + (f" (n={cell['chips']})" if cell["chips"] < chips else "")
 
 
@@ -218,7 +218,14 @@ def _method_order(records: Sequence[dict[str, Any]]) -> list[str]:
 
 
 _PIVOT_NOTE = ("Loss in points (software − chip accuracy), mean ± sample std over chips; (n=K): fewer chips than "
-               "the other cells; a negative loss means the method's retraining beat the software model.")
+               "the other cells; an empty cell: not in the grid, or not run yet. A negative loss: the chips scored "
+               "above the software model (retraining can improve on it; otherwise it is the chip-to-chip spread).")
+
+
+def points(x: float) -> str:
+    """A fraction as points with two decimals; a value that rounds to zero is ``0.00``, never ``-0.00``."""
+    text = f"{100 * x:.2f}"
+    return "0.00" if text == "-0.00" else text
 
 
 def _pct(x: float) -> str:
@@ -239,7 +246,7 @@ def _row_cells(row: dict[str, Any], shown: Sequence[str]) -> list[str]:
     return [_cell_text(row[c]) for c in shown] + [
         str(row["chips"]), _pct(row["software_accuracy"]),
         f"{_pct(row['chip_accuracy_mean'])} ± {_pct(row['chip_accuracy_std'])}", ci,
-        f"{100 * row['loss_mean']:.2f}", _pct(row["chip_accuracy_before_mean"]), f"{row['writes_mean']:.0f}",
+        points(row["loss_mean"]), _pct(row["chip_accuracy_before_mean"]), f"{row['writes_mean']:.0f}",
         f"{row['seconds_mean']:.1f}"]
 
 
