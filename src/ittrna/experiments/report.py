@@ -177,10 +177,7 @@ def pivot(rows: Sequence[dict[str, Any]], shown: Sequence[str],
     order = list(method_order or [])
     out = []
     for (model, dataset), rs in _groups(rows).items():
-        versions: dict[str, set[Any]] = {}
-        for r in rs:
-            versions.setdefault(str(r["method"]), set()).add(r.get("method_version"))
-        label = functools.partial(_method_label, versions=versions)
+        label = functools.partial(_method_label, versions=_versions(rs))
         present = sorted({label(r) for r in rs}, key=lambda x: (x.split(" v")[0], x))
         methods = [x for m in order for x in present if x.split(" v")[0] == m]
         methods += [x for x in present if x not in methods]
@@ -190,6 +187,14 @@ def pivot(rows: Sequence[dict[str, Any]], shown: Sequence[str],
             table.setdefault(json.dumps(values), (values, {}))[1][label(r)] = r
         out.append(Pivot(model, dataset, settings, methods,
                          [(values, [cells.get(m) for m in methods]) for values, cells in table.values()]))
+    return out
+
+
+def _versions(rows: Sequence[dict[str, Any]]) -> dict[str, set[Any]]:
+    """The method versions present per method."""
+    out: dict[str, set[Any]] = {}
+    for r in rows:
+        out.setdefault(str(r["method"]), set()).add(r.get("method_version"))
     return out
 
 
@@ -261,9 +266,7 @@ def _series(rows: Sequence[dict[str, Any]], x: str, shown: Sequence[str]) -> dic
     """Curves along ``x``: one per combination of the other shown columns, kept with >= 2 x values."""
     out: dict[str, list[dict[str, Any]]] = {}
     others = [c for c in shown if c not in (x, "model", "dataset", "method_version")]
-    versions: dict[str, set[Any]] = {}
-    for r in rows:
-        versions.setdefault(str(r["method"]), set()).add(r.get("method_version"))
+    versions = _versions(rows)
     for r in rows:
         if not isinstance(r.get(x), (int, float)):
             continue
