@@ -178,8 +178,9 @@ def pivot(rows: Sequence[dict[str, Any]], shown: Sequence[str],
     out = []
     for (model, dataset), rs in _groups(rows).items():
         label = functools.partial(_method_label, versions=_versions(rs))
-        present = sorted({label(r) for r in rs}, key=lambda x: (x.split(" v")[0], x))
-        methods = [x for m in order for x in present if x.split(" v")[0] == m]
+        method_of = {label(r): str(r["method"]) for r in rs}  # column label -> method (no parsing of labels)
+        present = sorted(method_of, key=lambda x: (method_of[x], x))
+        methods = [x for m in order for x in present if method_of[x] == m]
         methods += [x for x in present if x not in methods]
         table: dict[str, tuple[list[Any], dict[str, dict[str, Any]]]] = {}
         for r in rs:
