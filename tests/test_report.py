@@ -106,8 +106,24 @@ def test_pivot_names_a_method_version_only_where_the_store_mixes_several():
         assert cells[1]["method_version"] == 1 and cells[2]["method_version"] == 2
     from ittrna.experiments.report import _series
 
-    curves = _series(rows, "saf_rate", shown)  # the plots' curve labels follow the same rule
-    assert set(curves) == {"sigma=0, none", "sigma=0, remap v1", "sigma=0, remap v2"}
+    curves, shared = _series(rows, "saf_rate", shown)  # the plots' curve labels follow the same rule
+    assert set(curves) == {"none", "remap v1", "remap v2"} and shared == "sigma=0"
+
+
+def test_curve_labels_name_only_what_differs_between_curves():
+    from ittrna.experiments.report import _series
+
+    recs = _records()
+    rows, shown = summarize(recs)
+    curves, shared = _series(rows, "sigma", shown)  # sigma curves only at saf_rate 0: the labels drop it
+    assert set(curves) == {"none", "remap"} and shared == "saf_rate=0"
+    extra = [{**r, "key": r["key"] + "-x", "saf_rate": 0.1} for r in recs if r["sigma"] == 0.5]
+    rows, shown = summarize(recs + extra)  # now also sigma curves at saf_rate 0.1 (sigma 0 and 0.5)
+    curves, shared = _series(rows, "sigma", shown)
+    assert shared == "" and set(curves) == {f"saf_rate={s}, {m}" for s in ("0", "0.1") for m in ("none", "remap")}
+    alone = [r for r in rows if r["method"] == "none" and r["saf_rate"] == 0.0]
+    curves, shared = _series(alone, "sigma", shown)  # one curve: the method is still named
+    assert list(curves) == ["none"] and shared == "saf_rate=0" and len(curves["none"]) == 3
 
 
 def test_report_leads_with_loss_by_method(tmp_path):
@@ -268,3 +284,12 @@ def test_points_never_prints_minus_zero():
     from ittrna.experiments.report import points
 
     assert points(-0.00001) == "0.00" and points(-0.0051) == "-0.51" and points(0.1234) == "12.34"
+
+
+def test_every_method_keeps_one_distinct_colour_across_a_report():
+    from ittrna.experiments.report import _method_colors
+
+    rows = [{"method": m} for m in ["none", "aft", "none"] + [f"m{i}" for i in range(12)]]
+    colours = _method_colors(rows)
+    assert list(colours)[:2] == ["none", "aft"] and len(colours) == 14
+    assert len(set(colours.values())) == 14  # past ten methods the palette widens rather than repeats

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import statistics
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,25 +264,51 @@ def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[s
     return out
 
 
-def _series(rows: Sequence[dict[str, Any]], x: str, shown: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """Curves along ``x``: one per combination of the other shown columns, kept with >= 2 x values."""
-    out: dict[str, list[dict[str, Any]]] = {}
+def _series(rows: Sequence[dict[str, Any]], x: str,
+            shown: Sequence[str]) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """Curves along ``x``: one per combination of the other shown columns, kept with >= 2 x values.
+
+    Returns:
+        The curves by label, and the settings every kept curve shares ("sigma=0, program_noise=0"), which
+        the labels leave out so that they name only what tells the curves apart (the method always stays).
+    """
     others = [c for c in shown if c not in (x, "model", "dataset", "method_version")]
     versions = _versions(rows)
+    keyed: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
     for r in rows:
         if not isinstance(r.get(x), (int, float)):
             continue
-        label = ", ".join(_method_label(r, versions) if c == "method" else f"{c}={_cell_text(r[c])}"
-                          for c in others if r.get(c) is not None)
-        out.setdefault(label or "chip", []).append(r)
-    return {k: sorted(v, key=lambda r: r[x]) for k, v in out.items() if len({r[x] for r in v}) >= 2}
+        key = tuple((c, _method_label(r, versions) if c == "method" else f"{c}={_cell_text(r[c])}")
+                    for c in others if r.get(c) is not None)
+        keyed.setdefault(key, []).append(r)
+    kept = {k: sorted(v, key=lambda r: r[x]) for k, v in keyed.items() if len({r[x] for r in v}) >= 2}
+    if not kept:
+        return {}, ""
+    common = {(c, t) for c, t in set.intersection(*(set(k) for k in kept)) if c != "method"}
+    series = {", ".join(t for c, t in k if (c, t) not in common) or "chip": v
+              for k, v in kept.items()}
+    shared = ", ".join(t for c, t in next(iter(kept)) if (c, t) in common)
+    return series, shared
+
+
+_LINE_STYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
+_MARKERS = ("o", "s", "^", "D", "v")
+
+
+def _method_colors(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One colour per method, the same in every panel and plot of a report (tab10, tab20 past ten)."""
+    import matplotlib
+
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    cmap = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"]
+    return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
 
 
 def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], shown: Sequence[str], x: str) -> bool:
     """Chip accuracy (mean, 95 % CI bars) against ``x`` per method, one panel per (model, dataset), the
     software accuracy dashed; False (nothing written) when no curve has two x values."""
     groups = {g: _series(rs, x, shown) for g, rs in _groups(rows).items()}
-    groups = {g: s for g, s in groups.items() if s}
+    groups = {g: s for g, s in groups.items() if s[0]}
     if not groups:
         return False
     import matplotlib
@@ -289,18 +316,23 @@ def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], shown: Sequenc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    color = _method_colors(rows)
+    variant_of = [c for c in shown if c not in (x, "model", "dataset", "method", "method_version")]
     fig, axes = plt.subplots(1, len(groups), figsize=(8.5 * len(groups), 4.4), squeeze=False)
-    for ax, ((model, dataset), series) in zip(axes[0], groups.items(), strict=True):
+    for ax, ((model, dataset), (series, shared)) in zip(axes[0], groups.items(), strict=True):
         soft = []
+        variants: dict[str, int] = {}  # one method, one colour; the other settings, one line style each
         for label, rs in series.items():
+            v = variants.setdefault(json.dumps([_cell_text(rs[0].get(c)) for c in variant_of]), len(variants))
             yerr = [[0.0 if math.isnan(r["ci95_low"]) else 100 * (r["chip_accuracy_mean"] - r["ci95_low"]) for r in rs],
                     [0.0 if math.isnan(r["ci95_high"]) else 100 * (r["ci95_high"] - r["chip_accuracy_mean"])
                      for r in rs]]
-            ax.errorbar([r[x] for r in rs], [100 * r["chip_accuracy_mean"] for r in rs], yerr=yerr, marker="o",
-                        capsize=3, label=label)
+            ax.errorbar([r[x] for r in rs], [100 * r["chip_accuracy_mean"] for r in rs], yerr=yerr,
+                        color=color[str(rs[0]["method"])], ls=_LINE_STYLES[v % len(_LINE_STYLES)],
+                        marker=_MARKERS[v % len(_MARKERS)], capsize=3, label=label)
             soft += [r["software_accuracy"] for r in rs]
         ax.axhline(100 * statistics.fmean(soft), color="gray", ls="--", label="software")
-        ax.set_title(f"{model} / {dataset}")
+        ax.set_title(f"{model} / {dataset}" + ("\n" + textwrap.fill(shared, 90) if shared else ""), fontsize=9)
         ax.set_xlabel(_PLOT_AXES.get(x, x))
         ax.set_ylabel("chip accuracy (%), mean and 95 % CI")
         ax.set_ylim(0, 101)
@@ -324,11 +356,13 @@ def plot_writes(path: str | Path, rows: Sequence[dict[str, Any]]) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    color = _method_colors(rows)  # the colours of the curve plots
     fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.4), squeeze=False)
     for ax, ((model, dataset), rs) in zip(axes[0], groups.items(), strict=True):
         for method in dict.fromkeys(str(r["method"]) for r in rs):
             sel = [r for r in rs if r["method"] == method]
-            ax.scatter([r["writes_mean"] for r in sel], [100 * r["chip_accuracy_mean"] for r in sel], label=method)
+            ax.scatter([r["writes_mean"] for r in sel], [100 * r["chip_accuracy_mean"] for r in sel],
+                       color=color[method], label=method)
         ax.set_xscale("log")
         ax.set_title(f"{model} / {dataset}")
         ax.set_xlabel("cell writes issued per chip (log)")
