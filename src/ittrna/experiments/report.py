@@ -20,7 +20,7 @@ from ittrna._io import atomic_write, atomic_write_text
 __all__ = ["Pivot", "Report", "format_table", "pivot", "plot_collapse", "plot_curves", "plot_writes", "points",
            "summarize", "write_csv", "write_report"]
 
-_AXIS_LABEL = {"saf_rate": "stuck-at-fault rate", "sigma": "variation sigma (log G)"}
+_PLOT_AXES = {"saf_rate": "stuck-at-fault rate", "sigma": "variation σ (log G)"}
 
 
 def format_table(rows: Sequence[dict[str, Any]], ideal: float | None = None) -> str:
@@ -61,7 +61,7 @@ def plot_collapse(path: str | Path, rows: Sequence[dict[str, Any]], *, title: st
                     yerr=[100 * r["std"] for r in sel], marker="o", capsize=3, label="on chip (mean ± std)")
         if ideal is not None:
             ax.axhline(100 * ideal, color="gray", ls="--", label="software")
-        ax.set_xlabel(_AXIS_LABEL.get(name, name))
+        ax.set_xlabel(_PLOT_AXES.get(name, name))
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
@@ -76,7 +76,6 @@ def plot_collapse(path: str | Path, rows: Sequence[dict[str, Any]], *, title: st
 _NOT_CELL = {"key", "chip_seed", "ittrna_version", "torch_version"}
 """Record fields that never split a cell (a cell's records differ in them)."""
 _ALWAYS = ("model", "dataset", "method")
-_PLOT_AXES = {"saf_rate": "stuck-at-fault rate", "sigma": "variation σ (log G)"}
 
 
 def _cell_columns(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
@@ -264,6 +263,11 @@ def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[s
     return out
 
 
+def _curve_columns(shown: Sequence[str], x: str) -> list[str]:
+    """The shown columns that tell curves along ``x`` apart (the method among them; its version is not)."""
+    return [c for c in shown if c not in (x, "model", "dataset", "method_version")]
+
+
 def _series(rows: Sequence[dict[str, Any]], x: str,
             shown: Sequence[str]) -> tuple[dict[str, list[dict[str, Any]]], str]:
     """Curves along ``x``: one per combination of the other shown columns, kept with >= 2 x values.
@@ -272,7 +276,7 @@ def _series(rows: Sequence[dict[str, Any]], x: str,
         The curves by label, and the settings every kept curve shares ("sigma=0, program_noise=0"), which
         the labels leave out so that they name only what tells the curves apart (the method always stays).
     """
-    others = [c for c in shown if c not in (x, "model", "dataset", "method_version")]
+    others = _curve_columns(shown, x)
     versions = _versions(rows)
     keyed: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
     for r in rows:
@@ -317,13 +321,13 @@ def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], shown: Sequenc
     import matplotlib.pyplot as plt
 
     color = _method_colors(rows)
-    variant_of = [c for c in shown if c not in (x, "model", "dataset", "method", "method_version")]
+    variant_of = [c for c in _curve_columns(shown, x) if c != "method"]
     fig, axes = plt.subplots(1, len(groups), figsize=(8.5 * len(groups), 4.4), squeeze=False)
     for ax, ((model, dataset), (series, shared)) in zip(axes[0], groups.items(), strict=True):
         soft = []
-        variants: dict[str, int] = {}  # one method, one colour; the other settings, one line style each
+        variants: dict[tuple[str, ...], int] = {}  # one method, one colour; the other settings, one line style
         for label, rs in series.items():
-            v = variants.setdefault(json.dumps([_cell_text(rs[0].get(c)) for c in variant_of]), len(variants))
+            v = variants.setdefault(tuple(_cell_text(rs[0].get(c)) for c in variant_of), len(variants))
             yerr = [[0.0 if math.isnan(r["ci95_low"]) else 100 * (r["chip_accuracy_mean"] - r["ci95_low"]) for r in rs],
                     [0.0 if math.isnan(r["ci95_high"]) else 100 * (r["ci95_high"] - r["chip_accuracy_mean"])
                      for r in rs]]
