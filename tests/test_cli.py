@@ -250,3 +250,57 @@ def test_tolerate_bad_input(capsys, trained_ckpt, tmp_path, extra, needle):
                        "--quiet", *args)
     assert code != 0 and one_line_error(err) and needle in err, err
     assert not out.exists()
+
+
+def _parsers(parser, path=()):
+    """Every (command path, parser) of the parser tree, the root first."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_help_renders(capsys):
+    """`--help` at every level of the command tree renders (argparse %-formats help texts: one stray % in a
+    subcommand's help crashed `ittrna --help`), exits 0 and shows the command's name."""
+    from ittrna.cli import build_parser
+
+    paths = [path for path, _ in _parsers(build_parser())]
+    assert len(paths) >= 14 and ("report",) in paths and ("config", "show") in paths
+    for path in paths:
+        code, out, err = run(capsys, *path, "--help")
+        assert code == 0 and "Traceback" not in err and "usage: ittrna" in out, (path, err)
+        assert " ".join(("ittrna", *path)) in out
+
+
+def test_every_command_takes_json():
+    """README: every command takes --json (the group parsers `data`, `chip`, `config` are not commands)."""
+    from ittrna.cli import build_parser
+
+    leaves = [(path, p) for path, p in _parsers(build_parser()) if p.get_default("func") is not None]
+    assert len(leaves) >= 11
+    for path, p in leaves:
+        assert any("--json" in a.option_strings for a in p._actions), path
+
+
+def test_config_show_json(capsys):
+    code, out, _ = run(capsys, "config", "show", "--preset", "date17", "--json")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["config"]["cell"]["r_off"] == "inf"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["tolerate", "--help"], ["sweep", "--help"],
+                                  ["data", "fetch", "--help"], ["config", "show", "--help"]])
+def test_help_does_not_import_torch(argv):
+    """Help is instant: no torch (nor numpy) is imported to render it; the choices come from ittrna.registry."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom ittrna.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('torch', 'numpy') if m in sys.modules)\n"
+            "sys.stderr.write('HEAVY=' + ','.join(heavy))\n")
+    res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert "usage: ittrna" in res.stdout, res.stderr
+    assert res.stderr.strip().endswith("HEAVY="), res.stderr[-300:]

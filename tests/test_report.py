@@ -89,6 +89,25 @@ def test_pivot_is_one_row_per_setting_and_a_column_per_method():
     assert by_setting[(0.0, 0.0)][2]["loss_mean"] < 0
 
 
+def test_a_method_setting_goes_into_its_column_label_not_a_row():
+    """`make demo`'s report split every chip setting into two rows by `method.epochs` (a setting only
+    `remap-fat` has): one row per chip setting, the method's settings in its column label."""
+    recs = _records()
+    for r in recs:
+        if r["method"] == "remap":
+            r["method.epochs"] = 1
+    rows, shown = summarize(recs)
+    assert "method.epochs" in shown
+    (p,) = pivot(rows, shown, ["none", "remap"])
+    assert p.settings == ["saf_rate", "sigma"] and len(p.rows) == 5
+    assert p.methods == ["none", "remap (epochs=1)"]
+    assert all(c is not None for _, cells in p.rows for c in cells)
+    twice = recs + [{**r, "key": r["key"] + "-e2", "method.epochs": 2} for r in recs if r["method"] == "remap"]
+    rows, shown = summarize(twice)
+    (p,) = pivot(rows, shown, ["none", "remap"])  # two settings of one method: two columns, still 5 rows
+    assert p.methods == ["none", "remap (epochs=1)", "remap (epochs=2)"] and len(p.rows) == 5
+
+
 def test_pivot_names_a_method_version_only_where_the_store_mixes_several():
     recs = _records()
     for r in recs:

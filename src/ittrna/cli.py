@@ -108,15 +108,17 @@ def _emit(args: argparse.Namespace, text: str, payload: dict[str, Any]) -> None:
 
 # --- shared option groups ------------------------------------------------------------------------------
 def _add_chip_options(p: argparse.ArgumentParser) -> None:
+    from ittrna.config import FAULT_PATTERNS, MAPPING_SCHEMES
+
     g = p.add_argument_group("chip settings (applied over --preset or --config)")
     g.add_argument("--preset", default=None, help="named preset (see `ittrna config presets`); default 'default'")
     g.add_argument("--config", type=Path, default=None, help="chip config file (.toml or .json)")
     g.add_argument("--saf-rate", type=_float_in(0, 1, hi_open=True), help="stuck-at fault rate, [0, 1)")
     g.add_argument("--stuck-on-share", type=_float_in(0, 1), help="share of faults stuck_on (at Gmax), [0, 1]")
     g.add_argument("--sigma", type=_float_in(0, 3), help="lognormal variation sigma, [0, 3]")
-    g.add_argument("--pattern", choices=["uniform", "clustered", "lines"], help="spatial fault pattern")
+    g.add_argument("--pattern", choices=FAULT_PATTERNS, help="spatial fault pattern")
     g.add_argument("--crossbar", type=_crossbar, help="tile size ROWSxCOLS, e.g. 128x128")
-    g.add_argument("--scheme", choices=["differential", "offset"], help="weight mapping scheme")
+    g.add_argument("--scheme", choices=MAPPING_SCHEMES, help="weight mapping scheme")
     g.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="any config field, e.g. --set cell.levels=16 (repeatable)")
 
@@ -187,13 +189,11 @@ def _dataset_of(meta: dict[str, Any], args: argparse.Namespace) -> str:
     return name
 
 
-def _calibration(meta: dict[str, Any], args: argparse.Namespace, cfg: Any) -> Any:
-    """ADC calibration inputs: the first 512 validation images (None without ADCs)."""
-    if cfg.mapping.adc_bits is None:
-        return None
+def _val_loader(meta: dict[str, Any], args: argparse.Namespace) -> Callable[[], Any]:
+    """The validation split of the checkpoint's dataset, loaded when called (ADC calibration needs it)."""
     from ittrna.data import load
 
-    return load(meta["dataset"], "val", data_dir=args.data_dir).x[:512]
+    return lambda: load(meta["dataset"], "val", data_dir=args.data_dir)
 
 
 # --- commands --------------------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from ittrna._validate import check_fabricate
     from ittrna.chip import Chip
-    from ittrna.experiments.tolerate import evaluate_deployment, load_tuned
+    from ittrna.experiments.tolerate import calibration_inputs, evaluate_tuned, load_tuned
     from ittrna.nn import evaluate, monte_carlo
     from ittrna.training import accuracy
 
@@ -355,14 +355,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         data = _eval_split(meta, args)
         ideal = accuracy(model, data)
         if deployment is not None:
-            if chip.chip_id != meta.get("tuned_for_chip"):
-                raise CliError(f"{args.model} was tuned for another chip than {args.chip}")
-            if meta.get("ondevice") and all(layer.scale == 0.0 for layer in chip):
-                raise CliError(f"{args.model} is an on-device result: it lives on the programmed chip that "
-                               "`tolerate` saved (--chip-out), not on the fabricated chip file")
-            accs = [evaluate_deployment(model, chip, deployment, data, _calibration(meta, args, chip.config))]
+            accs = [evaluate_tuned(model, meta, deployment, chip, data, _val_loader(meta, args),
+                                   where=str(args.model))]
         else:
-            accs = [evaluate(model, chip, data, calibration=_calibration(meta, args, chip.config))]
+            accs = [evaluate(model, chip, data, calibration=calibration_inputs(chip.config, _val_loader(meta, args)))]
     else:
         _check_seeds(args)
         cfg = _chip_config(args)
@@ -374,7 +370,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         data = _eval_split(meta, args)
         ideal = accuracy(model, data)
         accs = monte_carlo(model, cfg, range(args.seed, args.seed + args.chips), data, progress=not args.quiet,
-                           calibration=_calibration(meta, args, cfg))
+                           calibration=calibration_inputs(cfg, _val_loader(meta, args)))
     mean = statistics.fmean(accs)
     std = statistics.stdev(accs) if len(accs) > 1 else 0.0
     text = (f"{meta['model']} on {meta['dataset']} ({args.split}): software {100 * ideal:.2f}%, on chip "
@@ -580,6 +576,9 @@ def cmd_config_show(args: argparse.Namespace) -> None:
     from ittrna.config import ChipConfig
 
     cfg = ChipConfig.from_file(args.config) if args.config else ChipConfig.preset(args.preset)
+    if args.json:  # the config as one JSON object (the same as --format json, on one line)
+        _emit(args, "", {"config": json.loads(cfg.to_json())})
+        return
     print(cfg.to_json() if args.format == "json" else cfg.to_toml())
 
 
@@ -591,21 +590,22 @@ def cmd_config_presets(args: argparse.Namespace) -> None:
 
 
 # --- parser ----------------------------------------------------------------------------------------------
-def _sub(subs: Any, name: str, help_: str, examples: str, func: Callable[[argparse.Namespace], None],
-         *, json_flag: bool = True) -> argparse.ArgumentParser:
+def _sub(subs: Any, name: str, help_: str, examples: str, func: Callable[[argparse.Namespace], None]
+         ) -> argparse.ArgumentParser:
+    """A command's parser: its help with examples and the ``--json`` flag every command takes."""
+    # argparse %-formats a subcommand's help in its parent's listing: a literal % must be doubled there
     p: argparse.ArgumentParser = subs.add_parser(
-        name, help=help_, description=help_, epilog="examples:\n" + examples,
+        name, help=help_.replace("%", "%%"), description=help_, epilog="examples:\n" + examples,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=func)
-    if json_flag:
-        p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full ``ittrna`` argument parser."""
-    from ittrna.data import DATASETS
-    from ittrna.models import MODELS
+    """The full ``ittrna`` argument parser (built without importing torch: names come from
+    :mod:`ittrna.registry` and the config's choices)."""
+    from ittrna.registry import DATASETS, METHODS, MODELS
 
     parser = _Parser(prog="ittrna", description="Deep neural networks on imperfect RRAM crossbars.",
                      epilog="examples:\n  ittrna train --model mlp --dataset mnist --epochs 5 --out mlp.pt\n"
@@ -618,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(dsubs, "list", "show datasets and the state of the cache", "  ittrna data list\n", cmd_data_list)
     p = _sub(dsubs, "fetch", "fetch datasets into the cache and verify them by sha256",
              "  ittrna data fetch mnist fashion-mnist\n", cmd_data_fetch)
-    p.add_argument("names", nargs="+", choices=[n for n, s in DATASETS.items() if s.fetcher is not None])
+    p.add_argument("names", nargs="+", choices=DATASETS.names(), metavar="NAME",
+                   help=f"one of {DATASETS.names()} (cifar10 is user-provided: give --data-dir where it is used)")
     p.add_argument("--force", action="store_true", help="fetch again even if the cached copy verifies")
 
     p = _sub(subs, "train", "train a reference model in software (ideal weights)",
@@ -709,8 +710,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", action="store_true", help="also write report.html (plots embedded)")
     p.add_argument("--title", default=None, help="report title")
 
-    from ittrna.methods import METHODS
-
     _sub(subs, "methods", "list the tolerance methods", "  ittrna methods\n  ittrna methods --json\n", cmd_methods)
     p = _sub(subs, "tolerate", "run a tolerance method for one chip, program the chip and evaluate it",
              "  ittrna tolerate --method remap-fat --model mlp.pt --chip chip.npz --out tuned.pt\n"
@@ -746,8 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = subs.add_parser("config", help="show chip configurations and presets")
     gsubs = cfg.add_subparsers(dest="config_command", required=True)
     p = _sub(gsubs, "show", "print a preset or config file as TOML or JSON",
-             "  ittrna config show --preset date17 --format toml > my-chip.toml\n", cmd_config_show,
-             json_flag=False)
+             "  ittrna config show --preset date17 --format toml > my-chip.toml\n"
+             "  ittrna config show --preset hfo2-4mb --json\n", cmd_config_show)
     p.add_argument("--preset", default="default")
     p.add_argument("--config", type=Path, default=None)
     p.add_argument("--format", choices=["toml", "json"], default="toml")

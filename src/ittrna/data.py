@@ -35,7 +35,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ittrna import registry as _registry
 from ittrna.errors import DataError
+from ittrna.registry import Registry
 
 __all__ = [
     "DATASETS",
@@ -169,7 +171,7 @@ def _fetch_fashion(dest: Path) -> None:
             shutil.copyfile(src_dir / n, dest / n)
 
 
-DATASETS: dict[str, DatasetSpec] = {
+_BUILTIN_DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         name="mnist",
         in_shape=(1, 28, 28),
@@ -230,6 +232,10 @@ DATASETS: dict[str, DatasetSpec] = {
         fetcher=None,
     ),
 }
+DATASETS: Registry[DatasetSpec] = _registry.DATASETS
+"""Datasets by name: the registry of :mod:`ittrna.registry` (names known without importing torch)."""
+for _name, _ds in _BUILTIN_DATASETS.items():
+    DATASETS.register(_name, _ds, home=__name__)
 
 
 def _spec(name: str) -> DatasetSpec:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ittrna import registry as _registry
 from ittrna._io import atomic_write
 from ittrna._validate import (
     MAX_CLASSES,
@@ -27,8 +28,10 @@ from ittrna._validate import (
     check_state_fits,
 )
 from ittrna.errors import FileFormatError, InputError, ResourceError, UnknownNameError
+from ittrna.registry import Registry
 
-__all__ = ["MODELS", "ModelSpec", "build", "load_checkpoint", "load_checkpoint_payload", "save_checkpoint"]
+__all__ = ["MODELS", "ModelSpec", "build", "load_checkpoint", "load_checkpoint_payload", "register_model",
+           "save_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -81,18 +84,24 @@ def _vgg_small(in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-MODELS: dict[str, ModelSpec] = {
-    "mlp": ModelSpec("mlp", "784-256-128-10 MLP, ReLU (3 weight layers)", _mlp((256, 128))),
-    "mlp-deep": ModelSpec(
-        "mlp-deep", "784-256-256-256-256-128-10 MLP, ReLU (6 weight layers)", _mlp((256, 256, 256, 256, 128))
-    ),
-    "lenet5": ModelSpec(
-        "lenet5", "LeNet-5: conv 6@5x5, pool, conv 16@5x5, pool, fc 120, fc 84, fc 10 (ReLU, max-pool)", _lenet5
-    ),
-    "vgg-small": ModelSpec(
-        "vgg-small", "VGG-style CIFAR net: 2x conv64, 2x conv128, 2x conv256 (3x3), fc 256, fc 10", _vgg_small
-    ),
-}
+MODELS: Registry[ModelSpec] = _registry.MODELS
+"""Reference networks by name: the open registry of :mod:`ittrna.registry` (:func:`register_model` adds one)."""
+
+
+def register_model(spec: ModelSpec, *, _home: str | None = None) -> ModelSpec:
+    """Add a model definition to :data:`MODELS` under ``spec.name`` (a name may be registered once)."""
+    return MODELS.register(spec.name, spec, home=_home)
+
+
+for _spec_ in (
+    ModelSpec("mlp", "784-256-128-10 MLP, ReLU (3 weight layers)", _mlp((256, 128))),
+    ModelSpec("mlp-deep", "784-256-256-256-256-128-10 MLP, ReLU (6 weight layers)", _mlp((256, 256, 256, 256, 128))),
+    ModelSpec("lenet5", "LeNet-5: conv 6@5x5, pool, conv 16@5x5, pool, fc 120, fc 84, fc 10 (ReLU, max-pool)",
+              _lenet5),
+    ModelSpec("vgg-small", "VGG-style CIFAR net: 2x conv64, 2x conv128, 2x conv256 (3x3), fc 256, fc 10",
+              _vgg_small),
+):
+    register_model(_spec_, _home=__name__)
 
 
 def _spec(name: object) -> ModelSpec:

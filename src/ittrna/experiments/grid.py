@@ -144,6 +144,8 @@ class Point:
     method_version: int
     chip_seed: int
     columns: dict[str, Any] = field(default_factory=dict)
+    method_bases: dict[str, int] = field(default_factory=dict)
+    """The methods this one builds on, with their versions (:func:`ittrna.methods.base.lineage`)."""
 
     def content(self) -> str:
         """Canonical JSON of everything but the model's weights (dedupes repeated grid values)."""
@@ -155,10 +157,13 @@ class Point:
 def point_key(point: Point, model_sha256: str, data: DataSettings) -> str:
     """Identity of a point: model weights (sha256), data, full chip config (test config included), method
     name, settings and version, and the seeds. Two points share a key only if they compute the same thing."""
-    text = json.dumps({"model_sha256": model_sha256, "data": data.identity(point.source.dataset),
-                       "chip": point.chip, "method": point.method, "settings": point.method_settings,
-                       "method_version": point.method_version, "chip_seed": point.chip_seed,
-                       "test_seed": point.chip_seed, "method_seed": point.chip_seed}, sort_keys=True)
+    ident = {"model_sha256": model_sha256, "data": data.identity(point.source.dataset),
+             "chip": point.chip, "method": point.method, "settings": point.method_settings,
+             "method_version": point.method_version, "chip_seed": point.chip_seed,
+             "test_seed": point.chip_seed, "method_seed": point.chip_seed}
+    if point.method_bases:  # a composed method: its bases' versions too (absent for the others: keys unchanged)
+        ident["method_bases"] = point.method_bases
+    text = json.dumps(ident, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -208,6 +213,7 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
     """
     from ittrna.data import DATASETS
     from ittrna.methods import METHODS
+    from ittrna.methods.base import lineage
     from ittrna.models import MODELS
 
     _only(data, _TOP_KEYS, "")
@@ -270,7 +276,7 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
                     full = spec.make_config(settings).to_dict()
                     pt = Point(source, chip_json, method, full, spec.version, seed,
                                {"model": model, "dataset": dataset, **chip_columns, "method": method,
-                                **columns, "chip_seed": seed})
+                                **columns, "chip_seed": seed}, lineage(method))
                     points.setdefault(pt.content(), pt)
     _check_chips(points.values())
     return SweepSpec(tuple(points.values()), dset, title)

@@ -173,11 +173,15 @@ def pivot(rows: Sequence[dict[str, Any]], shown: Sequence[str],
     Returns:
         One :class:`Pivot` per (model, dataset), settings in the rows' (sorted) order.
     """
-    settings = [c for c in shown if c not in ("model", "dataset", "method", "method_version")]
+    # A method's own settings (``method.*``) are not chip settings: they go into the method's column label, so a
+    # setting of one method never splits every chip setting's row in two.
+    settings = [c for c in shown if c not in ("model", "dataset", "method", "method_version")
+                and not c.startswith("method.")]
+    method_settings = [c for c in shown if c.startswith("method.")]
     order = list(method_order or [])
     out = []
     for (model, dataset), rs in _groups(rows).items():
-        label = functools.partial(_method_label, versions=_versions(rs))
+        label = functools.partial(_method_label, versions=_versions(rs), settings=method_settings)
         method_of = {label(r): str(r["method"]) for r in rs}  # column label -> method (no parsing of labels)
         present = sorted(method_of, key=lambda x: (method_of[x], x))
         methods = [x for m in order for x in present if method_of[x] == m]
@@ -199,10 +203,13 @@ def _versions(rows: Sequence[dict[str, Any]]) -> dict[str, set[Any]]:
     return out
 
 
-def _method_label(r: dict[str, Any], versions: dict[str, set[Any]]) -> str:
-    """A pivot column's name: the method, with its version only where the store mixes several of it."""
+def _method_label(r: dict[str, Any], versions: dict[str, set[Any]], settings: Sequence[str] = ()) -> str:
+    """A pivot column's name: the method, with its version only where the store mixes several of it, and the
+    method settings among ``settings`` that its record gives (``remap-fat (epochs=1)``)."""
     m = str(r["method"])
-    return m if len(versions[m]) == 1 else f"{m} v{r.get('method_version')}"
+    name = m if len(versions[m]) == 1 else f"{m} v{r.get('method_version')}"
+    given = [f"{c.removeprefix('method.')}={_cell_text(r[c])}" for c in settings if r.get(c) is not None]
+    return f"{name} ({', '.join(given)})" if given else name
 
 
 def _loss_text(cell: dict[str, Any] | None, chips: int = 0) -> str:

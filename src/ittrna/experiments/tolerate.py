@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from torch import nn
 
 from ittrna._io import atomic_write
 from ittrna.chip import Chip
+from ittrna.config import ChipConfig
 from ittrna.data import Split
 from ittrna.errors import FileFormatError, InputError
 from ittrna.host import Deployment, MeasuredMap
@@ -29,7 +30,8 @@ from ittrna.nn import deploy
 from ittrna.session import ChipSession
 from ittrna.training import accuracy
 
-__all__ = ["check_map_fits", "deployment_mismatch", "evaluate_deployment", "load_tuned", "save_tuned", "tolerate"]
+__all__ = ["CALIBRATION_IMAGES", "calibration_inputs", "check_map_fits", "deployment_mismatch", "evaluate_deployment",
+           "evaluate_tuned", "load_tuned", "save_tuned", "tolerate"]
 
 
 def check_map_fits(measured: MeasuredMap, chip: Chip) -> None:
@@ -65,6 +67,38 @@ def deployment_mismatch(chip: Chip, deployment: Deployment) -> str:
                 torch.equal(reg["gain"].float(), have[0].cpu()) and torch.equal(reg["offset"].float(), have[1].cpu()))):
             return f"layer {name!r} registers differ"
     return ""
+
+
+CALIBRATION_IMAGES = 512
+"""The ADC full scale is calibrated on the first this-many validation images (never on the test data)."""
+
+
+def calibration_inputs(config: ChipConfig, load_val: Callable[[], Split]) -> torch.Tensor | None:
+    """The ADC calibration inputs for a chip of ``config``: the first :data:`CALIBRATION_IMAGES` validation
+    images, or None for a chip without ADCs (``load_val`` is then not called). The one place of the rule:
+    ``tolerate``, ``ittrna evaluate`` and the sweeps all call this, so ``evaluate`` reproduces ``tolerate``."""
+    if config.mapping.adc_bits is None:
+        return None
+    return load_val().x[:CALIBRATION_IMAGES]
+
+
+def evaluate_tuned(model: nn.Module, meta: Mapping[str, Any], deployment: Deployment, chip: Chip, data: Split,
+                   load_val: Callable[[], Split], *, where: str = "the tuned file") -> float:
+    """Accuracy of a tuned file (``model``, ``meta``, ``deployment`` from :func:`load_tuned`) on ``chip``.
+
+    An off-device result is programmed onto the fabricated chip it was tuned for; an on-device result lives
+    on the programmed chip that :func:`tolerate` returned (its deployment is that chip's state).
+
+    Raises:
+        InputError: the chip is another one than the file was tuned for, or an on-device result is given the
+            fabricated chip instead of the programmed one.
+    """
+    if chip.chip_id != meta.get("tuned_for_chip"):
+        raise InputError(f"{where} was tuned for another chip than the one given")
+    if meta.get("ondevice") and all(layer.scale == 0.0 for layer in chip):
+        raise InputError(f"{where} is an on-device result: it lives on the programmed chip that `tolerate` saved "
+                         "(--chip-out), not on the fabricated chip file")
+    return evaluate_deployment(model, chip, deployment, data, calibration_inputs(chip.config, load_val))
 
 
 def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, data: Split,
@@ -120,7 +154,7 @@ def tolerate(
         chip.check_model(model)
     except ValueError as exc:
         raise InputError(f"the chip does not fit the model: {exc}") from None
-    calibration = val.x[:512] if chip.config.mapping.adc_bits is not None else None  # never the test data
+    calibration = calibration_inputs(chip.config, lambda: val)
     before_chip = copy.deepcopy(chip)
     before = accuracy(deploy(model, before_chip, calibration=calibration), test)
     t0 = time.perf_counter()

@@ -17,11 +17,13 @@ from typing import Any, ClassVar
 
 import torch
 
+from ittrna import registry as _registry
 from ittrna.config import ConfigError, _coerce, _Section
 from ittrna.data import Split
 from ittrna.host import Deployment
+from ittrna.registry import Registry
 
-__all__ = ["METHODS", "Context", "MethodConfig", "MethodSpec", "get_method", "register"]
+__all__ = ["METHODS", "Context", "MethodConfig", "MethodSpec", "get_method", "lineage", "register"]
 
 
 class MethodConfig(_Section):
@@ -94,6 +96,8 @@ class MethodSpec:
     description: str
     """One line, with its source."""
     fn: OffDeviceFn
+    builds_on: tuple[str, ...] = ()
+    """The registered methods whose logic this one runs (its identity covers their versions)."""
 
     def make_config(self, changes: Mapping[str, Any] | None = None) -> MethodConfig:
         """The default config with ``changes`` applied (validated)."""
@@ -101,26 +105,43 @@ class MethodSpec:
         return cfg.override(changes) if changes else cfg
 
 
-#: Methods by name, in the order they build on each other. Filled by :func:`register` in one module
-#: (:mod:`ittrna.methods.offdevice`), imported by the package.
-METHODS: dict[str, MethodSpec] = {}
+#: Methods by name, in the order they build on each other: the open registry of :mod:`ittrna.registry`
+#: (names known without importing torch), filled by :func:`register`.
+METHODS: Registry[MethodSpec] = _registry.METHODS
 
 
-def register(name: str, kind: str, config: type[MethodConfig], version: int, description: str
-             ) -> Callable[[OffDeviceFn], OffDeviceFn]:
-    """Decorator adding a method to :data:`METHODS` (a name may be registered once)."""
+def register(name: str, kind: str, config: type[MethodConfig], version: int, description: str,
+             builds_on: tuple[str, ...] = ()) -> Callable[[OffDeviceFn], OffDeviceFn]:
+    """Decorator adding a method to :data:`METHODS` (a name may be registered once; a built-in's name is
+    declared in :mod:`ittrna.registry` for the module that registers it)."""
     def wrap(fn: OffDeviceFn) -> OffDeviceFn:
-        if name in METHODS:
-            raise RuntimeError(f"method {name!r} registered twice")
-        METHODS[name] = MethodSpec(name, kind, config, version, description, fn)
+        builtin = fn.__module__ if fn.__module__.startswith("ittrna.") else None
+        METHODS.register(name, MethodSpec(name, kind, config, version, description, fn, builds_on), home=builtin)
         return fn
 
     return wrap
 
 
+def lineage(name: str) -> dict[str, int]:
+    """Every method that ``name`` builds on, transitively, with its version (``name`` itself excluded).
+
+    A stored result is keyed on this too: a change to a base method's version invalidates every record of the
+    methods built on it, and only those.
+    """
+    out: dict[str, int] = {}
+    todo = list(get_method(name).builds_on)
+    while todo:
+        base = todo.pop(0)
+        if base == name or base in out:
+            continue
+        spec = get_method(base)
+        out[base] = spec.version
+        todo.extend(spec.builds_on)
+    return dict(sorted(out.items()))
+
+
 def get_method(name: str) -> MethodSpec:
     """The registered method ``name``; a one-line error lists the accepted names."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}; accepted one of {list(METHODS)}") from None
+    if not isinstance(name, str) or name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; accepted one of {list(METHODS)}")
+    return METHODS[name]

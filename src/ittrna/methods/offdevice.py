@@ -506,14 +506,16 @@ def _program_and_remap(model: nn.Module, measured: MeasuredMap, cfg: RemapConfig
 
 @register("remap", "off-device", RemapConfig, 1,
           "program + per-tile optimal row routing and column polarity by linear assignment, spare rows used "
-          "(DATE'17; Liu et al., DAC 2017)")
+          "(DATE'17; Liu et al., DAC 2017)",
+          builds_on=("program",))
 def _remap(model: nn.Module, measured: MeasuredMap, cfg: RemapConfig, ctx: Context) -> Deployment:
     return _program_and_remap(model, measured, cfg, ctx).deployment("pair")
 
 
 @register("aft", "off-device", AftConfig, 1,
           "accelerator-friendly training: weights on imperfect cells shrunk and frozen progressively, healthy "
-          "weights retrain (Chen et al., DATE 2017; ITT-RNA part 1)")
+          "weights retrain (Chen et al., DATE 2017; ITT-RNA part 1)",
+          builds_on=("remap",))
 def _aft(model: nn.Module, measured: MeasuredMap, cfg: AftConfig, ctx: Context) -> Deployment:
     p = _program_and_remap(model, measured, cfg, ctx, remap=cfg.remap)
     imp = p.importance(cfg.importance_images)
@@ -556,7 +558,8 @@ def _aft(model: nn.Module, measured: MeasuredMap, cfg: AftConfig, ctx: Context) 
 @register("dynamic", "off-device", DynamicConfig, 2,
           "ITT-RNA part 2 (reconstructed): layer by layer from the input, each layer moves onto the chip model "
           "with its imperfect weights frozen under a threshold set by the error measured there, while all "
-          "layers keep retraining against the imperfect outputs before them")
+          "layers keep retraining against the imperfect outputs before them",
+          builds_on=("remap",))
 def _dynamic(model: nn.Module, measured: MeasuredMap, cfg: DynamicConfig, ctx: Context) -> Deployment:
     p = _program_and_remap(model, measured, cfg, ctx, remap=cfg.remap)
     names = list(p.mods)
@@ -616,7 +619,8 @@ def _dynamic(model: nn.Module, measured: MeasuredMap, cfg: DynamicConfig, ctx: C
 
 @register("fat", "off-device", FatConfig, 1,
           "exact fault-aware retraining through the measured effective-weight function, gradients to healthy "
-          "cells (Liu et al., DAC 2017), after program")
+          "cells (Liu et al., DAC 2017), after program",
+          builds_on=("remap",))
 def _fat(model: nn.Module, measured: MeasuredMap, cfg: FatConfig, ctx: Context) -> Deployment:
     p = _program_and_remap(model, measured, cfg, ctx, remap=cfg.remap)
     _retrain_fat(p, cfg, measured)
@@ -624,6 +628,7 @@ def _fat(model: nn.Module, measured: MeasuredMap, cfg: FatConfig, ctx: Context) 
 
 
 @register("remap-fat", "off-device", RemapFatConfig, 1,
-          "remap + program + fat: optimal routing, defect-aware programming, then fault-aware retraining")
+          "remap + program + fat: optimal routing, defect-aware programming, then fault-aware retraining",
+          builds_on=("fat",))
 def _remap_fat(model: nn.Module, measured: MeasuredMap, cfg: RemapFatConfig, ctx: Context) -> Deployment:
     return _fat(model, measured, cfg, ctx)

@@ -528,7 +528,8 @@ OnDeviceFn = Callable[[nn.Module, MeasuredMap, Any, Context, ChipAccess], Deploy
 
 @register("ondevice", "on-device", ChipLoopConfig, 1,
           "full chip-in-the-loop retraining: forward on the chip, backward in software, every changed weight "
-          "written each step (the accuracy ceiling and the write cost to beat)")
+          "written each step (the accuracy ceiling and the write cost to beat)",
+          builds_on=("program",))
 def _ondevice(model: nn.Module, measured: MeasuredMap, cfg: ChipLoopConfig, ctx: Context,
               session: ChipAccess) -> Deployment:
     return _loop_train(model, measured, cfg, ctx, session, None)
@@ -536,7 +537,8 @@ def _ondevice(model: nn.Module, measured: MeasuredMap, cfg: ChipLoopConfig, ctx:
 
 @register("threshold", "on-device", ThresholdConfig, 1,
           "chip-in-the-loop retraining writing a weight only when its accumulated update exceeds a threshold "
-          "(Xia et al., DAC 2017)")
+          "(Xia et al., DAC 2017)",
+          builds_on=("ondevice",))
 def _threshold(model: nn.Module, measured: MeasuredMap, cfg: ThresholdConfig, ctx: Context,
                session: ChipAccess) -> Deployment:
     return _loop_train(model, measured, cfg, ctx, session, cfg.threshold)
@@ -544,7 +546,8 @@ def _threshold(model: nn.Module, measured: MeasuredMap, cfg: ThresholdConfig, ct
 
 @register("codesign", "on-device", CodesignConfig, 2,
           "ITT-RNA part 3 (reconstructed): aft/dynamic off-device, zero-write per-column gain/offset from the "
-          "chip, then at most K budgeted rewrite iterations steered by the chip's measured layer errors")
+          "chip, then at most K budgeted rewrite iterations steered by the chip's measured layer errors",
+          builds_on=("aft", "dynamic"))
 def _codesign_method(model: nn.Module, measured: MeasuredMap, cfg: CodesignConfig, ctx: Context,
                      session: ChipAccess) -> Deployment:
     return _codesign(model, measured, cfg, ctx, session)
