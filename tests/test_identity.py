@@ -29,3 +29,11 @@ def test_bumping_a_base_version_changes_exactly_the_keys_built_on_it(monkeypatch
     changed = {m for m in before if before[m] != after[m]}
     assert changed == {"remap"} | {m for m in METHODS if "remap" in lineage(m)}
     assert changed == {"remap", "aft", "dynamic", "fat", "remap-fat", "codesign"}
+
+
+def test_a_points_method_seed_is_not_its_chip_seed():
+    from ittrna.experiments.grid import method_seed
+
+    seeds = [method_seed(s) for s in (0, 1, 2, 1000, 2**63 - 1)]
+    assert all(0 <= m < 2**63 for m in seeds) and len(set(seeds)) == len(seeds)
+    assert all(method_seed(s) != s for s in (0, 1, 2, 1000)) and method_seed(5) == method_seed(5)

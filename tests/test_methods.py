@@ -296,7 +296,7 @@ def test_aft_leaves_no_large_weight_on_an_imperfect_cell(small):
     model = small[0]
     chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.8}), 8)
     measured = chip.test()
-    settings = {**_fast("aft"), "shrink": 0.25, "tau": 0.5}
+    settings = {**_fast("aft"), "shrink": 0.25, "tau": 0.5, "select": False}  # aft's own result, unselected
     start = apply_method("remap", model, measured, _ctx(small), _fast("remap"))
     dep = apply_method("aft", model, measured, _ctx(small), settings)
     host = HostChip(measured)
@@ -332,3 +332,48 @@ def test_deployment_layout_is_checked_when_programmed():
     with pytest.raises(InputError, match="own tile row"):
         chip.program_weights("0", model[0].weight, layout=bad)
     assert tuple(LayerLayout.identity(grid).row_map.shape) == (1, 8)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].kind == "off-device"])
+def test_no_method_costs_a_healthy_chip_accuracy(small, method):
+    """On an ideal chip every off-device method deploys what the software model computes: retraining is kept
+    only when the host model shows a significant gain on validation data (`keep_z`), and the scale search clips
+    only for a significant gain (`search_z`): a chance gain of one image cost 0.04-0.17 pp before."""
+    model, tr, val, test = small
+    chip = Chip.fabricate(model, ChipConfig(), 5)
+    result, dep = tolerate(model, chip, method, train=tr, val=val, test=test, settings=_fast(method))
+    if dep.report.get("kept") == "retrained":  # validation showed a significant gain: the (small, not
+        assert result["chip_accuracy"] > result["ideal_accuracy"]  # converged) model improves; the test agrees
+    else:
+        assert result["chip_accuracy"] == result["ideal_accuracy"], dep.report.get("kept")
+    distilled = {**_fast(method), "distill": 1.0} if "distill" in get_method(method).config().to_dict() else None
+    if distilled and method != "noise":  # towards the software model: nothing to gain, the start is kept
+        _, dep = tolerate(model, Chip.fabricate(model, ChipConfig(), 5), method, train=tr, val=val, test=test,
+                          settings=distilled)
+        assert dep.report["kept"] == "start"
+
+
+def test_a_retrained_network_is_kept_only_when_validation_shows_a_gain(small):
+    """The control: on a faulty chip the host model shows a real gain, so the retrained network is kept."""
+    model = small[0]
+    measured = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.2}), 6).test()
+    dep = apply_method("fat", model, measured, _ctx(small), _fast("fat"))
+    assert dep.report["kept"] == "retrained"
+    assert dep.report["retrained_val_accuracy"] > dep.report["start_val_accuracy"] + 0.01
+
+
+def test_paired_sign_test():
+    from ittrna.methods.offdevice import significantly_better
+
+    old = torch.zeros(100, dtype=torch.bool)
+    new = old.clone()
+    new[:3] = True  # 3 more right, none fewer: 3 > 2·√3 = 3.46? no
+    assert not significantly_better(new, old, 2.0) and significantly_better(new, old, 0.0)
+    new[:5] = True  # 5 > 2·√5 = 4.47
+    assert significantly_better(new, old, 2.0) and not significantly_better(old, new, 2.0)
+    swapped = old.clone()
+    swapped[50:60] = True
+    both = new.clone()
+    both[50:60] = True
+    assert not significantly_better(new, swapped, 2.0)  # 5 vs 10 the other way
+    assert significantly_better(both, swapped, 2.0) and not significantly_better(both, both, 0.0)

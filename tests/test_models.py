@@ -72,3 +72,37 @@ def test_train_rejects_bad_hyper_parameters(mnist_train):
         train(build("mlp"), mnist_train.subset(10), epochs=-1)
     with pytest.raises(ValueError, match="lr"):
         train(build("mlp"), mnist_train.subset(10), epochs=1, lr=0)
+
+
+def test_distillation_pulls_a_model_towards_its_teacher():
+    """fit's distillation term: a student trained only on its teacher's logits (distill = 1) moves towards the
+    teacher's outputs, and the labels do not matter to it."""
+    import torch
+    from torch import nn
+
+    from ittrna.data import Split
+    from ittrna.errors import InputError
+    from ittrna.training import fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(256, 1, 4, 4, generator=g)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    student = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    nn.init.zeros_(student[1].weight)
+    labels = Split(x, torch.randint(0, 3, (256,), generator=g))
+    other = Split(x, torch.randint(0, 3, (256,), generator=g))
+
+    def gap(m):  # in probabilities: distillation matches softmax outputs (logits only up to a per-image shift)
+        with torch.no_grad():
+            return float((m(x).softmax(1) - teacher(x).softmax(1)).abs().mean())
+
+    before = gap(student)
+    a = __import__("copy").deepcopy(student)
+    fit(student, labels, epochs=20, lr=0.05, batch_size=32, seed=1, teacher=teacher, distill=1.0, progress=False)
+    fit(a, other, epochs=20, lr=0.05, batch_size=32, seed=1, teacher=teacher, distill=1.0, progress=False)
+    assert gap(student) < 0.5 * before
+    assert all(torch.equal(p, q) for p, q in zip(student.parameters(), a.parameters(), strict=True))
+    with pytest.raises(InputError, match="distill"):
+        fit(student, labels, epochs=1, distill=1.5, teacher=teacher, progress=False)
+    with pytest.raises(InputError, match="teacher"):
+        fit(student, labels, epochs=1, distill=0.5, progress=False)

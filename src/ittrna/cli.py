@@ -231,10 +231,25 @@ def cmd_train(args: argparse.Namespace) -> None:
     train_split = load(args.dataset, "train", data_dir=args.data_dir)
     val_split = load(args.dataset, "val", data_dir=args.data_dir)
     test_split = load(args.dataset, "test", data_dir=args.data_dir)
+    if args.recipe is not None:
+        from ittrna.training import RECIPES
+
+        if args.recipe not in RECIPES:
+            raise CliError(f"unknown recipe {args.recipe!r}; accepted one of {sorted(RECIPES)}")
+        given = [f for f in ("epochs", "lr", "batch_size", "patience") if getattr(args, f) is not None]
+        if given:
+            raise CliError(f"--{given[0].replace('_', '-')} is set by --recipe {args.recipe}; give one or the other")
+        r = RECIPES[args.recipe]
+        args.epochs, args.lr, args.batch_size = r.epochs, r.lr, r.batch_size
+    else:
+        args.epochs = 5 if args.epochs is None else args.epochs
+        args.lr = 1e-3 if args.lr is None else args.lr
+        args.batch_size = 64 if args.batch_size is None else args.batch_size
+    keep_best = args.recipe is not None or args.patience is not None
     model = build(args.model, spec.in_shape, spec.num_classes, seed=args.seed).to(device)
     t0 = time.perf_counter()
     rep = fit(model, train_split, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-              val=val_split if args.patience else None, patience=args.patience, progress=not args.quiet)
+              val=val_split if keep_best else None, patience=args.patience, progress=not args.quiet)
     seconds = time.perf_counter() - t0
     model = model.to("cpu")
     val_acc, test_acc = accuracy(model, val_split), accuracy(model, test_split)
@@ -242,10 +257,10 @@ def cmd_train(args: argparse.Namespace) -> None:
             "num_classes": spec.num_classes, "seed": args.seed, "epochs": args.epochs, "lr": args.lr,
             "batch_size": args.batch_size, "val_accuracy": val_acc, "test_accuracy": test_acc,
             "epochs_run": rep.epochs, "best_epoch": rep.best_epoch + 1, "patience": args.patience,
-            "torch": str(torch.__version__)}
+            "recipe": args.recipe, "torch": str(torch.__version__)}
     save_checkpoint(args.out, model, meta)
     per_epoch = seconds / rep.epochs if rep.epochs else 0.0
-    stop = (f", kept epoch {rep.best_epoch + 1} (validation stopped improving)" if args.patience else "")
+    stop = (f", kept epoch {rep.best_epoch + 1} (best validation accuracy)" if keep_best else "")
     text = (f"{args.model} on {args.dataset}: test accuracy {100 * test_acc:.2f}% (val {100 * val_acc:.2f}%), "
             f"{rep.epochs} epochs in {seconds:.1f}s ({per_epoch:.1f}s/epoch){stop} -> {args.out}")
     _emit(args, text, {"test_accuracy": test_acc, "val_accuracy": val_acc, "seconds": seconds,
@@ -623,15 +638,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="fetch again even if the cached copy verifies")
 
     p = _sub(subs, "train", "train a reference model in software (ideal weights)",
+             "  ittrna train --model mlp --dataset mnist --recipe converged --out mlp.pt\n"
              "  ittrna train --model mlp --dataset mnist --epochs 5 --out mlp.pt\n"
              "  ittrna train --model lenet5 --dataset fashion-mnist --epochs 10 --seed 1 --out lenet.pt --json\n",
              cmd_train)
     p.add_argument("--model", required=True, help=f"one of {sorted(MODELS)}")
     p.add_argument("--dataset", required=True, help=f"one of {sorted(DATASETS)}")
-    p.add_argument("--epochs", type=_int_in(0, 100_000), default=5)
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help="a named recipe: 'converged' = 30 epochs of cosine decay to zero, the best-validation "
+                        "epoch kept (the references of every table; docs/REPRODUCTION.md). Sets --epochs, --lr, "
+                        "--batch-size")
+    p.add_argument("--epochs", type=_int_in(0, 100_000), default=None, help="default 5 (a quick model)")
     p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0)
-    p.add_argument("--lr", type=_float_in(1e-8, 10), default=1e-3, help="Adam learning rate")
-    p.add_argument("--batch-size", type=_int_in(1, 1_000_000), default=64)
+    p.add_argument("--lr", type=_float_in(1e-8, 10), default=None, help="Adam learning rate, default 1e-3")
+    p.add_argument("--batch-size", type=_int_in(1, 1_000_000), default=None, help="default 64")
     p.add_argument("--patience", type=_int_in(1, 1000), default=None,
                    help="train to convergence: stop after this many epochs without a better validation accuracy "
                         "and keep the best epoch (--epochs is then the maximum and spans the cosine schedule)")

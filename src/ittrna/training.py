@@ -14,7 +14,32 @@ from ittrna._validate import check_nonempty_split, check_seed
 from ittrna.data import Split
 from ittrna.errors import InputError
 
-__all__ = ["FitReport", "TrainHooks", "accuracy", "fit", "train"]
+__all__ = ["RECIPES", "FitReport", "Recipe", "TrainHooks", "accuracy", "fit", "train"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named way to train a software reference model."""
+
+    name: str
+    epochs: int
+    """Epochs; the cosine schedule spans them and ends at a learning rate of zero."""
+    lr: float
+    """Adam peak learning rate."""
+    batch_size: int
+    keep_best: bool
+    """Keep the epoch with the best validation accuracy (the starting weights included)."""
+    description: str
+
+
+RECIPES: dict[str, Recipe] = {
+    "converged": Recipe(
+        "converged", 30, 1e-3, 64, True,
+        "Adam at 1e-3, batch 64, 30 epochs of cosine decay to zero, the best-validation epoch kept. Converged: a "
+        "60-epoch schedule improves the kept validation accuracy of no zoo model by more than 0.05 pp "
+        "(benchmarks/convergence.py, records in docs/results/convergence.jsonl)."),
+}
+"""Training recipes by name (``ittrna train --recipe``, a sweep's ``[train] recipe``)."""
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -77,6 +102,9 @@ def fit(
     hooks: TrainHooks | None = None,
     progress: bool = True,
     desc: str = "train",
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
+    temperature: float = 1.0,
 ) -> FitReport:
     """Train ``model`` in place with Adam (cosine-annealed learning rate) and cross-entropy; deterministic
     for a given seed on CPU. Methods reuse this loop with parametrizations (e.g. a chip model in the forward
@@ -96,6 +124,12 @@ def fit(
         hooks: callbacks into the loop.
         progress: show a progress bar.
         desc: progress-bar label.
+        teacher: a network whose logits the model learns to match (knowledge distillation, Hinton et al.
+            2015); run in eval mode without gradients. Retraining methods pass the software model: a model that
+            already reproduces it (a healthy chip) then gets no gradient from that term and stays as it is.
+        distill: weight of the distillation term in [0, 1]; the loss is (1 - distill) * cross-entropy on the
+            labels + distill * T^2 * KL(teacher || model) at temperature T. Needs ``teacher`` when > 0.
+        temperature: T, accepted (0, 100].
 
     Raises:
         InputError: a hyper-parameter outside its accepted range, or empty training data.
@@ -111,6 +145,12 @@ def fit(
         check_nonempty_split(data, "training data")
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
         raise InputError(f"patience = {patience!r} is invalid; accepted an integer >= 1 or None")
+    if isinstance(distill, bool) or not isinstance(distill, (int, float)) or not 0 <= distill <= 1:
+        raise InputError(f"distill = {distill!r} is invalid; accepted a number in [0, 1]")
+    if distill > 0 and teacher is None:
+        raise InputError("distill > 0 needs a teacher model")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature <= 100:
+        raise InputError(f"temperature = {temperature!r} is invalid; accepted a number in (0, 100]")
     t0 = time.perf_counter()
     hooks = hooks or TrainHooks()
     gen = torch.Generator().manual_seed(seed)
@@ -126,7 +166,7 @@ def fit(
     opt = torch.optim.Adam(chosen, lr=lr)
     steps = epochs * -(-len(data) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = _loss(teacher if distill > 0 else None, float(distill), float(temperature))
     best_state: dict[str, torch.Tensor] | None = None
     best = -1.0
     if val is not None:
@@ -143,7 +183,8 @@ def fit(
             model.train()
             for x, y in data.batches(batch_size, generator=gen):
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x.to(device)), y.to(device))
+                xb = x.to(device)
+                loss = loss_fn(model(xb), y.to(device), xb)
                 loss.backward()
                 opt.step()
                 sched.step()
@@ -170,6 +211,25 @@ def fit(
     model.eval()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _loss(teacher: nn.Module | None, distill: float, temperature: float
+          ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss(logits, labels, inputs)``: cross-entropy, mixed with distillation from ``teacher``'s logits."""
+    ce = nn.CrossEntropyLoss()
+    if teacher is None:
+        return lambda logits, y, _x: ce(logits, y)
+    teacher.eval()
+    t = temperature
+
+    def loss(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = torch.log_softmax(teacher(x) / t, dim=1)  # (B, classes)
+        kd = nn.functional.kl_div(torch.log_softmax(logits / t, dim=1), target, reduction="batchmean",
+                                  log_target=True) * (t * t)
+        return kd if distill == 1.0 else (1 - distill) * ce(logits, y) + distill * kd
+
+    return loss
 
 
 def train(

@@ -50,6 +50,7 @@ __all__ = [
     "SweepSpec",
     "TrainSettings",
     "load_spec",
+    "method_seed",
     "parse_spec",
     "point_key",
 ]
@@ -82,10 +83,21 @@ class TrainSettings:
     lr: float = 1e-3
     batch_size: int = 64
     patience: int | None = None
+    recipe: str | None = None
+    """A named recipe (:data:`ittrna.training.RECIPES`): its epochs, learning rate and batch size, and the
+    best-validation epoch kept. None: the fields above, the last epoch kept (or the best with ``patience``)."""
+
+    @property
+    def keep_best(self) -> bool:
+        """Whether validation selects the kept epoch."""
+        return self.patience is not None or self.recipe is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "seed": self.seed, "lr": self.lr, "batch_size": self.batch_size,
-                "patience": self.patience}
+        out: dict[str, Any] = {"epochs": self.epochs, "seed": self.seed, "lr": self.lr, "batch_size": self.batch_size,
+               "patience": self.patience}
+        if self.recipe is not None:  # absent otherwise: the models of earlier stores keep their identity
+            out["recipe"] = self.recipe
+        return out
 
 
 @dataclass(frozen=True)
@@ -154,13 +166,20 @@ class Point:
                            "seed": self.chip_seed}, sort_keys=True)
 
 
+def method_seed(chip_seed: int) -> int:
+    """The seed of a point's method, derived from its chip seed through a stream of its own (sha256), so that a
+    method's randomness (shuffling, injected noise) is never the chip's fabrication stream; in [0, 2**63 - 1]."""
+    digest = hashlib.sha256(f"ittrna/method-seed/{int(chip_seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
 def point_key(point: Point, model_sha256: str, data: DataSettings) -> str:
     """Identity of a point: model weights (sha256), data, full chip config (test config included), method
     name, settings and version, and the seeds. Two points share a key only if they compute the same thing."""
     ident = {"model_sha256": model_sha256, "data": data.identity(point.source.dataset),
              "chip": point.chip, "method": point.method, "settings": point.method_settings,
              "method_version": point.method_version, "chip_seed": point.chip_seed,
-             "test_seed": point.chip_seed, "method_seed": point.chip_seed}
+             "test_seed": point.chip_seed, "method_seed": method_seed(point.chip_seed)}
     if point.method_bases:  # a composed method: its bases' versions too (absent for the others: keys unchanged)
         ident["method_bases"] = point.method_bases
     text = json.dumps(ident, sort_keys=True)
@@ -428,7 +447,19 @@ def _int(table: Mapping[str, Any], key: str, where: str, lo: int, hi: int, defau
 
 
 def _train(table: Mapping[str, Any]) -> TrainSettings:
-    _only(table, ("epochs", "seed", "lr", "batch_size", "patience"), "train")
+    _only(table, ("epochs", "seed", "lr", "batch_size", "patience", "recipe"), "train")
+    if "recipe" in table:
+        from ittrna.training import RECIPES
+
+        name = table["recipe"]
+        if not isinstance(name, str) or name not in RECIPES:
+            raise ConfigError(f"train.recipe = {name!r} is invalid; accepted one of {sorted(RECIPES)}")
+        clash = sorted(set(table) & {"epochs", "lr", "batch_size", "patience"})
+        if clash:
+            raise ConfigError(f"train.{clash[0]} is set by train.recipe = {name!r}; give one or the other")
+        r = RECIPES[name]
+        return TrainSettings(epochs=r.epochs, seed=_int(table, "seed", "train", 0, MAX_SEED, 0), lr=r.lr,
+                             batch_size=r.batch_size, recipe=name)
     lr = table.get("lr", 1e-3)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 1e-8 <= lr <= 10:
         raise ConfigError(f"train.lr = {lr!r} is invalid; accepted a number in [1e-08, 10]")

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ittrna.data import Split
-from ittrna.experiments.grid import DataSettings, ModelSource, Point
+from ittrna.experiments.grid import DataSettings, ModelSource, Point, method_seed
 
 __all__ = ["ModelPayload", "evaluate_point", "package_version", "payload_model", "train_model",
            "weights_sha256"]
@@ -68,7 +68,7 @@ def train_model(source: ModelSource, data: DataSettings, threads: int = 1) -> Mo
     model = build(source.model, spec.in_shape, spec.num_classes, seed=t.seed)
     val = split(source.dataset, "val", data)
     rep = fit(model, split(source.dataset, "train", data), epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
-              seed=t.seed, val=val if t.patience else None, patience=t.patience, progress=False)
+              seed=t.seed, val=val if t.keep_best else None, patience=t.patience, progress=False)
     meta = {"model": source.model, "dataset": source.dataset, "in_shape": list(spec.in_shape),
             "num_classes": spec.num_classes, **{k: v for k, v in t.to_dict().items()},
             "val_accuracy": accuracy(model, val), "epochs_run": rep.epochs, "best_epoch": rep.best_epoch + 1,
@@ -107,7 +107,7 @@ def evaluate_point(point: Point, key: str, data: DataSettings, payload: ModelPay
     settings = {f"method.{k}": v for k, v in point.method_settings.items()}
     result, _ = tolerate(model, chip, point.method, train=split(ds, "train", data), val=split(ds, "val", data),
                          test=split(ds, data.split, data), settings=settings, test_seed=point.chip_seed,
-                         seed=point.chip_seed)
+                         seed=method_seed(point.chip_seed))
     val_acc = result.get("report", {}).get("val_accuracy")
     record: dict[str, Any] = {
         "key": key,

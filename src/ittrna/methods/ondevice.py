@@ -48,6 +48,7 @@ from ittrna.methods.offdevice import (
     _HostEffective,
     _Pipeline,
     _unparametrize,
+    retrain,
 )
 from ittrna.training import TrainHooks, fit
 
@@ -239,9 +240,8 @@ def _loop_train(model: nn.Module, measured: MeasuredMap, cfg: ChipLoopConfig, ct
 
     history_base = session.writes_issued
     measure(0)
-    rep = fit(loop, ctx.train, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
-              hooks=TrainHooks(after_step=after_step), progress=ctx.progress,
-              desc="ondevice" if threshold is None else "threshold")
+    rep = retrain(loop, lambda: p.teacher, cfg, ctx, hooks=TrainHooks(after_step=after_step),
+                  desc="ondevice" if threshold is None else "threshold")
     steps = cfg.epochs * -(-len(ctx.train) // cfg.batch_size)
     if not history or history[-1]["step"] != steps:
         measure(steps)
@@ -526,7 +526,7 @@ def _codesign(model: nn.Module, measured: MeasuredMap, cfg: CodesignConfig, ctx:
 OnDeviceFn = Callable[[nn.Module, MeasuredMap, Any, Context, ChipAccess], Deployment]
 
 
-@register("ondevice", "on-device", ChipLoopConfig, 1,
+@register("ondevice", "on-device", ChipLoopConfig, 2,
           "full chip-in-the-loop retraining: forward on the chip, backward in software, every changed weight "
           "written each step (the accuracy ceiling and the write cost to beat)",
           builds_on=("program",))
@@ -535,7 +535,7 @@ def _ondevice(model: nn.Module, measured: MeasuredMap, cfg: ChipLoopConfig, ctx:
     return _loop_train(model, measured, cfg, ctx, session, None)
 
 
-@register("threshold", "on-device", ThresholdConfig, 1,
+@register("threshold", "on-device", ThresholdConfig, 2,
           "chip-in-the-loop retraining writing a weight only when its accumulated update exceeds a threshold "
           "(Xia et al., DAC 2017)",
           builds_on=("ondevice",))
@@ -544,7 +544,7 @@ def _threshold(model: nn.Module, measured: MeasuredMap, cfg: ThresholdConfig, ct
     return _loop_train(model, measured, cfg, ctx, session, cfg.threshold)
 
 
-@register("codesign", "on-device", CodesignConfig, 2,
+@register("codesign", "on-device", CodesignConfig, 3,
           "ITT-RNA part 3 (reconstructed): aft/dynamic off-device, zero-write per-column gain/offset from the "
           "chip, then at most K budgeted rewrite iterations steered by the chip's measured layer errors",
           builds_on=("aft", "dynamic"))
