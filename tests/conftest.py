@@ -1,9 +1,14 @@
 """Shared fixtures. Real-data fixtures skip when the data is absent, unless ITTRNA_REQUIRE_DATA=1 (set by
-`make test`, which fetches the data first), where absence is a failure."""
+`make test`, which fetches the data first), where absence is a failure.
+
+CI refuses silent skips: with ``CI=true`` (as `.ci/run` runs) every skip that :func:`skip_unless_ci` guards
+(a missing browser, data set or Ray) is a failure instead."""
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Any, NoReturn
 
 import pytest
 import torch
@@ -11,9 +16,29 @@ import torch
 from ittrna.data import DataError, Split, load, status
 
 
+def strict(env: str) -> bool:
+    """Whether a skip for ``env``'s resource must fail instead: on CI (``CI=true``) or with ``env=1``."""
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get(env) == "1"
+
+
+def skip_unless_ci(reason: str, env: str) -> NoReturn:
+    """Skip with ``reason`` on a developer's machine; fail where :func:`strict` holds."""
+    if strict(env):
+        pytest.fail(f"{reason} (a skip that CI refuses: {env} / CI=true)")
+    pytest.skip(reason)
+
+
+def import_or_fail(module: str, env: str) -> Any:
+    """``pytest.importorskip`` that fails where :func:`strict` holds."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        skip_unless_ci(f"{module} is not installed", env)
+
+
 def _real(name: str, split: str) -> Split:
     if not status(name).startswith("ok"):
-        if os.environ.get("ITTRNA_REQUIRE_DATA") == "1":
+        if strict("ITTRNA_REQUIRE_DATA"):
             pytest.fail(f"{name} is not in the cache ({status(name)}); run `ittrna data fetch {name}`")
         pytest.skip(f"{name} not fetched")
     try:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import skip_unless_ci
 
 from ittrna import _validate
 from ittrna.chip import Chip, MeasuredMap
@@ -386,7 +387,7 @@ def test_hostile_cli_input(world, argv, needle, capsys, monkeypatch):
     if "cuda:99" in argv and torch.cuda.device_count() > 99:  # pragma: no cover
         pytest.skip("this machine has 100 CUDA devices")
     if "badsweep" in " ".join(argv) and not status("mnist").startswith("ok"):
-        pytest.skip("the sweep reads its results after loading the data; mnist not fetched")
+        skip_unless_ci("the sweep reads its results after loading the data; mnist not fetched", "ITTRNA_REQUIRE_DATA")
     monkeypatch.chdir(world)
     args = [a.format(d=world, name=world.name) for a in argv]
     before, cache_before = _snapshot(world), _cache_snapshot()

@@ -12,7 +12,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-import pytest
+from conftest import import_or_fail, skip_unless_ci
 
 from ittrna.cli import main
 from ittrna.experiments.report import pivot, summarize, write_report
@@ -221,17 +221,17 @@ def _chromium() -> str | None:
 
 
 def test_html_report_renders_in_a_headless_browser(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    sync_api = import_or_fail("playwright.sync_api", "ITTRNA_REQUIRE_BROWSER")
     browser_path = _chromium()
     if browser_path is None:
-        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+        skip_unless_ci("no Chromium on this machine (apt-get install chromium)", "ITTRNA_REQUIRE_BROWSER")
     folder = _store(tmp_path / "sweep", _records())
     rep = write_report(folder, html=True)
     with sync_api.sync_playwright() as pw:
         try:
             browser = pw.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
         except Exception as exc:  # a browser that cannot start here (no display libraries, ...)
-            pytest.skip(f"Chromium does not start: {str(exc).splitlines()[0]}")
+            skip_unless_ci(f"Chromium does not start: {str(exc).splitlines()[0]}", "ITTRNA_REQUIRE_BROWSER")
         try:
             page = browser.new_page()
             page.goto(rep.html.resolve().as_uri())
@@ -245,6 +245,15 @@ def test_html_report_renders_in_a_headless_browser(tmp_path):
                 assert table.locator("th").count() == heads
                 box = table.bounding_box()
                 assert box is not None and box["width"] > 100 and box["height"] > 100
+            # what a reader sees: the loss table's header and every cell of its first row, as report.md has them
+            md_rows = [ln for ln in rep.markdown.read_text().splitlines() if ln.startswith("| ")]
+            md_head = [c.strip() for c in md_rows[0].strip("|").split("|")]
+            md_first = [c.strip() for c in md_rows[1].strip("|").split("|")]
+            first = tables.nth(0)
+            assert [t.strip() for t in first.locator("th").all_inner_texts()] == md_head == [
+                "saf_rate", "sigma", "none", "remap"]
+            cells = [t.strip() for t in first.locator("tbody tr").nth(0).locator("td").all_inner_texts()]
+            assert cells == md_first and "±" in cells[2]
             images = page.locator("img")
             assert images.count() == 3
             sizes = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import import_or_fail
 
 from ittrna.cli import main
 from ittrna.errors import ConfigError, FileFormatError, InputError
@@ -383,7 +384,7 @@ def test_kill_9_at_any_moment_then_resume_gives_every_point_once(tmp_path, mnist
 
 @pytest.mark.slow  # ~1 min: a Ray driver started and killed, then a local resume
 def test_killed_ray_driver_resumes_like_a_local_one(tmp_path, mnist_train):
-    pytest.importorskip("ray")
+    import_or_fail("ray", "ITTRNA_REQUIRE_RAY")
     from ittrna.experiments.grid import load_spec
     from ittrna.experiments.sweep import run_spec
 
@@ -426,9 +427,7 @@ SMALL = TINY.replace("saf_rate = [0.1, 0.2]", "saf_rate = [0.2]")
 
 def test_ray_backend_gives_the_local_records(tmp_path, mnist_train):
     """On a local Ray with 2 CPUs (CI sets ITTRNA_REQUIRE_RAY=1: there a missing Ray fails, never skips)."""
-    if os.environ.get("ITTRNA_REQUIRE_RAY") == "1":
-        import ray  # noqa: F401
-    pytest.importorskip("ray")
+    import_or_fail("ray", "ITTRNA_REQUIRE_RAY")
     from ittrna.experiments.backends import make_backend
     from ittrna.experiments.sweep import run_spec
 
@@ -470,7 +469,7 @@ def test_local_process_pool_gives_the_same_records(tmp_path, mnist_train):
 
 @pytest.mark.slow  # ~40 s: a Ray cluster started here, a sweep connecting to it by address
 def test_ray_backend_connects_to_a_running_cluster(tmp_path, mnist_train):
-    ray = pytest.importorskip("ray")
+    ray = import_or_fail("ray", "ITTRNA_REQUIRE_RAY")
     from ittrna.experiments.sweep import run_spec
 
     cfg = tmp_path / "s.toml"
