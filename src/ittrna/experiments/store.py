@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ittrna._io import atomic_write_text
+from ittrna._io import atomic_write, atomic_write_text
 from ittrna.errors import FileFormatError, InputError
 
 __all__ = ["MEASURES", "RECORD_FIELDS", "ResultStore", "StoreLockedError", "check_record", "records_to_csv"]
@@ -241,7 +241,7 @@ class ResultStore:
         while (self.folder / f"results.jsonl.partial-{n}").exists():
             n += 1
         aside = self.folder / f"results.jsonl.partial-{n}"
-        atomic_write_text(aside, data[cut:].decode("utf-8", errors="replace") + "\n")
+        atomic_write(aside, lambda p: p.write_bytes(data[cut:]))  # the bytes as they were: nothing re-encoded
         with open(self.path, "r+b") as fh:
             fh.truncate(cut)
             fh.flush()
@@ -259,9 +259,15 @@ class ResultStore:
         check_record(record, f"record for {self.path}")
         if record["key"] in self._keys:
             raise RuntimeError(f"point {record['key']} is stored already")
-        line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
+        data = (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
         with open(self.path, "ab") as fh:
-            fh.write(line.encode("utf-8"))
+            if _pause_here(len(self._records)):  # fault injection (tests): die in the middle of this write
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                os.fsync(fh.fileno())
+                _pause()
+                data = data[len(data) // 2:]
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         self._records.append(record)
@@ -271,3 +277,25 @@ class ResultStore:
     def _write_csv(self) -> None:
         if self._records or self.csv_path.exists():
             atomic_write_text(self.csv_path, records_to_csv(self._records))
+
+
+# --- fault injection for the crash-safety tests ------------------------------------------------------------
+PAUSE_ENV = "ITTRNA_TEST_PAUSE_IN_WRITE"
+"""Tests set ``PATH:N``: the append of record N (0-based, counted in this process) writes half its line,
+fsyncs it, creates PATH and sleeps, so a test can kill the writer in the middle of a record."""
+
+
+def _pause_here(index: int) -> bool:
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return False
+    _, _, n = spec.rpartition(":")
+    return n.isdigit() and int(n) == index
+
+
+def _pause() -> None:
+    import time
+
+    marker, _, _ = os.environ[PAUSE_ENV].rpartition(":")
+    Path(marker).touch()
+    time.sleep(600)
