@@ -188,10 +188,9 @@ def load_npz(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, np.
             raise FileFormatError(f"{p}: member {key!r} is not a NumPy array; not an ittrna archive")
     if raw.shape != () or raw.dtype.kind != "U":
         raise FileFormatError(f"{p}: header is a {raw.dtype} array of shape {raw.shape}; accepted a JSON string")
-    try:
-        header = json.loads(str(raw))
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise FileFormatError(f"{p}: header is not valid JSON ({_first_line(exc)})") from None
+    from ittrna._plain import loads_json
+
+    header = loads_json(str(raw), f"{p}: header", FileFormatError)
     if not isinstance(header, dict):
         raise FileFormatError(f"{p}: header is a JSON {type(header).__name__}; accepted a JSON object")
     if header.get("kind") != kind:

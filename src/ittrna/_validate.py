@@ -278,6 +278,16 @@ def check_output(out: Path, suffix: str | None, inputs: Mapping[str, Path | None
         raise InputError(f"{flag} {out} is a folder; accepted a {suffix} file path")
     if suffix is None and out.exists() and not out.is_dir():
         raise InputError(f"{flag} {out} is an existing file; accepted a folder")
+    if out.is_symlink():  # a dangling link is a file to create; a loop can never be opened: refuse it now
+        try:
+            out.resolve(strict=False)
+            os.stat(out)
+        except FileNotFoundError:
+            pass
+        except (OSError, RuntimeError) as exc:
+            reason = getattr(exc, "strerror", None) or "a symbolic link loop"
+            raise InputError(f"{flag} {out} cannot be opened ({reason}); accepted a path that is not a "
+                             "symbolic link loop") from None
     for opt, path in inputs.items():
         if path is not None and _same_file(out, path):
             raise InputError(f"{flag} {out} is the input {opt} {path} (the same file); choose another path "

@@ -413,6 +413,7 @@ class Chip:
         """Program a method's :class:`~ittrna.host.Deployment`: per layer its layout, scale and either its
         explicit targets or its weight through the converter. Returns total writes issued."""
         total = 0
+        self._check_targets(deployment)
         for name, layer in self.layers.items():
             key = f"{name}.weight"
             if key not in deployment.state_dict:
@@ -427,6 +428,31 @@ class Chip:
             reg = deployment.registers.get(name)
             self.set_registers(name, reg["gain"] if reg else None, reg["offset"] if reg else None)
         return total
+
+    def _check_targets(self, deployment: Deployment) -> None:
+        """A deployment's explicit targets cover every array of every layer or none, and lie in the cells'
+        range [Gmin, Gmax] (a method's targets always do; a tuned file with others is damaged or forged)."""
+        if not deployment.targets:
+            return
+        cell = self.config.cell
+        lo, hi = cell.g_min, cell.g_max
+        tol = 1e-6 * hi
+        for name, layer in self.layers.items():
+            tg = deployment.targets.get(name)
+            if tg is None:
+                raise InputError(f"deployment has targets for layers {sorted(deployment.targets)} but none for chip "
+                                 f"layer {name!r}; accepted targets for every layer or for none")
+            missing = sorted(set(layer.arrays) - set(tg))
+            unknown = sorted(set(tg) - set(layer.arrays))
+            if missing or unknown:
+                raise InputError(f"deployment targets of layer {name!r} name arrays {sorted(tg)}; the chip layer "
+                                 f"holds {sorted(layer.arrays)}")
+            for aname, t in tg.items():
+                t64 = t.detach().double()
+                if t64.numel() and (float(t64.min()) < lo - tol or float(t64.max()) > hi + tol):
+                    raise InputError(f"deployment targets of layer {name!r} array {aname!r} span "
+                                     f"[{float(t64.min()):.3g}, {float(t64.max()):.3g}] S; accepted conductances "
+                                     f"in [Gmin, Gmax] = [{lo:.3g}, {hi:.3g}] S")
 
     def write_stats(self) -> dict[str, Any]:
         """Evaluator-only wear figures: writes issued (host-visible) and performed (healthy cells whose target

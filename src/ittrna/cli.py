@@ -136,15 +136,29 @@ def _chip_config(args: argparse.Namespace) -> Any:
             changes[key] = getattr(args, flag)
     if args.crossbar is not None:
         changes["mapping.rows"], changes["mapping.cols"] = args.crossbar
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise CliError(f"--set {item!r} is not SECTION.FIELD=VALUE")
-        try:
-            changes[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            changes[key.strip()] = raw
+    changes.update(_set_values(args.set, "SECTION.FIELD=VALUE"))
     return cfg.override(changes) if changes else cfg
+
+
+def _set_values(items: Sequence[str], form: str, prefix: str = "") -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as a dict: VALUE parsed as JSON where it is JSON, else kept as text (the
+    config then checks it). The one parser of ``--set`` for every command."""
+    from ittrna._plain import check_plain
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip().startswith(prefix):
+            raise CliError(f"--set {item!r} is not {form}")
+        where = f"--set {key.strip()}"
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        except (ValueError, RecursionError):  # int-to-str's digit limit, or nesting
+            raise ConfigError(f"{where}: the value {raw[:20]!r}... is too long or nested too deeply") from None
+        out[key.strip()] = check_plain(value, where, ConfigError)
+    return out
 
 
 _CHIP_FLAGS = ("preset", "config", "saf_rate", "stuck_on_share", "sigma", "pattern", "crossbar", "scheme")
@@ -539,15 +553,7 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
     elif args.chip_out is not None:
         raise CliError(f"--chip-out is for on-device methods; {args.method!r} leaves the chip file as it is "
                        "(its tuned file reproduces the result on it)")
-    settings: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.startswith("method."):
-            raise CliError(f"--set {item!r} is not method.FIELD=VALUE")
-        try:
-            settings[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            settings[key.strip()] = raw
+    settings = _set_values(args.set, "method.FIELD=VALUE", prefix="method.")
     for flag, field in (("epochs", "epochs"), ("iterations", "iterations"), ("write_budget", "write_budget")):
         if getattr(args, flag) is not None:
             if field not in spec.config.__dataclass_fields__:  # type: ignore[attr-defined]

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+    pass
 
 from ittrna.errors import ConfigError
 
@@ -384,13 +384,9 @@ class ChipConfig(_Section):
     @classmethod
     def from_json(cls, text: str) -> ChipConfig:
         """Parse JSON text written by :meth:`to_json` (or by hand)."""
-        try:
-            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"invalid JSON config: {exc}") from None
-        except RecursionError:
-            raise ConfigError("invalid JSON config: nested too deeply") from None
-        return cls.from_dict(data)
+        from ittrna._plain import loads_json
+
+        return cls.from_dict(loads_json(text, "JSON config", ConfigError, object_pairs_hook=_no_duplicate_keys))
 
     def to_toml(self) -> str:
         """TOML text, one table per section; ``None`` fields are omitted (they default to None)."""
@@ -406,11 +402,9 @@ class ChipConfig(_Section):
     @classmethod
     def from_toml(cls, text: str) -> ChipConfig:
         """Parse TOML text."""
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"invalid TOML config: {exc}") from None
-        return cls.from_dict(data)
+        from ittrna._plain import loads_toml
+
+        return cls.from_dict(loads_toml(text, "TOML config", ConfigError))
 
     @classmethod
     def from_file(cls, path: str | Path) -> ChipConfig:
@@ -418,16 +412,9 @@ class ChipConfig(_Section):
         p = Path(path)
         if p.suffix not in (".toml", ".json"):
             raise ConfigError(f"config file {p} has suffix {p.suffix!r}; accepted .toml or .json")
-        try:
-            if p.is_file() and p.stat().st_size > MAX_CONFIG_BYTES:
-                raise ConfigError(f"config file {p} is {p.stat().st_size} bytes; accepted at most "
-                                  f"{MAX_CONFIG_BYTES} (a chip config is a few hundred bytes)")
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}); accepted UTF-8 "
-                              "TOML or JSON") from None
+        from ittrna._plain import read_small_text
+
+        text = read_small_text(p, "config file", MAX_CONFIG_BYTES, ConfigError)
         try:
             return cls.from_toml(text) if p.suffix == ".toml" else cls.from_json(text)
         except ConfigError as exc:

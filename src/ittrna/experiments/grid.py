@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+    pass
 
 from ittrna.config import MAX_CONFIG_BYTES, ChipConfig
 from ittrna.errors import ConfigError
@@ -206,18 +206,10 @@ def load_spec(path: str | Path) -> SweepSpec:
     p = Path(path)
     if p.suffix != ".toml":
         raise ConfigError(f"sweep config {p} has suffix {p.suffix!r}; accepted a .toml file")
-    try:
-        if p.is_file() and p.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"sweep config {p} is {p.stat().st_size} bytes; accepted at most {MAX_CONFIG_BYTES}")
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read sweep config {p}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"sweep config {p} is not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"sweep config {p}: invalid TOML: {exc}") from None
+    from ittrna._plain import loads_toml, read_small_text
+
+    text = read_small_text(p, "sweep config", MAX_CONFIG_BYTES, ConfigError)
+    data = loads_toml(text, f"sweep config {p}", ConfigError)
     try:
         return parse_spec(data, base_dir=p.parent)
     except ConfigError as exc:
@@ -258,9 +250,10 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
         raise ConfigError("grid.part is invalid; accepted one or more [[grid.part]] tables")
     base_axes = _axes({k: v for k, v in grid.items() if k != "part"}, "grid")
     points: dict[str, Point] = {}
+    total = 0
     for i, part in enumerate(parts_raw):
         where = f"grid.part[{i}]" if "part" in grid else "grid"
-        axes = {**base_axes, **_axes(part, where)}
+        axes = _merge_axes(base_axes, _axes(part, where))
         for name in ("model", "dataset", "chip_seed"):
             if name not in axes:
                 raise ConfigError(f"{where}: grid.{name} is missing; accepted a non-empty list")
@@ -279,9 +272,12 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
             for dataset in axes["dataset"]:
                 _check_fits(model, dataset)
         chip_names = [k for k in axes if k not in _NAMED_AXES]
-        n_points = math.prod(len(v) for v in axes.values())
-        if n_points > MAX_POINTS:
-            raise ConfigError(f"{where} has {n_points} points; accepted at most {MAX_POINTS}")
+        per_method = sum(len(method_axes.get(m, [None])) for m in axes["method"])  # a method's settings axes
+        n_points = math.prod(len(v) for k, v in axes.items() if k != "method") * per_method
+        total += n_points
+        if total > MAX_POINTS:
+            raise ConfigError(f"{where} brings the grid to {total} points (method settings included, all parts "
+                              f"together); accepted at most {MAX_POINTS}")
         for combo in itertools.product(*(axes[k] for k in chip_names)):
             overrides = {_dotted(k): v for k, v in zip(chip_names, combo, strict=True)}
             cfg = _override(base_cfg, overrides, dict(zip(chip_names, combo, strict=True)), where)
@@ -393,9 +389,25 @@ def _axes(table: Mapping[str, Any], where: str) -> dict[str, list[Any]]:
         for v in values:
             if isinstance(v, (list, Mapping)):
                 raise ConfigError(f"{where}.{name} holds {v!r}; accepted a list of plain values")
-        unique = list(dict.fromkeys(json.dumps(v, sort_keys=True) for v in values))  # repeated values: once
+        unique = list(dict.fromkeys(json.dumps(_plain_value(v), sort_keys=True) for v in values))  # repeats: once
         out[name] = [json.loads(u) for u in unique]
+    same: dict[str, str] = {}
+    for name in out:  # `saf_rate` and "faults.rate" are one field: given both, one would be dropped silently
+        other = same.setdefault(_dotted(name), name)
+        if other != name:
+            raise ConfigError(f"{where}: {other} and {name} name the same chip field {_dotted(name)}; give one")
     return out
+
+
+def _plain_value(v: Any) -> Any:
+    """One spelling per value: -0.0 is 0.0 (the same point, computed once)."""
+    return v + 0.0 if isinstance(v, float) and v == 0 else v
+
+
+def _merge_axes(base: dict[str, list[Any]], part: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """A part's axes over the grid's: a part's axis replaces the grid's of the same field, in either spelling."""
+    fields = {_dotted(k) for k in part}
+    return {**{k: v for k, v in base.items() if _dotted(k) not in fields}, **part}
 
 
 def _check_names(values: Sequence[Any], registry: Mapping[str, Any], where: str, what: str) -> None:
@@ -520,7 +532,10 @@ def _method_axes(name: str, table: Mapping[str, Any]) -> list[tuple[dict[str, An
         values = flat[key] if isinstance(flat[key], list) else [flat[key]]
         if not values:
             raise ConfigError(f"methods.{name}.{key} is empty; accepted a value or a non-empty list")
-        lists.append(list(dict.fromkeys(json.dumps(v) for v in values)))
+        lists.append(list(dict.fromkeys(json.dumps(_plain_value(v)) for v in values)))
+    combos = math.prod(len(v) for v in lists)
+    if combos > MAX_POINTS:  # checked before the product is expanded (and each combination validated)
+        raise ConfigError(f"methods.{name} has {combos} combinations of settings; accepted at most {MAX_POINTS}")
     out = []
     for combo in itertools.product(*lists):
         settings = {f"method.{k}": json.loads(v) for k, v in zip(keys, combo, strict=True)}

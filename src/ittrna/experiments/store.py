@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ittrna._io import atomic_write, atomic_write_text
+from ittrna._plain import loads_json
 from ittrna.errors import FileFormatError, InputError
 
 __all__ = ["MEASURES", "RECORD_FIELDS", "ResultStore", "StoreLockedError", "check_record", "records_to_csv"]
@@ -33,6 +34,8 @@ _COUNT = "count"
 _NONNEG = "nonneg"
 _STR = "str"
 _INT = "int"
+_FRACTION = "fraction"
+_MAX_INT = 2**63 - 1
 
 #: Required fields of a record and their kinds.
 RECORD_FIELDS: dict[str, str] = {
@@ -53,8 +56,8 @@ RECORD_FIELDS: dict[str, str] = {
 }
 #: Known optional fields and their kinds (other fields must be plain scalars).
 OPTIONAL_FIELDS: dict[str, str] = {
-    "saf_rate": _NONNEG, "sigma": _NONNEG, "stuck_on_share": _NONNEG, "program_noise": _NONNEG,
-    "read_noise": _NONNEG, "miss_rate": _NONNEG, "theta_noise": _NONNEG, "pattern": _STR,
+    "saf_rate": _FRACTION, "sigma": _NONNEG, "stuck_on_share": _FRACTION, "program_noise": _NONNEG,
+    "read_noise": _NONNEG, "miss_rate": _FRACTION, "theta_noise": _NONNEG, "pattern": _STR,
     "wall_seconds": _NONNEG, "max_writes_per_cell": _COUNT, "cells_worn_out": _COUNT,
     "fraction_cells_written": _NONNEG, "val_accuracy": _ACC, "torch_version": _STR,
     "iterations": _COUNT, "forward_passes": _COUNT, "ondevice_writes": _COUNT,
@@ -77,17 +80,19 @@ def _problem(kind: str, value: Any) -> str | None:
     if kind == _STR:
         return None if isinstance(value, str) else "is not a string"
     if kind == _INT:
-        return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else \
-            "is not a non-negative integer"
+        return None if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INT else \
+            "is not an integer in [0, 2**63 - 1]"
     if kind == _COUNT:
-        return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else \
-            "is not a count (a non-negative integer)"
+        return None if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INT else \
+            "is not a count (an integer in [0, 2**63 - 1])"
     if not _is_number(value):
         return "is not a finite number"
     if kind == _ACC and not 0 <= value <= 1:
         return "is outside [0, 1] (accuracies are fractions)"
     if kind == _NONNEG and value < 0:
         return "is negative"
+    if kind == _FRACTION and not 0 <= value <= 1:
+        return "is outside [0, 1] (a rate or share)"
     return None
 
 
@@ -137,10 +142,12 @@ def _parse_lines(path: Path, data: bytes) -> list[dict[str, Any]]:
             continue
         where = f"{path}: line {n}"
         try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            raise FileFormatError(f"{where} is not a JSON record; remove the line (it will be recomputed) or "
-                                  "the folder") from None
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FileFormatError(f"{where} is not a JSON record (not UTF-8); remove the line (it will be "
+                                  "recomputed) or the folder") from None
+        record = loads_json(text, f"{where} is not a JSON record (remove the line: it will be recomputed)",
+                            FileFormatError)
         check_record(record, where)
         key = record["key"]
         if key in seen:
@@ -241,7 +248,12 @@ class ResultStore:
         while (self.folder / f"results.jsonl.partial-{n}").exists():
             n += 1
         aside = self.folder / f"results.jsonl.partial-{n}"
-        atomic_write(aside, lambda p: p.write_bytes(data[cut:]))  # the bytes as they were: nothing re-encoded
+        tail = data[cut:]
+
+        def write_tail(tmp: Path) -> None:
+            tmp.write_bytes(tail)  # the bytes as they were: nothing re-encoded
+
+        atomic_write(aside, write_tail)
         with open(self.path, "r+b") as fh:
             fh.truncate(cut)
             fh.flush()
