@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -45,14 +46,19 @@ MAX_CHIPS = 100_000
 """Most chips one command fabricates."""
 
 
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(inf|infinity|nan)", re.I)
+
+
 def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        try:
-            value = int(text.strip()) if text.strip().isascii() else int("x")
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        plain = text.strip()
+        if not _INT_TEXT.fullmatch(plain) or len(plain) > 4000:  # no '0_5' read as 5, no 5000-digit strings
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer; accepted decimal digits "
+                                             f"in [{lo}, {'2**63 - 1' if hi == MAX_SEED else hi}]")
+        value = int(plain)
         if not lo <= value <= hi:
-            shown = str(value) if value.bit_length() <= 100 else f"an integer of {value.bit_length()} bits"
+            shown = repr(plain) if len(plain) <= 30 else f"an integer of {value.bit_length()} bits"
             bound = "2**63 - 1" if hi == MAX_SEED else str(hi)
             raise argparse.ArgumentTypeError(
                 f"{shown} is out of range; accepted an integer >= {lo} and <= {bound}")
@@ -63,13 +69,14 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
 
 def _float_in(lo: float, hi: float, hi_open: bool = False) -> Callable[[str], float]:
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        plain = text.strip()
+        if not _FLOAT_TEXT.fullmatch(plain) or len(plain) > 400:  # no '0_5' read as 5.0
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number; accepted a decimal number in "
+                                             f"[{lo:g}, {hi:g}{')' if hi_open else ']'}")
+        value = float(plain)
         if not math.isfinite(value) or value < lo or (value >= hi if hi_open else value > hi):
             raise argparse.ArgumentTypeError(
-                f"{value:g} is out of range; accepted [{lo:g}, {hi:g}{')' if hi_open else ']'}"
+                f"{plain!r} is out of range; accepted [{lo:g}, {hi:g}{')' if hi_open else ']'}"
             )
         return value
 
@@ -549,7 +556,8 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
     chip_out = None
     if spec.kind == "on-device":
         chip_out = args.chip_out or args.out.with_suffix(".chip.npz")
-        check_output(chip_out, ".npz", {**inputs, "--out": args.out}, what="the programmed chip")
+        check_output(chip_out, ".npz", {**inputs, "--out": args.out}, what="the programmed chip",
+                     flag="--chip-out" if args.chip_out else "--chip-out (default: OUT with .chip.npz)")
     elif args.chip_out is not None:
         raise CliError(f"--chip-out is for on-device methods; {args.method!r} leaves the chip file as it is "
                        "(its tuned file reproduces the result on it)")
@@ -788,8 +796,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ittrna`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if sys.stdout is None or sys.stdout.closed:  # started with stdout closed: the output would be lost silently
+        sys.stderr.write("ittrna: error: standard output is closed; the command's output would be lost "
+                         "(redirect it to a file or /dev/null instead)\n")
+        return EXIT_ERROR
     try:
         args.func(args)
+        sys.stdout.flush()
     except (CliError, InputError) as exc:
         sys.stderr.write(f"ittrna: error: {_one_line(str(exc))}\n")
         return EXIT_USAGE if isinstance(exc, (CliError, ConfigError)) else EXIT_ERROR

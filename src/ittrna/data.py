@@ -368,7 +368,21 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = obj.get(b"labels", obj.get("labels"))
     if not isinstance(data, np.ndarray) or labels is None or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: not a CIFAR-10 batch (needs 'data' (N, 3072) and 'labels')")
-    return data.astype(np.uint8), np.asarray(labels, dtype=np.int64)
+    if data.dtype.kind not in "iu" or (data.size and (int(data.min()) < 0 or int(data.max()) > 255)):
+        shown = f"[{data.min()}, {data.max()}]" if data.dtype.kind in "iuf" and data.size else str(data.dtype)
+        raise DataError(f"{path}: 'data' holds {data.dtype} values in {shown}; accepted bytes (integers in "
+                        "[0, 255])")
+    try:
+        y = np.asarray(labels)
+    except (ValueError, TypeError):
+        raise DataError(f"{path}: 'labels' is not a list of integers") from None
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise DataError(f"{path}: 'labels' is a {y.dtype} array of shape {y.shape}; accepted a list of integers")
+    if len(y) != len(data):
+        raise DataError(f"{path}: {len(y)} labels for {len(data)} images; accepted one label per image")
+    if y.size and (int(y.min()) < 0 or int(y.max()) > 9):
+        raise DataError(f"{path}: labels span [{y.min()}, {y.max()}]; accepted class indices in [0, 9]")
+    return data.astype(np.uint8), y.astype(np.int64)
 
 
 def _load_cifar(folder: Path, test: bool) -> Split:
