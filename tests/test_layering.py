@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ittrna"
-RANK = {"_io": 0, "_validate": 0, "_plain": 0, "errors": 0, "registry": 0, "config": 0, "device": 1, "mapping": 2,
-        "host": 3, "chip": 4, "data": 4, "models": 4, "training": 5, "nn": 6, "session": 6, "methods": 7,
-        "experiments": 8, "cli": 9, "__init__": 10, "__main__": 10}
+RANK = {"_io": 0, "_validate": 0, "_plain": 0, "boundary": 0, "errors": 0, "registry": 0, "config": 0,
+        "device": 1, "mapping": 2, "host": 3, "chip": 4, "data": 4, "models": 4, "training": 5, "nn": 6,
+        "session": 6, "methods": 7, "experiments": 8, "cli": 9, "__init__": 10, "__main__": 10}
 FORBIDDEN = {"methods": {"chip", "nn", "session", "experiments", "cli", "__init__"}}
 SUBMODULES = {p.name.removesuffix(".py") for p in SRC.iterdir() if p.suffix == ".py" or p.is_dir()}
 

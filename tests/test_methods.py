@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ittrna.chip import CellArray, Chip
+from ittrna.chip import Chip
 from ittrna.config import CellConfig, ChipConfig
 from ittrna.device import HEALTHY, STUCK_OFF, STUCK_ON
 from ittrna.errors import ConfigError, InputError
@@ -58,60 +58,6 @@ def test_registry_lists_every_method_with_config_version_source():
         get_method("fat").make_config({"epochs": -1})
     with pytest.raises(ConfigError, match="unknown method field method.bogus"):
         get_method("fat").make_config({"method.bogus": 1})
-
-
-@pytest.mark.parametrize("method", OFF_DEVICE)  # on-device methods: tests/test_ondevice.py
-def test_counterfactual_equal_maps_give_equal_deployments(small, method):
-    """Two chips whose truth differs only where the test is blind (the faults it missed) give the same map,
-    and every method returns the same deployment for both."""
-    model = small[0]
-    cfg = ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.5, "test.miss_rate": 0.4})
-    a = Chip.fabricate(model, cfg, 3)
-    b = copy.deepcopy(a)
-    map_a = a.test(seed=1)
-    for name, layer in b.layers.items():  # heal in b every fault that a's test missed
-        for aname, arr in layer.arrays.items():
-            missed = (arr.fault != HEALTHY) & (map_a.layers[name][aname]["fault"] == HEALTHY)
-            arr.fault = torch.where(missed, torch.zeros_like(arr.fault), arr.fault)
-    map_b = b.test(seed=1)
-    assert any(not torch.equal(x.fault, y.fault) for la, lb in zip(a, b, strict=True) for x, y in
-               zip(la.arrays.values(), lb.arrays.values(), strict=True))  # the truths differ
-    for name in map_a.layers:
-        for aname in map_a.layers[name]:
-            for f in ("fault", "theta"):
-                assert torch.equal(map_a.layers[name][aname][f], map_b.layers[name][aname][f])
-    dep_a = apply_method(method, model, map_a, _ctx(small), _fast(method))
-    dep_b = apply_method(method, model, map_b, _ctx(small), _fast(method))
-    assert _same(dep_a, dep_b)
-
-
-@pytest.mark.parametrize("method", OFF_DEVICE)
-def test_methods_never_touch_the_truth(small, method, monkeypatch):
-    """Poison: every accessor of a chip's true state raises while a method runs."""
-    model = small[0]
-    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.3}), 5)
-    measured = chip.test()
-
-    def poison(*_a, **_k):
-        raise AssertionError("a method read the true chip")
-
-    for attr in ("conductances", "effective_matrix", "effective_weight", "test", "layer", "program",
-                 "program_weights", "program_deployment", "write_stats", "__iter__", "chip_id", "stats",
-                 "used_cells", "save", "to", "check_model"):
-        monkeypatch.setattr(Chip, attr, property(poison) if attr == "chip_id" else poison)
-    for attr in ("fabricate", "load"):  # rebuilding or reading a true chip
-        monkeypatch.setattr(Chip, attr, classmethod(poison))
-    monkeypatch.setattr(CellArray, "conductance", poison)
-    monkeypatch.setattr(CellArray, "to", poison)
-    import ittrna.device
-    import ittrna.device.faults
-    import ittrna.device.variation
-
-    for mod in (ittrna.device, ittrna.device.faults, ittrna.device.variation, ittrna.chip):
-        for fn in ("sample_faults", "sample_theta"):  # the fabrication samplers
-            if hasattr(mod, fn):
-                monkeypatch.setattr(mod, fn, poison)
-    apply_method(method, model, measured, _ctx(small), _fast(method))
 
 
 def test_counterfactual_other_die_other_settings_same_map(small):

@@ -31,8 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ittrna import boundary
 from ittrna._io import load_npz, save_npz
 from ittrna._validate import check_chip_archive, check_fabricate, check_seed
+from ittrna.boundary import Guarded
 from ittrna.config import ChipConfig, ConfigError
 from ittrna.device import (
     HEALTHY,
@@ -80,7 +82,7 @@ def _gen(seed: int, *parts: int) -> torch.Generator:
 
 
 @dataclass
-class CellArray:
+class CellArray(Guarded):
     """True state of one physical cell array (rows x cols), all tensors of that shape."""
 
     fault: torch.Tensor
@@ -111,7 +113,7 @@ class CellArray:
 
 
 @dataclass
-class LayerTiles:
+class LayerTiles(Guarded):
     """The crossbar tiles that hold one layer."""
 
     name: str
@@ -196,7 +198,7 @@ def check_registers(name: str, n: int, gain: torch.Tensor, offset: torch.Tensor)
             raise InputError(f"layer {name!r} {what} register holds a value outside +/- 1e6 or not finite")
 
 
-class Chip:
+class Chip(Guarded):
     """A simulated RRAM chip holding one model's layers. Build with :meth:`fabricate` or :meth:`load`."""
 
     def __init__(self, config: ChipConfig, seed: int, layers: dict[str, LayerTiles], write_epoch: int = 0,
@@ -238,6 +240,7 @@ class Chip:
             filter_fn: ``(module, name) -> bool`` choosing which layers go on crossbars (default: all).
             device: where the cell state lives (draws are made on the CPU, so results match across devices).
         """
+        boundary.check("Chip.fabricate (a true chip)")
         check_fabricate(model, config, seed, filter_fn)  # types, seed range, memory estimate
         conv = CONVERTERS[config.mapping.scheme]
         layers: dict[str, LayerTiles] = {}
@@ -532,6 +535,7 @@ class Chip:
             seed: seeds the test's own imperfections (which faults it misses, theta measurement error);
                 accepted [0, 2**63 - 1].
         """
+        boundary.check("Chip.test (the true chip)")
         seed = check_seed(seed, "test seed")
         tcfg = self.config.test
         gen = torch.Generator().manual_seed(_derive_seed(self.seed, 0x54455354, seed))
@@ -634,6 +638,7 @@ class Chip:
         Raises:
             ValueError: unreadable file, not a chip, unsupported format version, or inconsistent arrays.
         """
+        boundary.check("Chip.load (a true chip file)")
         header, arrays = load_npz(path, "chip")
         check_chip_archive(path, header, arrays)  # every field: type, dtype, shape, range, codes, layouts
         try:

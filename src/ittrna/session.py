@@ -9,12 +9,13 @@ An on-device method (:mod:`ittrna.methods.ondevice`) receives a :class:`ChipSess
 - set the digital periphery, which costs no cell writes: layouts and per-column gain/offset registers;
 - read what it did itself: writes issued, forward passes, on-device iterations, what its budget leaves.
 
-It never reveals true theta, fault codes, programmed levels or per-cell wear: the chip is held in a
-name-mangled attribute and every chip access happens inside the session's gate (tests poison every chip
-reader outside it). Writes are accounted honestly: each changed target is one issued write (both cells of a
-pair counted as they change); a request that would exceed the write budget or start an on-device iteration
-past the limit raises :class:`~ittrna.errors.WriteBudgetError` and writes nothing; programming noise is
-redrawn per write and cells past their endurance stick (:class:`~ittrna.chip.Chip`).
+It never reveals true theta, fault codes, programmed levels or per-cell wear: every chip access happens inside
+the session's own :func:`~ittrna.boundary.chip_side`, and a method (run on the host side) that reaches for the
+chip by any other route gets a :class:`~ittrna.boundary.BoundaryError` (:mod:`ittrna.boundary`). Writes are
+accounted honestly: each changed target is one issued write (both cells of a pair counted as they change); a
+request that would exceed the write budget or start an on-device iteration past the limit raises
+:class:`~ittrna.errors.WriteBudgetError` and writes nothing; programming noise is redrawn per write and cells
+past their endurance stick (:class:`~ittrna.chip.Chip`).
 
 An *on-device iteration* is a programming round: the first write after a forward pass (or after the
 deployment) opens one; writes before the next forward pass belong to it. The initial deployment is not an
@@ -23,16 +24,15 @@ iteration and does not count against the budget (its writes are counted in ``wri
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from ittrna.boundary import chip_side, in_session
 from ittrna.chip import Chip, check_registers
 from ittrna.errors import InputError, WriteBudgetError
 from ittrna.host import Deployment
@@ -54,22 +54,7 @@ def _scale(scale: float, name: str) -> float:
         raise InputError(f"layer {name!r}: scale = {scale!r}; accepted a finite number > 0")
     return float(scale)
 
-_GATE = threading.local()
-
-
-@contextlib.contextmanager
-def _gate() -> Iterator[None]:
-    """Marks chip access made by the session itself (tests poison chip readers outside it)."""
-    _GATE.depth = getattr(_GATE, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _GATE.depth -= 1
-
-
-def in_session() -> bool:
-    """Whether the current thread is inside a session's own chip access."""
-    return getattr(_GATE, "depth", 0) > 0
+_gate = chip_side  # the session's own chip access (ittrna.boundary): allowed while a method runs
 
 
 class ChipSession:

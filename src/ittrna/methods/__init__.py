@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from ittrna.boundary import host_side
 from ittrna.errors import InputError
 from ittrna.host import ChipAccess, Deployment, MeasuredMap
 from ittrna.methods import offdevice as _offdevice  # noqa: F401  (registers the off-device methods)
@@ -46,11 +47,14 @@ def apply_method(
     cfg = settings if isinstance(settings, MethodConfig) else spec.make_config(settings)
     if not isinstance(cfg, spec.config):
         raise TypeError(f"settings for {name!r} must be a {spec.config.__name__}, got {type(cfg).__name__}")
+    view = measured.for_method()
     if spec.kind == "on-device":
         if session is None:
             raise InputError(f"method {name!r} works on the chip: it needs a chip-in-the-loop session")
-        deployment = spec.fn(model, measured.for_method(), cfg, ctx, session)
+        with host_side():  # the true chip out of reach but through the session (ittrna.boundary)
+            deployment = spec.fn(model, view, cfg, ctx, session)
     else:
-        deployment = spec.fn(model, measured.for_method(), cfg, ctx)
+        with host_side():
+            deployment = spec.fn(model, view, cfg, ctx)
     deployment.report.update(method=name, version=spec.version, settings=cfg.to_dict())
     return deployment
