@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ART    := artifacts
 export ITTRNA_DATA ?= $(HOME)/.cache/ittrna
 
-.PHONY: demo test test-slow lint data data-mnist bench bench-sweep clean help
+.PHONY: demo test test-slow lint data data-mnist bench bench-sweep mutants clean help
 
 help:
 	@echo "make demo       configs/quick.toml: train the MLP, its collapse on imperfect chips and its rescue; report"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      simulation overhead benchmark"
 	@echo "make bench-sweep  sweep throughput, local backend vs Ray with 2 workers"
+	@echo "make mutants    mutation check: every deliberate defect must fail a test"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +62,10 @@ lint: $(VENV)/.installed-dev
 
 bench: data-mnist
 	$(BIN)/python benchmarks/bench_evaluate.py
+
+# a mutation check of the suite: deliberate defects, each must make at least one test fail (~10 minutes)
+mutants: $(VENV)/.installed-dev data
+	$(BIN)/python tools/mutants.py
 
 bench-sweep: $(VENV)/.installed-dev data
 	$(BIN)/python benchmarks/bench_sweep.py
