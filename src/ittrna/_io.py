@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ittrna._validate import check_memory
+from ittrna._resources import check_memory
 from ittrna.errors import FileFormatError
 
 __all__ = ["atomic_write", "atomic_write_text", "load_npz", "save_npz"]

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ittrna.config import ChipConfig
+from ittrna._resources import _size, available_memory, check_memory  # noqa: F401  (re-exported)
+from ittrna.config import MAX_SEED, ChipConfig
 from ittrna.errors import ConfigError, FileFormatError, InputError, ResourceError
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "expected_array_shapes",
 ]
 
-MAX_SEED = 2**63 - 1
 """Largest accepted seed: seeds are mixed as 64-bit integers, so larger ones would alias smaller ones."""
 
 MAX_LOG_FACTOR = 60.0
@@ -131,33 +131,7 @@ def check_device(name: Any) -> torch.device:
     raise InputError(f"device {name!r} is not supported; accepted cpu, cuda, cuda:N or mps")
 
 
-# --- memory ------------------------------------------------------------------------------------------------
-def available_memory() -> int | None:
-    """Bytes available to new allocations: ``MemAvailable`` of ``/proc/meminfo`` (Linux), else free physical
-    pages from ``sysconf``; None where neither is known (then no estimate is enforced)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _size(n: float) -> str:
-    return f"{n / 2**30:.3g} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.3g} MiB"
-
-
-def check_memory(need: float, what: str) -> None:
-    """Raise :class:`ResourceError` when ``need`` bytes exceed the available memory (see
-    :func:`available_memory`); the message gives both."""
-    have = available_memory()
-    if have is not None and need > have:
-        raise ResourceError(f"{what} needs about {_size(need)} of memory; {_size(have)} is available")
+# --- memory: ittrna._resources (re-exported here) ------------------------------------------------------------
 
 
 def expected_array_shapes(scheme: str, k: int, n: int, rows: int, cols: int, spare: int = 0

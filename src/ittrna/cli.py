@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ittrna.config import MAX_SEED
 from ittrna.errors import ConfigError, InputError
 
 __all__ = ["main"]
@@ -40,8 +41,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --- argument types ---------------------------------------------------------------------------------------
-MAX_SEED = 2**63 - 1
-"""Largest seed (seeds are mixed as 64-bit integers; larger ones would alias smaller ones)."""
 MAX_CHIPS = 100_000
 """Most chips one command fabricates."""
 

@@ -32,6 +32,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from ittrna.errors import ConfigError
 
+MAX_SEED = 2**63 - 1
+"""Largest seed (seeds are mixed as 64-bit integers; larger ones would alias smaller ones): the one bound every
+seed check uses (CLI, sweep grids, archives)."""
+
 __all__ = [
     "PRESETS",
     "CellConfig",

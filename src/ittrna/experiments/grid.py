@@ -39,7 +39,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     pass
 
-from ittrna.config import MAX_CONFIG_BYTES, ChipConfig
+from ittrna.config import MAX_CONFIG_BYTES, MAX_SEED, ChipConfig
 from ittrna.errors import ConfigError
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "point_key",
 ]
 
-MAX_SEED = 2**63 - 1
 MAX_POINTS = 1_000_000
 """Most points one sweep may hold (a larger grid is almost surely a mistake)."""
 
