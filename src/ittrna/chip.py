@@ -21,6 +21,7 @@ programmed target conductance, the programming-noise log factor of its last writ
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from ittrna import boundary
 from ittrna._io import load_npz, save_npz
 from ittrna._validate import check_chip_archive, check_fabricate, check_seed
 from ittrna.boundary import Guarded
-from ittrna.config import ChipConfig, ConfigError
+from ittrna.config import ChipConfig, ConfigError, TestConfig
 from ittrna.device import (
     HEALTHY,
     STUCK_OFF,
@@ -528,16 +529,20 @@ class Chip(Guarded):
                            "layers": {n: layer.shape_meta() for n, layer in self.layers.items()}}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
-    def test(self, seed: int = 0) -> MeasuredMap:
+    def test(self, seed: int = 0, test: TestConfig | None = None) -> MeasuredMap:
         """Post-fabrication test: the measured defect map (faults, theta) with the configured imperfections.
 
         Args:
             seed: seeds the test's own imperfections (which faults it misses, theta measurement error);
                 accepted [0, 2**63 - 1].
+            test: the test's imperfections, if not the chip config's own ``test`` section (the chip is not
+                changed; the map's design states the test it came from).
         """
         boundary.check("Chip.test (the true chip)")
         seed = check_seed(seed, "test seed")
-        tcfg = self.config.test
+        if test is not None and not isinstance(test, TestConfig):
+            raise InputError(f"test = {test!r}; accepted a TestConfig or None")
+        tcfg = test if test is not None else self.config.test
         gen = torch.Generator().manual_seed(_derive_seed(self.seed, 0x54455354, seed))
         layers: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
         meta: dict[str, dict[str, Any]] = {}
@@ -553,7 +558,7 @@ class Chip(Guarded):
                     theta = theta + torch.randn(theta.shape, generator=gen) * tcfg.theta_noise
                 layers[lname][aname] = {"fault": fault, "theta": theta}
             meta[lname] = layer.shape_meta()
-        return MeasuredMap(design_config(self.config), self.chip_id, layers, meta)
+        return MeasuredMap(design_config(dataclasses.replace(self.config, test=tcfg)), self.chip_id, layers, meta)
 
     def used_cells(self, name: str) -> dict[str, torch.Tensor]:
         """Per array, a bool mask of the cells that carry a weight under the layer's layout (padding and

@@ -354,7 +354,6 @@ def _plot_fault_map(chip: Any, path: Path) -> None:
 
 
 def cmd_chip_test(args: argparse.Namespace) -> None:
-    from dataclasses import replace
 
     from ittrna._validate import check_output
     from ittrna.chip import Chip
@@ -362,8 +361,7 @@ def cmd_chip_test(args: argparse.Namespace) -> None:
 
     check_output(args.out, ".npz", {"chip": args.chip}, what="a measured defect map")
     chip = Chip.load(args.chip)
-    chip.config = replace(chip.config, test=TestConfig(miss_rate=args.miss_rate, theta_noise=args.theta_noise))
-    measured = chip.test(seed=args.seed)
+    measured = chip.test(seed=args.seed, test=TestConfig(miss_rate=args.miss_rate, theta_noise=args.theta_noise))
     measured.save(args.out)
     _emit(args, f"measured defect map -> {args.out}", {"out": str(args.out)})
 
@@ -544,7 +542,6 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
 
     from ittrna._validate import check_output
     from ittrna.chip import Chip, MeasuredMap
-    from ittrna.config import TestConfig
     from ittrna.data import load
     from ittrna.experiments.tolerate import save_tuned, tolerate
     from ittrna.methods import get_method
@@ -571,19 +568,20 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
     model, meta = _load_model(args.model)
     chip = Chip.load(args.chip)
     measured = None
+    test_config = None
     if args.map is not None:
         if args.miss_rate is not None or args.theta_noise is not None:
             raise CliError("--miss-rate/--theta-noise describe a test run here; with --map the test is done")
         measured = MeasuredMap.load(args.map)
     elif args.miss_rate is not None or args.theta_noise is not None:
-        chip.config = replace(chip.config, test=TestConfig(
-            miss_rate=args.miss_rate if args.miss_rate is not None else chip.config.test.miss_rate,
-            theta_noise=args.theta_noise if args.theta_noise is not None else chip.config.test.theta_noise))
+        test_config = replace(chip.config.test, **{k: getattr(args, k) for k in ("miss_rate", "theta_noise")
+                                                   if getattr(args, k) is not None})
     dataset = _dataset_of(meta, args)
     splits = {s: load(dataset, s, data_dir=args.data_dir) for s in ("train", "val", "test")}
     result, deployment = tolerate(model, chip, args.method, train=splits["train"], val=splits["val"],
                                   test=splits["test"], settings=settings, measured=measured,
-                                  test_seed=args.test_seed, seed=args.seed, progress=not args.quiet)
+                                  test_seed=args.test_seed, test_config=test_config, seed=args.seed,
+                                  progress=not args.quiet)
     save_tuned(args.out, model, {**meta, "ondevice": chip_out is not None}, deployment, chip.chip_id)
     if chip_out is not None:
         chip.save(chip_out)

@@ -19,7 +19,7 @@ from torch import nn
 
 from ittrna._io import atomic_write
 from ittrna.chip import Chip
-from ittrna.config import ChipConfig
+from ittrna.config import ChipConfig, TestConfig
 from ittrna.data import Split
 from ittrna.errors import FileFormatError, InputError
 from ittrna.host import Deployment, MeasuredMap
@@ -124,6 +124,7 @@ def tolerate(
     settings: Mapping[str, Any] | None = None,
     measured: MeasuredMap | None = None,
     test_seed: int = 0,
+    test_config: TestConfig | None = None,
     seed: int = 0,
     progress: bool = False,
     device: str = "cpu",
@@ -135,7 +136,8 @@ def tolerate(
     :class:`~ittrna.session.ChipSession` (budget and iteration limit from its settings ``write_budget`` and
     ``iterations``); its deployment then describes the chip's final state, so programming it again issues no
     writes (``evaluation_writes``) and the programmed chip reproduces the result. The accuracy before the
-    method is measured on a copy.
+    method is measured on a copy. Without ``measured`` the chip is tested here, with ``test_config`` if given
+    (else its own config's test section; the chip is not changed).
     ``device`` is where the method computes (e.g. ``cuda``); chips and evaluation stay on the CPU.
 
     Returns:
@@ -148,7 +150,7 @@ def tolerate(
         raise InputError("the chip has been programmed already; start from the fabricated chip file")
     cfg = spec.make_config(settings)
     if measured is None:
-        measured = chip.test(seed=test_seed)
+        measured = chip.test(seed=test_seed, test=test_config)
     check_map_fits(measured, chip)
     try:
         chip.check_model(model)
