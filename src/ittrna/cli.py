@@ -196,17 +196,9 @@ def _eval_split(meta: dict[str, Any], args: argparse.Namespace) -> Any:
 
 def _dataset_of(meta: dict[str, Any], args: argparse.Namespace) -> str:
     """The checkpoint's dataset, checked to be known and to fit the model."""
-    from ittrna.data import DATASETS
+    from ittrna.data import dataset_of
 
-    name = meta.get("dataset")
-    if not isinstance(name, str) or name not in DATASETS:
-        raise InputError(f"{args.model}: field meta.dataset = {name!r} is invalid; accepted one of "
-                         f"{sorted(DATASETS)}")
-    spec = DATASETS[name]
-    if list(meta["in_shape"]) != list(spec.in_shape) or meta["num_classes"] != spec.num_classes:
-        raise InputError(f"{args.model}: model for in_shape {list(meta['in_shape'])} and {meta['num_classes']} "
-                         f"classes does not fit dataset {name!r} ({list(spec.in_shape)}, {spec.num_classes} classes)")
-    return name
+    return dataset_of(meta, str(args.model))
 
 
 def _val_loader(meta: dict[str, Any], args: argparse.Namespace) -> Callable[[], Any]:
@@ -468,48 +460,20 @@ def _check_sweep_outputs(out: Path, inputs: dict[str, Path | None]) -> None:
 
 
 def _cmd_sweep_flags(args: argparse.Namespace) -> None:
-    from ittrna._io import atomic_write_text
-    from ittrna._validate import check_fabricate
     from ittrna.experiments.backends import make_backend
-    from ittrna.experiments.grid import collapse_spec
-    from ittrna.experiments.report import format_table, plot_collapse, write_csv
-    from ittrna.experiments.sweep import collapse_rows, flag_data, run_spec
-    from ittrna.experiments.tolerate import load_tuned
+    from ittrna.experiments.sweep import collapse_study
 
     out: Path = args.out
-    args.saf_rates = args.saf_rates if args.saf_rates is not None else [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
-    args.sigmas = args.sigmas if args.sigmas is not None else [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
     args.chips = args.chips if args.chips is not None else 5
     args.seed = args.seed if args.seed is not None else 0
-    args.split = args.split or "test"
     _check_sweep_outputs(out, {"--model": args.model, "--config": args.config})
     _check_seeds(args)
     base = _chip_config(args)
-    seeds = range(args.seed, args.seed + args.chips)
-    model, meta, deployment = load_tuned(args.model)
-    if deployment is not None:
-        raise CliError(f"{args.model} is tuned for one chip; a sweep fabricates new chips: give it the software "
-                       "checkpoint")
-    _dataset_of(meta, args)
-    spec = collapse_spec(args.model, meta, base, args.saf_rates, args.sigmas, seeds,
-                         flag_data(args.split, str(args.data_dir) if args.data_dir else None))
-    from ittrna.config import ChipConfig
-
-    for cfg in dict.fromkeys(json.dumps(p.chip, sort_keys=True) for p in spec.points):
-        check_fabricate(model, ChipConfig.from_dict(json.loads(cfg)), args.seed)
     with make_backend(args.backend, args.workers, args.address) as backend:
-        outcome = run_spec(spec, out, backend=backend, progress=not args.quiet)
-    rows = collapse_rows(outcome.records, args.saf_rates, args.sigmas)
-    ideal = outcome.records[0]["software_accuracy"]
-    write_csv(out / "summary.csv", rows)
-    summary = {"model": meta["model"], "dataset": meta["dataset"], "split": args.split, "ideal_accuracy": ideal,
-               "chips": args.chips, "first_seed": args.seed, "base_config": base.to_json_dict(), "rows": rows}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    title = f"{meta['model']} on {meta['dataset']}: accuracy on imperfect chips ({args.chips} chips per point)"
-    plot_collapse(out / "collapse.png", rows, title=title, ideal=ideal)
-    text = (f"{meta['model']} on {meta['dataset']} ({args.split}); software accuracy {100 * ideal:.2f}%\n"
-            + format_table(rows, ideal) + f"\nresults: {out}/summary.csv, plot: {out}/collapse.png")
-    _emit(args, text, {"ideal_accuracy": ideal, "rows": rows, "out": str(out)})
+        study = collapse_study(args.model, base, out, saf_rates=args.saf_rates, sigmas=args.sigmas,
+                               seeds=range(args.seed, args.seed + args.chips), split=args.split or "test",
+                               data_dir=args.data_dir, backend=backend, progress=not args.quiet)
+    _emit(args, study.text, {"ideal_accuracy": study.ideal, "rows": study.rows, "out": str(out)})
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -238,6 +238,25 @@ for _name, _ds in _BUILTIN_DATASETS.items():
     DATASETS.register(_name, _ds, home=__name__)
 
 
+def dataset_of(meta: dict, where: str) -> str:
+    """The dataset a checkpoint's ``meta`` names, checked to be known and to fit the model's input shape and
+    classes.
+
+    Raises:
+        InputError: an unknown dataset, or one the model does not fit (one line naming ``where``).
+    """
+    from ittrna.errors import InputError
+
+    name = meta.get("dataset")
+    if not isinstance(name, str) or name not in DATASETS:
+        raise InputError(f"{where}: field meta.dataset = {name!r} is invalid; accepted one of {sorted(DATASETS)}")
+    spec = DATASETS[name]
+    if list(meta["in_shape"]) != list(spec.in_shape) or meta["num_classes"] != spec.num_classes:
+        raise InputError(f"{where}: model for in_shape {list(meta['in_shape'])} and {meta['num_classes']} "
+                         f"classes does not fit dataset {name!r} ({list(spec.in_shape)}, {spec.num_classes} classes)")
+    return name
+
+
 def _spec(name: str) -> DatasetSpec:
     if not isinstance(name, str) or name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; accepted one of {sorted(DATASETS)}")

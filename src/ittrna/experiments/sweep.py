@@ -170,3 +170,70 @@ def collapse_rows(records: Sequence[dict[str, Any]], saf_rates: Sequence[float],
 def flag_data(split: str, data_dir: str | None) -> DataSettings:
     """Data settings of the flag form (whole splits)."""
     return DataSettings(split=split, dir=data_dir)
+
+
+DEFAULT_SAF_RATES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+"""The flag form's SAF curve (sigma 0)."""
+DEFAULT_SIGMAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+"""The flag form's variation curve (no faults)."""
+
+
+@dataclass
+class CollapseStudy:
+    """What :func:`collapse_study` measured and wrote."""
+
+    rows: list[dict[str, Any]]
+    """Per curve point: axis, value, chips, mean and std of the chip accuracy."""
+    ideal: float
+    """The software accuracy."""
+    text: str
+    """The table as the CLI prints it."""
+
+
+def collapse_study(model_path: str | Path, base: Any, out: str | Path, *, saf_rates: Sequence[float] | None = None,
+                   sigmas: Sequence[float] | None = None, seeds: Sequence[int] = range(5), split: str = "test",
+                   data_dir: str | Path | None = None, backend: Backend | None = None,
+                   progress: bool = False) -> CollapseStudy:
+    """The collapse curves of a software checkpoint (``ittrna sweep --model``): plain programming (``none``)
+    on chips of ``base`` with each SAF rate (sigma 0) and each sigma (no faults), ``seeds`` chips per point,
+    through the sweep machinery (resumable store in ``out``), then ``summary.csv``, ``summary.json`` and
+    ``collapse.png`` there.
+
+    Raises:
+        InputError: a tuned file instead of a software checkpoint, a checkpoint for an unknown dataset, or a chip
+            config the model does not fit.
+    """
+    from ittrna._io import atomic_write_text
+    from ittrna._validate import check_fabricate
+    from ittrna.config import ChipConfig
+    from ittrna.experiments.grid import collapse_spec
+    from ittrna.experiments.report import format_table, plot_collapse, write_csv
+    from ittrna.experiments.tolerate import load_tuned
+
+    out = Path(out)
+    rates = list(saf_rates) if saf_rates is not None else list(DEFAULT_SAF_RATES)
+    sigmas_ = list(sigmas) if sigmas is not None else list(DEFAULT_SIGMAS)
+    seeds = list(seeds)
+    from ittrna.data import dataset_of
+
+    model, meta, deployment = load_tuned(model_path)
+    if deployment is not None:
+        raise InputError(f"{model_path} is tuned for one chip; a sweep fabricates new chips: give it the software "
+                         "checkpoint")
+    dataset_of(meta, str(model_path))
+    spec = collapse_spec(str(model_path), meta, base, rates, sigmas_, seeds,
+                         flag_data(split, str(data_dir) if data_dir else None))
+    for cfg in dict.fromkeys(json.dumps(p.chip, sort_keys=True) for p in spec.points):
+        check_fabricate(model, ChipConfig.from_dict(json.loads(cfg)), seeds[0])
+    outcome = run_spec(spec, out, backend=backend, progress=progress)
+    rows = collapse_rows(outcome.records, rates, sigmas_)
+    ideal = float(outcome.records[0]["software_accuracy"])
+    write_csv(out / "summary.csv", rows)
+    summary = {"model": meta["model"], "dataset": meta["dataset"], "split": split, "ideal_accuracy": ideal,
+               "chips": len(seeds), "first_seed": seeds[0], "base_config": base.to_json_dict(), "rows": rows}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    title = f"{meta['model']} on {meta['dataset']}: accuracy on imperfect chips ({len(seeds)} chips per point)"
+    plot_collapse(out / "collapse.png", rows, title=title, ideal=ideal)
+    text = (f"{meta['model']} on {meta['dataset']} ({split}); software accuracy {100 * ideal:.2f}%\n"
+            + format_table(rows, ideal) + f"\nresults: {out}/summary.csv, plot: {out}/collapse.png")
+    return CollapseStudy(rows, ideal, text)
