@@ -61,6 +61,9 @@ def main() -> None:
     ap.add_argument("--chips", type=int, default=20, help="chips (and plain runs, interleaved)")
     ap.add_argument("--batch-size", type=int, default=2000)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--check", action="store_true",
+                    help="CI smoke run: exit 1 unless every figure is finite and positive and an ideal chip gives "
+                         "plain PyTorch's accuracy (what the benchmark times is checked, never its speed)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     results = {}
@@ -76,6 +79,19 @@ def main() -> None:
               f"{r['ratio_inference']:>11.2f}")
     if args.json:
         print(json.dumps(results))
+    if args.check:
+        import math
+
+        bad = [f"{m}.{k} = {v}" for m, r in results.items() for k, v in r.items() if not (math.isfinite(v) and v > 0)]
+        test = load("mnist", "test")
+        for name in ("mlp", "lenet5"):
+            model = build(name, seed=0).eval()
+            plain, chip = accuracy(model, test), accuracy(deploy(model, Chip.fabricate(model, ChipConfig(), 0)), test)
+            if abs(plain - chip) > 1e-3:
+                bad.append(f"{name}: an ideal chip gives {chip:.4f}, plain PyTorch {plain:.4f}")
+        if bad:
+            raise SystemExit("bench_evaluate --check failed: " + "; ".join(bad))
+        print("check: every figure finite and positive; ideal chips equal plain PyTorch")
 
 
 if __name__ == "__main__":

@@ -208,6 +208,8 @@ CHIP = ["chip", "make", "--model", "{d}/m.pt", "--out", "{d}/new.npz"]
 EVAL = ["evaluate", "--model", "{d}/m.pt", "--chips", "1", "--quiet"]
 SWEEP = ["sweep", "--model", "{d}/m.pt", "--chips", "1", "--quiet", "--out", "{d}/sweep"]
 TRAIN = ["train", "--model", "mlp", "--dataset", "mnist", "--epochs", "0", "--quiet", "--out", "{d}/t.pt"]
+TOLERATE = ["tolerate", "--method", "fat", "--model", "{d}/m.pt", "--chip", "{d}/c.npz", "--quiet", "--out",
+            "{d}/tuned.pt"]
 
 CLI_CASES: list[tuple[str, list[str], str]] = [
     # id, argv ({d} = the shared folder), a piece the message must contain ("" = any)
@@ -371,15 +373,39 @@ CLI_CASES: list[tuple[str, list[str], str]] = [
     ("config-show-format-yaml", ["config", "show", "--format", "yaml"], "yaml"),
     ("config-show-folder", ["config", "show", "--config", "{d}/cfgdir.toml"], "cfgdir.toml"),
     ("config-presets-bogus-flag", ["config", "presets", "--bogus"], "--bogus"),
+    ("methods-bogus-flag", ["methods", "--bogus"], "--bogus"),
+    ("methods-extra-argument", ["methods", "fat"], "fat"),
+    ("tolerate-unknown-method", [*TOLERATE, "--method", "magic"], "magic"),
+    ("tolerate-unknown-setting", [*TOLERATE, "--set", "method.bogus=1"], "method.bogus"),
+    ("tolerate-setting-out-of-range", [*TOLERATE, "--set", "method.epochs=-1"], "method.epochs"),
+    ("tolerate-set-not-method", [*TOLERATE, "--set", "faults.rate=0.1"], "method.FIELD=VALUE"),
+    ("tolerate-epochs-for-program", [*TOLERATE, "--method", "program", "--epochs", "2"], "method.epochs"),
+    ("tolerate-out-is-model", [*TOLERATE[:-1], "{d}/m.pt"], "the same file"),
+    ("tolerate-chip-missing", [*TOLERATE, "--chip", "{d}/nochip.npz"], "nochip.npz"),
+    ("tolerate-chip-is-model", [*TOLERATE, "--chip", "{d}/m.pt"], "not an ittrna archive"),
+    ("tolerate-map-and-miss-rate", [*TOLERATE, "--map", "{d}/c.npz", "--miss-rate", "0.1"], "--map"),
+    ("tolerate-chip-out-offdevice", [*TOLERATE, "--chip-out", "{d}/x.chip.npz"], "--chip-out"),
 ]
 
 
 def test_cli_table_is_large_and_covers_every_command():
     assert len(CLI_CASES) >= 80
     assert len({c[0] for c in CLI_CASES}) == len(CLI_CASES)
+    from ittrna.cli import build_parser
+
+    def commands(parser, path=()):  # every command of the parser tree (the leaves that run something)
+        import argparse
+
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield path
+        for action in subs:
+            for name, sub in action.choices.items():
+                yield from commands(sub, (*path, name))
+
+    every = set(commands(build_parser()))
     heads = {tuple(a[:2]) if a and a[0] in ("chip", "config", "data") else tuple(a[:1]) for _, a, _ in CLI_CASES}
-    assert heads >= {("data", "fetch"), ("data", "list"), ("train",), ("chip", "make"), ("chip", "show"),
-                     ("chip", "test"), ("evaluate",), ("sweep",), ("config", "show"), ("config", "presets")}
+    assert every <= heads, f"commands without a hostile case: {sorted(every - heads)}"
 
 
 @pytest.mark.parametrize(("argv", "needle"), [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])

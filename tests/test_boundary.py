@@ -148,7 +148,7 @@ def test_the_evaluator_itself_is_not_stopped(small, tmp_path):
     assert [o for o in gc.get_objects() if type(o) is Chip]
     result, _ = tolerate(model, chip, "program", train=tr.subset(256), val=val, test=test.subset(200),
                          settings=_fast("program"))
-    assert 0 < result["chip_accuracy"] <= 1 and chip.writes_issued > 0
+    assert result["chip_accuracy"] > result["chip_accuracy_before"] and chip.writes_issued > 0
 
 
 # --- counterfactuals ----------------------------------------------------------------------------------------

@@ -96,12 +96,20 @@ def test_evaluate_and_train_json(capsys, tmp_path, mnist_test):
                          "--out", str(out_pt), "--json", "--quiet")
     assert code == 0, err
     t = json.loads(out.strip().splitlines()[-1])
-    assert set(t) >= {"test_accuracy", "seconds", "out"} and 0 <= t["test_accuracy"] <= 1
+    from ittrna.models import load_checkpoint
+    from ittrna.training import accuracy
+
+    assert set(t) >= {"test_accuracy", "seconds", "out"}
+    assert t["test_accuracy"] == accuracy(load_checkpoint(out_pt)[0], mnist_test)  # what the file holds
     code, out, err = run(capsys, "evaluate", "--model", str(out_pt), "--chips", "2", "--saf-rate", "0.1",
                          "--json", "--quiet")
     assert code == 0, err
     e = json.loads(out.strip().splitlines()[-1])
-    assert len(e["accuracies"]) == 2 and 0 <= e["accuracy_mean"] <= 1 and e["ideal_accuracy"] == t["test_accuracy"]
+    import statistics
+
+    assert len(e["accuracies"]) == 2 and e["ideal_accuracy"] == t["test_accuracy"]
+    assert e["accuracy_mean"] == statistics.fmean(e["accuracies"]) and e["accuracy_std"] == pytest.approx(
+        statistics.stdev(e["accuracies"]))
 
 
 def test_sweep_resumes(capsys, tmp_path, trained_mlp, mnist_test):

@@ -78,3 +78,40 @@ def test_rule_sees_every_import_form(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: code if self == fake else "")
     layers = [t for _, t in imported_layers(fake)]
     assert layers == ["__init__", "chip", "nn", "chip", "training", "__init__", "nn"]
+
+
+def _layer_graph() -> dict[str, set[str]]:
+    """Top-level module -> the top-level modules it imports anywhere (function-level imports included)."""
+    graph: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        me = _layer(path)
+        graph.setdefault(me, set()).update(t for _, t in imported_layers(path) if t != me)
+    return graph
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = list(graph.get(start, ()))
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph.get(m, ()))
+    return seen
+
+
+def test_the_boundary_holds_transitively():
+    """A forbidden module is not reachable through any chain either (methods -> training -> chip would pass a
+    direct-imports rule)."""
+    graph = _layer_graph()
+    for me, forbidden in FORBIDDEN.items():
+        seen = _reach(graph, me)
+        assert not seen & forbidden, f"{me} reaches {sorted(seen & forbidden)} through its imports"
+
+
+def test_the_transitive_rule_sees_a_chain():
+    """The control: a chain methods -> training -> chip is found."""
+    graph = _layer_graph()
+    assert "chip" not in _reach(graph, "methods")
+    graph["training"] = {*graph.get("training", set()), "chip"}
+    assert "chip" in _reach(graph, "methods")

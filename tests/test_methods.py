@@ -234,6 +234,16 @@ def test_same_seed_same_result_and_tuned_file_reproduces(small, tmp_path):
     acc1 = evaluate_deployment(model, copy.deepcopy(chip), a, test)
     acc2 = evaluate_deployment(model, copy.deepcopy(chip), b, test)
     assert acc1 == acc2
+    from ittrna.experiments.tolerate import save_tuned  # the tuned file, written and read back (pickle-free)
+
+    path = tmp_path / "tuned.pt"
+    save_tuned(path, model, {}, a, chip.chip_id)
+    payload = torch.load(path, weights_only=True)
+    from ittrna.host import Deployment
+
+    again = Deployment.from_payload(payload["state_dict"], payload["deployment"])
+    assert payload["meta"]["tuned_for_chip"] == chip.chip_id and _same(again, a)
+    assert evaluate_deployment(model, copy.deepcopy(chip), again, test) == acc1
 
 
 def test_aft_leaves_no_large_weight_on_an_imperfect_cell(small):

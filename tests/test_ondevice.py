@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ittrna.chip import CellArray, Chip
-from ittrna.config import ChipConfig
+from ittrna.config import ChipConfig, ConfigError
 from ittrna.device import STUCK_OFF, STUCK_ON
 from ittrna.errors import InputError, WriteBudgetError
 from ittrna.experiments.tolerate import deployment_mismatch, evaluate_deployment, tolerate
@@ -176,6 +176,24 @@ def test_codesign_calibration_costs_zero_writes_and_fits_the_intended_outputs(sm
     _fit_registers(s, model, names, want, tr.x[:256])
     assert s.writes_issued == issued == chip.writes_issued
     assert chip_accuracy(s, model, names, val) >= before - 0.01
+
+
+def test_the_register_fit_recovers_a_known_per_column_gain():
+    """A fit that did nothing would pass the test above: here the intended outputs are the chip's own times a
+    known factor per column (ideal chip), so the fitted gains must be those factors and the offsets zero."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    chip = Chip.fabricate(model, ChipConfig(), 0)
+    s = ChipSession(chip, model)
+    s.deploy(_dep_all(model))
+    names = s.layer_names
+    factor = {"1": torch.linspace(0.5, 2.0, 6), "3": torch.tensor([1.0, 1.0, 1.0])}
+    want = {n: dict(model.named_modules())[n].weight.detach().t() * factor[n] for n in names}  # (K, N)
+    _fit_registers(s, model, names, want, torch.rand(512, 1, 4, 4))
+    gain, offset = s.registers("1")
+    assert torch.allclose(gain, factor["1"], atol=1e-3) and float(offset.abs().max()) < 1e-3
+    gain3, _ = s.registers("3")
+    assert torch.allclose(gain3, torch.ones(3), atol=1e-3)
 
 
 def _dep_all(model: nn.Module) -> Deployment:
@@ -343,7 +361,7 @@ def test_threshold_writes_far_less_than_ondevice(small):
 def test_codesign_settings_are_validated():
     spec = get_method("codesign")
     for field, bad in (("iterations", 11), ("write_budget", -1), ("base", "magic"), ("ridge", 0)):
-        with pytest.raises(Exception, match=f"method.{field}"):
+        with pytest.raises(ConfigError, match=f"method.{field}"):
             spec.make_config({field: bad})
 
 

@@ -430,7 +430,11 @@ def test_every_registered_method_runs_as_a_sweep_point(tmp_path, mnist_train):
     outcome = run_spec(spec_of(text), tmp_path, progress=False)
     assert [r["method"] for r in outcome.records] == list(METHODS)
     for r in outcome.records:
-        assert r["writes"] > 0 and 0 <= r["chip_accuracy"] <= 1 and r["method_version"] == METHODS[r["method"]].version
+        assert r["writes"] > 0 and r["method_version"] == METHODS[r["method"]].version
+    before = {r["chip_accuracy_before"] for r in outcome.records}
+    assert len(before) == 1  # one chip, programmed plainly before each method: the same starting accuracy
+    (plain,) = [r for r in outcome.records if r["method"] == "none"]
+    assert plain["chip_accuracy"] == plain["chip_accuracy_before"]
 
 
 # --- backends --------------------------------------------------------------------------------------------
