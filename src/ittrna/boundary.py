@@ -51,23 +51,22 @@ def _depth(name: str) -> int:
 
 
 @contextlib.contextmanager
-def host_side() -> Iterator[None]:
+def _entered(name: str) -> Iterator[None]:
+    setattr(_STATE, name, _depth(name) + 1)
+    try:
+        yield
+    finally:
+        setattr(_STATE, name, _depth(name) - 1)
+
+
+def host_side() -> contextlib.AbstractContextManager[None]:
     """A method's run: the true chip is out of reach (see the module docstring)."""
-    _STATE.host = _depth("host") + 1
-    try:
-        yield
-    finally:
-        _STATE.host -= 1
+    return _entered("host")
 
 
-@contextlib.contextmanager
-def chip_side() -> Iterator[None]:
+def chip_side() -> contextlib.AbstractContextManager[None]:
     """The session's (or the evaluator's) own access to the chip, allowed on the host side too."""
-    _STATE.chip = _depth("chip") + 1
-    try:
-        yield
-    finally:
-        _STATE.chip -= 1
+    return _entered("chip")
 
 
 def in_session() -> bool:
