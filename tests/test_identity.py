@@ -16,7 +16,7 @@ def _keys() -> dict[str, str]:
 def test_lineage_follows_the_declared_bases():
     assert lineage("none") == {} and lineage("program") == {}
     assert set(lineage("remap-fat")) == {"fat", "remap", "program"}
-    assert set(lineage("codesign")) == {"aft", "dynamic", "remap", "program"}
+    assert set(lineage("codesign")) == {"aft", "dynamic", "remap-fat", "fat", "remap", "program"}
     assert set(lineage("threshold")) == {"ondevice", "program"}
 
 
