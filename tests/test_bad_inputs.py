@@ -574,11 +574,12 @@ def test_stale_temporary_files_are_cleared_by_the_next_save(tmp_path):
     legacy = tmp_path / ".c.toml.k2j4h5g6.tmp"  # mkstemp name of older versions
     alive = tmp_path / f".c.toml.{os.getppid()}-00000000.tmp"  # a concurrent writer that is still running
     other = tmp_path / ".d.toml.999999999-0a1b2c3d.tmp"  # another target's file
-    for p in (dead, legacy, alive, other):
+    users = tmp_path / ".c.toml.notes.tmp"  # a user's own file that merely looks alike: never removed
+    for p in (dead, legacy, alive, other, users):
         p.write_text("partial")
     ChipConfig().save(tmp_path / "c.toml")
     assert not dead.exists() and not legacy.exists()
-    assert alive.exists() and other.exists()
+    assert alive.exists() and other.exists() and users.exists()
 
 
 def test_sigterm_during_a_write_removes_the_temporary_file(tmp_path):

@@ -251,3 +251,158 @@ def test_errors_name_the_flag_and_the_value_as_typed(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1 and "--chip-out" in err and "--out " not in err
     assert _files(tmp_path) == before
+
+
+# --- the adversarial sweep of this stop (tests/ of each class it found) ---------------------------------------
+def _cli(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.fixture
+def files(tmp_path):
+    from ittrna.chip import Chip
+    from ittrna.models import build, save_checkpoint
+
+    model = build("mlp")
+    save_checkpoint(tmp_path / "m.pt", model, {"model": "mlp", "dataset": "mnist", "in_shape": [1, 28, 28],
+                                               "num_classes": 10})
+    Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.1, "test.miss_rate": 0.5}), 1).save(
+        tmp_path / "c.npz")
+    return tmp_path
+
+
+def test_the_other_number_parsers_read_numbers_as_typed():
+    from ittrna.cli import _crossbar, _float_list
+
+    for bad in ("1_28x1_28", "128x", "x128", "12.8x128"):
+        with pytest.raises(Exception, match="ROWSxCOLS"):
+            _crossbar(bad)
+    with pytest.raises(Exception, match="decimal numbers"):
+        _float_list("0_1")
+    assert _float_list("-0.0,0.5") == [0.0, 0.5] and str(_float_list("-0.0")[0]) == "0.0"
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["chip", "make", "--saf-rate", "0.1", "--set", "faults.rate=0.3"], "same field"),
+    (["chip", "make", "--crossbar", "64x64", "--set", "mapping.rows=32"], "same field"),
+    (["chip", "make", "--set", "faults.rate=0.1", "--set", "faults.rate=0.3"], "given twice"),
+    (["sweep", "--saf-rates", "0.1", "--sigmas", "0", "--sigma", "0.7"], "--sigmas"),
+    (["sweep", "--saf-rates", "0.1", "--sigmas", "0", "--saf-rate", "0.3"], "--saf-rates"),
+    (["tolerate", "--method", "noise", "--epochs", "0", "--set", "method.epochs=3", "--chip", "{d}/c.npz"],
+     "same field"),
+    (["tolerate", "--method", "none", "--map", "{d}/c.npz", "--test-seed", "7", "--chip", "{d}/c.npz"],
+     "--test-seed"),
+    (["evaluate", "--chip", "{d}/c.npz", "--seed", "7"], "--seed"),
+])
+def test_options_that_would_be_ignored_or_overridden_are_refused(files, capsys, argv, needle):
+    argv = [a.format(d=files) for a in argv] + ["--model", str(files / "m.pt")]
+    if argv[0] in ("chip", "sweep", "tolerate"):
+        argv += ["--out", str(files / ("o" if argv[0] == "sweep" else "o.npz" if argv[0] == "chip" else "t.pt"))]
+    before = _files(files)
+    code, err = _cli(capsys, *argv)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert _files(files) == before
+
+
+def test_chip_test_defaults_to_the_chips_own_test_settings(files, capsys):
+    from ittrna.chip import Chip
+    from ittrna.host import MeasuredMap
+
+    code, err = _cli(capsys, "chip", "test", str(files / "c.npz"), "--out", str(files / "map.npz"))
+    assert code == 0, err
+    measured = MeasuredMap.load(files / "map.npz")
+    chip = Chip.load(files / "c.npz")
+    reported = sum(int((f["fault"] != 0).sum()) for arrs in measured.layers.values() for f in arrs.values())
+    true = sum(int((a.fault != 0).sum()) for layer in chip for a in layer.arrays.values())
+    assert measured.design.test.miss_rate == 0.5 and reported < 0.6 * true  # half the faults missed
+
+
+def test_toml_dates_and_aliased_chip_fields_are_config_errors():
+    import datetime
+
+    for grid in ({**GRID, "saf_rate": [datetime.date(1979, 5, 27)]}, {**GRID, "chip_seed": [datetime.time(7, 32)]}):
+        with pytest.raises(ConfigError) as err:
+            parse_spec({"grid": grid})
+        assert _one_line(err.value)
+    from ittrna._plain import loads_toml
+
+    with pytest.raises(ConfigError, match="date"):
+        loads_toml("[grid]\nsaf_rate = [1979-05-27]\n", "s.toml", ConfigError)
+    with pytest.raises(ConfigError, match="given already"):
+        parse_spec({"grid": GRID, "chip": {"saf_rate": 0.1, "faults.rate": 0.2}})
+
+
+def test_store_files_that_are_pipes_links_or_lies_are_refused(tmp_path):
+    import json
+
+    pipe = tmp_path / "p"
+    pipe.mkdir()
+    os.mkfifo(pipe / "results.jsonl")
+    with pytest.raises(FileFormatError, match="not a regular file"):
+        ResultStore(pipe).read()
+    link = tmp_path / "l"
+    link.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    (link / "results.jsonl").symlink_to(victim)
+    with pytest.raises(InputError, match="symbolic link"), ResultStore(link).open_writer():
+        pass
+    assert victim.read_text() == "mine\n"
+    base = {"key": "a" * 64, "model": "mlp", "dataset": "mnist", "method": "none", "chip_seed": 1,
+            "software_accuracy": 0.9, "chip_accuracy": 0.5, "chip_accuracy_before": 0.5, "writes": 1,
+            "writes_performed": 1, "seconds": 1.0, "method_version": 1, "ittrna_version": "0", "model_sha256": "s"}
+    for extra in ({"seconds": 1e308}, {"sigma": 1e308}, {"sigma": 3.5}):
+        (tmp_path / "results.jsonl").write_text(json.dumps({**base, **extra}) + "\n")
+        with pytest.raises(FileFormatError, match=next(iter(extra))):
+            ResultStore(tmp_path).read()
+    (tmp_path / "results.jsonl").write_text(json.dumps({**base, "pattern": "uni\udcffform"}) + "\n")
+    with pytest.raises(FileFormatError, match="surrogate"):
+        ResultStore(tmp_path).read()
+
+
+def test_a_sweep_title_file_that_is_a_pipe_does_not_block_a_report(tmp_path):
+    from ittrna.experiments.report import _stored_title
+
+    os.mkfifo(tmp_path / "sweep.json")
+    t = threading.Thread(target=_stored_title, args=(tmp_path,), daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():
+        with open(tmp_path / "sweep.json", "w"):
+            pass
+        pytest.fail("reading a named pipe as sweep.json blocked")
+
+
+def test_a_sweep_never_overwrites_its_own_chip_config(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.json").write_text("[cell]\n")
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('title = "t"\n[grid]\nmodel = ["mlp"]\ndataset = ["mnist"]\nchip_seed = [1]\n'
+                   '[chip]\nconfig = "out/sweep.json"\n')
+    code, err = _cli(capsys, "sweep", str(cfg), "--out", str(out))
+    assert code != 0 and "the same file" in err and (out / "sweep.json").read_text() == "[cell]\n"
+
+
+def test_sparse_checkpoints_and_unknown_home_folders_are_one_line_errors(tmp_path, monkeypatch):
+    from ittrna.data import cache_dir
+    from ittrna.models import build, load_checkpoint, save_checkpoint
+
+    model = build("mlp")
+    save_checkpoint(tmp_path / "m.pt", model, {"model": "mlp", "dataset": "mnist", "in_shape": [1, 28, 28],
+                                               "num_classes": 10})
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    key = next(iter(payload["state_dict"]))
+    payload["state_dict"][key] = payload["state_dict"][key].to_sparse()
+    torch.save(payload, tmp_path / "s.pt")
+    with pytest.raises(FileFormatError, match="dense tensor") as err:
+        load_checkpoint(tmp_path / "s.pt")
+    assert _one_line(err.value)
+    monkeypatch.setenv("ITTRNA_DATA", "~no_such_user_here/cache")
+    with pytest.raises(DataError, match="ITTRNA_DATA"):
+        cache_dir()

@@ -61,8 +61,13 @@ def _clear_stale(target: Path) -> None:
         name = entry.name
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
-        pid_text = name[len(prefix):-4].partition("-")[0]
-        if pid_text.isdigit() and _alive(int(pid_text)):
+        middle = name[len(prefix):-4]
+        pid_text, dash, token = middle.partition("-")
+        ours = pid_text.isdigit() and dash and len(token) == 8 and all(c in "0123456789abcdef" for c in token)
+        legacy = len(middle) == 8 and all(c in "abcdefghijklmnopqrstuvwxyz0123456789_" for c in middle)  # mkstemp
+        if not (ours or legacy):
+            continue  # not a temporary file of ours (e.g. a user's ".c.npz.notes.tmp"): never touched
+        if ours and _alive(int(pid_text)):
             continue  # a concurrent write in progress
         entry.unlink(missing_ok=True)
 

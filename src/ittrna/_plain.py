@@ -47,8 +47,18 @@ def check_plain(data: Any, where: str, error: Error) -> Any:
     stack: list[tuple[Any, str, int]] = [(data, "", 0)]
     while stack:
         value, path, depth = stack.pop()
-        if isinstance(value, bool):
+        if isinstance(value, bool) or value is None or isinstance(value, float):
             continue
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise error(f"{where}: {path or 'value'} holds a lone surrogate (not Unicode text); accepted "
+                            "UTF-8 text") from None
+            continue
+        if not isinstance(value, (int, dict, list)):  # TOML dates and times, or anything else
+            raise error(f"{where}: {path or 'value'} is a {type(value).__name__} ({str(value)[:40]}); accepted "
+                        "strings, numbers, booleans, lists and tables")
         if isinstance(value, int):
             if not -MAX_INT <= value <= MAX_INT:
                 raise error(f"{where}: {path or 'value'} is an integer of {value.bit_length()} bits; accepted "

@@ -515,6 +515,8 @@ def check_checkpoint(path: Any, payload: Any, version: int, models: Iterable[str
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise _fail(path, f"state_dict[{key!r}]", f"has type {type(value).__name__}; accepted a tensor")
+        if value.layout != torch.strided:
+            raise _fail(path, f"state_dict[{key!r}]", f"is a {value.layout} tensor; accepted a dense tensor")
         if not value.is_floating_point():
             raise _fail(path, f"state_dict[{key!r}]", f"has dtype {value.dtype}; accepted a floating-point tensor")
         if not bool(torch.isfinite(value).all()):

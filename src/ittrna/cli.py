@@ -83,23 +83,20 @@ def _float_in(lo: float, hi: float, hi_open: bool = False) -> Callable[[str], fl
 
 
 def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-    if not values or not all(math.isfinite(v) for v in values):
+    parts = [v.strip() for v in text.split(",") if v.strip()]
+    if not parts or len(text) > 10_000 or not all(_FLOAT_TEXT.fullmatch(v) for v in parts):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a non-empty comma-separated list of decimal numbers")
+    values = [float(v) + 0.0 for v in parts]  # + 0.0: -0.0 is 0.0, one point
+    if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: accepted a non-empty comma-separated list of finite numbers")
     return values
 
 
 def _crossbar(text: str) -> tuple[int, int]:
     parts = text.lower().split("x")
-    try:
-        if len(parts) != 2 or not text.isascii():
-            raise ValueError(text)
-        rows, cols = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not ROWSxCOLS, e.g. 128x128") from None
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() and len(p) < 10 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not ROWSxCOLS, e.g. 128x128")
+    rows, cols = (int(p) for p in parts)
     if rows < 1 or cols < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: rows and cols must be >= 1")
     return rows, cols
@@ -142,7 +139,11 @@ def _chip_config(args: argparse.Namespace) -> Any:
             changes[key] = getattr(args, flag)
     if args.crossbar is not None:
         changes["mapping.rows"], changes["mapping.cols"] = args.crossbar
-    changes.update(_set_values(args.set, "SECTION.FIELD=VALUE"))
+    given = _set_values(args.set, "SECTION.FIELD=VALUE")
+    both = sorted(set(given) & set(changes))
+    if both:
+        raise CliError(f"--set {both[0]} and a chip option set the same field; give it once")
+    changes.update(given)
     return cfg.override(changes) if changes else cfg
 
 
@@ -157,6 +158,8 @@ def _set_values(items: Sequence[str], form: str, prefix: str = "") -> dict[str, 
         if not sep or not key.strip().startswith(prefix):
             raise CliError(f"--set {item!r} is not {form}")
         where = f"--set {key.strip()}"
+        if key.strip() in out:
+            raise CliError(f"{where} is given twice; give each field once")
         try:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
@@ -353,7 +356,10 @@ def cmd_chip_test(args: argparse.Namespace) -> None:
 
     check_output(args.out, ".npz", {"chip": args.chip}, what="a measured defect map")
     chip = Chip.load(args.chip)
-    measured = chip.test(seed=args.seed, test=TestConfig(miss_rate=args.miss_rate, theta_noise=args.theta_noise))
+    own = chip.config.test
+    test = TestConfig(miss_rate=own.miss_rate if args.miss_rate is None else args.miss_rate,
+                      theta_noise=own.theta_noise if args.theta_noise is None else args.theta_noise)
+    measured = chip.test(seed=args.seed, test=test)
     measured.save(args.out)
     _emit(args, f"measured defect map -> {args.out}", {"out": str(args.out)})
 
@@ -371,6 +377,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if _given_chip_settings(args):
             raise CliError(f"{', '.join(_given_chip_settings(args))} cannot change a saved chip (--chip); give "
                            "chip settings with --chips only")
+        if args.seed is not None:
+            raise CliError("--seed numbers fabricated chips (--chips); a saved chip (--chip) has its own seed")
         model, meta, deployment = load_tuned(args.model)
         chip = Chip.load(args.chip)
         try:
@@ -385,6 +393,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         else:
             accs = [evaluate(model, chip, data, calibration=calibration_inputs(chip.config, _val_loader(meta, args)))]
     else:
+        args.seed = 0 if args.seed is None else args.seed
         _check_seeds(args)
         cfg = _chip_config(args)
         model, meta, deployment = load_tuned(args.model)
@@ -430,7 +439,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                            "(see docs/experiments.md)")
         if args.address and args.backend != "ray":
             raise CliError("--address is for --backend ray")
-        _check_sweep_outputs(out, {"CONFIG": args.config_file})
+        from ittrna.experiments.grid import spec_inputs
+
+        _check_sweep_outputs(out, {"CONFIG": args.config_file,
+                                   **{f"[chip] config {p}": p for p in spec_inputs(args.config_file)}})
         from ittrna.experiments.grid import load_spec
 
         spec = load_spec(args.config_file)
@@ -464,6 +476,10 @@ def _cmd_sweep_flags(args: argparse.Namespace) -> None:
     from ittrna.experiments.sweep import collapse_study
 
     out: Path = args.out
+    for single, curve in (("saf_rate", "--saf-rates"), ("sigma", "--sigmas")):
+        if getattr(args, single) is not None:
+            raise CliError(f"--{single.replace('_', '-')} is a single chip setting; the flag form sweeps {curve} "
+                           "(the other curve at 0)")
     args.chips = args.chips if args.chips is not None else 5
     args.seed = args.seed if args.seed is not None else 0
     _check_sweep_outputs(out, {"--model": args.model, "--config": args.config})
@@ -527,6 +543,8 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
             if field not in spec.config.__dataclass_fields__:  # type: ignore[attr-defined]
                 raise CliError(f"--{flag.replace('_', '-')} sets method.{field}, which method {args.method!r} does "
                                "not have (`ittrna methods --json` lists each method's settings)")
+            if f"method.{field}" in settings:
+                raise CliError(f"--{flag.replace('_', '-')} and --set method.{field} set the same field; give it once")
             settings[f"method.{field}"] = getattr(args, flag)
     spec.make_config(settings)  # validate before any work
     model, meta = _load_model(args.model)
@@ -534,8 +552,9 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
     measured = None
     test_config = None
     if args.map is not None:
-        if args.miss_rate is not None or args.theta_noise is not None:
-            raise CliError("--miss-rate/--theta-noise describe a test run here; with --map the test is done")
+        if args.miss_rate is not None or args.theta_noise is not None or args.test_seed is not None:
+            raise CliError("--miss-rate/--theta-noise/--test-seed describe a test run here; with --map the test "
+                           "is done")
         measured = MeasuredMap.load(args.map)
     elif args.miss_rate is not None or args.theta_noise is not None:
         test_config = replace(chip.config.test, **{k: getattr(args, k) for k in ("miss_rate", "theta_noise")
@@ -544,7 +563,7 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
     splits = {s: load(dataset, s, data_dir=args.data_dir) for s in ("train", "val", "test")}
     result, deployment = tolerate(model, chip, args.method, train=splits["train"], val=splits["val"],
                                   test=splits["test"], settings=settings, measured=measured,
-                                  test_seed=args.test_seed, test_config=test_config, seed=args.seed,
+                                  test_seed=args.test_seed or 0, test_config=test_config, seed=args.seed,
                                   progress=not args.quiet)
     save_tuned(args.out, model, {**meta, "ondevice": chip_out is not None}, deployment, chip.chip_id)
     if chip_out is not None:
@@ -653,8 +672,10 @@ def build_parser() -> argparse.ArgumentParser:
              "  ittrna chip test chip.npz --miss-rate 0.05 --theta-noise 0.05 --out map.npz\n", cmd_chip_test)
     p.add_argument("chip", type=Path)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--miss-rate", type=_float_in(0, 1), default=0.0, help="fraction of faults missed")
-    p.add_argument("--theta-noise", type=_float_in(0, 3), default=0.0, help="sigma of theta measurement error")
+    p.add_argument("--miss-rate", type=_float_in(0, 1), default=None,
+                   help="fraction of faults missed (default: the chip config's test.miss_rate)")
+    p.add_argument("--theta-noise", type=_float_in(0, 3), default=None,
+                   help="sigma of theta measurement error (default: the chip config's test.theta_noise)")
     p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0)
 
     p = _sub(subs, "evaluate", "accuracy of a trained model on one saved chip or on K fabricated chips",
@@ -664,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--chip", type=Path, default=None, help="a saved chip (.npz)")
     src.add_argument("--chips", type=_int_in(1, MAX_CHIPS), default=5, help="number of chips to fabricate")
-    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0, help="first chip seed (seeds N..N+K-1)")
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=None,
+                   help="first chip seed (seeds N..N+K-1), default 0; not with --chip")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--quiet", action="store_true")
@@ -722,7 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map", type=Path, default=None, help="measured map from `ittrna chip test` (else tested here)")
     p.add_argument("--miss-rate", type=_float_in(0, 1), default=None, help="test here with this miss rate")
     p.add_argument("--theta-noise", type=_float_in(0, 3), default=None, help="test here with this theta error")
-    p.add_argument("--test-seed", type=_int_in(0, MAX_SEED), default=0, help="seed of the test's imperfections")
+    p.add_argument("--test-seed", type=_int_in(0, MAX_SEED), default=None,
+                   help="seed of the test's imperfections, default 0 (not with --map: that test is done)")
     p.add_argument("--epochs", type=_int_in(0, 100_000), default=None, help="retraining epochs (method.epochs)")
     p.add_argument("--iterations", type=_int_in(0, 1_000_000), default=None,
                    help="on-device iterations at most (method.iterations, codesign)")
@@ -755,6 +778,9 @@ def _one_line(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ittrna`` command; returns the exit status."""
+    for stream in (sys.stdout, sys.stderr):  # a path or title that is not valid Unicode is shown, not a crash
+        if stream is not None and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if sys.stdout is None or sys.stdout.closed:  # started with stdout closed: the output would be lost silently

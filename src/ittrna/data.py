@@ -106,7 +106,11 @@ class DatasetSpec:
 def cache_dir() -> Path:
     """The data cache: ``$ITTRNA_DATA`` or ``~/.cache/ittrna``."""
     env = os.environ.get("ITTRNA_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ittrna"
+    try:
+        return Path(env).expanduser() if env else Path.home() / ".cache" / "ittrna"
+    except RuntimeError:  # '~user' of no such user, or no home directory
+        raise DataError(f"ITTRNA_DATA = {env!r}: its home directory cannot be determined; accepted a folder "
+                        "path") from None
 
 
 def _sha256(path: Path) -> str:

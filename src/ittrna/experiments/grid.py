@@ -200,6 +200,19 @@ class SweepSpec:
 
 
 # --- parsing -----------------------------------------------------------------------------------------------
+def spec_inputs(path: str | Path) -> list[Path]:
+    """The files a sweep config file reads besides itself (see :func:`input_files`); none if it is unreadable
+    (:func:`load_spec` then reports why)."""
+    from ittrna._plain import loads_toml, read_small_text
+
+    try:
+        data = loads_toml(read_small_text(path, "sweep config", MAX_CONFIG_BYTES, ConfigError), str(path),
+                          ConfigError)
+    except ConfigError:
+        return []
+    return input_files(data, Path(path).parent)
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep config file (``.toml``); relative paths in it are relative to the file."""
     p = Path(path)
@@ -226,6 +239,9 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
     from ittrna.methods.base import lineage
     from ittrna.models import MODELS
 
+    from ittrna._plain import check_plain
+
+    check_plain(data, "sweep config", ConfigError)  # plain values only (a TOML date, a lone surrogate: refused)
     _only(data, _TOP_KEYS, "")
     title = data.get("title", "")
     if not isinstance(title, str):
@@ -515,8 +531,17 @@ def _chip_base(table: Mapping[str, Any], base_dir: Path) -> ChipConfig:
         if isinstance(value, list):
             raise ConfigError(f"chip.{name} = {value!r} is a list; shared chip settings take one value (put "
                               f"axes in [grid])")
+        if _dotted(name) in changes:  # `saf_rate` and "faults.rate" are one field
+            raise ConfigError(f"chip: {name} names the chip field {_dotted(name)} given already; give it once")
         changes[_dotted(name)] = value
     return _override(base, changes, {}, "chip") if changes else base
+
+
+def input_files(data: Mapping[str, Any], base_dir: str | Path) -> list[Path]:
+    """The files a sweep config reads besides itself (its ``[chip] config``), for output checks."""
+    chip = data.get("chip")
+    config = chip.get("config") if isinstance(chip, Mapping) else None
+    return [Path(base_dir) / config] if isinstance(config, str) else []
 
 
 def _method_axes(name: str, table: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -476,10 +476,17 @@ def _html(title: str, rows: Sequence[dict[str, Any]], shown: Sequence[str], plot
 
 def _stored_title(root: Path) -> str | None:
     """The title of the last sweep config run into ``root`` (``sweep.json``), if any."""
-    try:
-        title = json.loads((root / "sweep.json").read_text(encoding="utf-8")).get("title")
-    except (OSError, ValueError, AttributeError):
+    from ittrna._plain import loads_json, read_small_text
+    from ittrna.errors import FileFormatError
+
+    path = root / "sweep.json"
+    if not path.exists():
         return None
+    try:  # a pipe, a huge or a deep file, a surrogate in the title: no title (the report needs none)
+        data = loads_json(read_small_text(path, "sweep title", 1 << 20, FileFormatError), str(path), FileFormatError)
+    except FileFormatError:
+        return None
+    title = data.get("title") if isinstance(data, dict) else None
     return title if isinstance(title, str) and title else None
 
 

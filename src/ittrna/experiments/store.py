@@ -35,6 +35,7 @@ _NONNEG = "nonneg"
 _STR = "str"
 _INT = "int"
 _FRACTION = "fraction"
+_SPREAD = "spread"
 _MAX_INT = 2**63 - 1
 
 #: Required fields of a record and their kinds.
@@ -56,8 +57,8 @@ RECORD_FIELDS: dict[str, str] = {
 }
 #: Known optional fields and their kinds (other fields must be plain scalars).
 OPTIONAL_FIELDS: dict[str, str] = {
-    "saf_rate": _FRACTION, "sigma": _NONNEG, "stuck_on_share": _FRACTION, "program_noise": _NONNEG,
-    "read_noise": _NONNEG, "miss_rate": _FRACTION, "theta_noise": _NONNEG, "pattern": _STR,
+    "saf_rate": _FRACTION, "sigma": _SPREAD, "stuck_on_share": _FRACTION, "program_noise": _SPREAD,
+    "read_noise": _SPREAD, "miss_rate": _FRACTION, "theta_noise": _SPREAD, "pattern": _STR,
     "wall_seconds": _NONNEG, "max_writes_per_cell": _COUNT, "cells_worn_out": _COUNT,
     "fraction_cells_written": _NONNEG, "val_accuracy": _ACC, "torch_version": _STR,
     "iterations": _COUNT, "forward_passes": _COUNT, "ondevice_writes": _COUNT,
@@ -89,8 +90,10 @@ def _problem(kind: str, value: Any) -> str | None:
         return "is not a finite number"
     if kind == _ACC and not 0 <= value <= 1:
         return "is outside [0, 1] (accuracies are fractions)"
-    if kind == _NONNEG and value < 0:
-        return "is negative"
+    if kind == _NONNEG and not 0 <= value <= 1e12:
+        return "is outside [0, 1e12]"
+    if kind == _SPREAD and not 0 <= value <= 3:
+        return "is outside [0, 3] (the configs' range for a lognormal spread)"
     if kind == _FRACTION and not 0 <= value <= 1:
         return "is outside [0, 1] (a rate or share)"
     return None
@@ -183,9 +186,23 @@ class ResultStore:
         """
         if not self.path.exists():
             return []
-        data = self.path.read_bytes()
+        data = self._read_bytes()
         whole = data[: data.rfind(b"\n") + 1]
         return _parse_lines(self.path, whole)
+
+    def _read_bytes(self) -> bytes:
+        """The store file's bytes, once it is known to be a regular file that fits in memory (a named pipe would
+        block forever, a sparse file of 200 GB exhaust the memory)."""
+        import stat
+
+        from ittrna._resources import check_memory
+
+        st = os.stat(self.path)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileFormatError(f"{self.path} is not a regular file (a named pipe or device); accepted the "
+                                  "store's own results.jsonl")
+        check_memory(2 * st.st_size, f"reading {self.path} ({st.st_size} bytes)")
+        return self.path.read_bytes()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self._records if self._lock is not None else self.read())
@@ -205,6 +222,10 @@ class ResultStore:
         from filelock import FileLock, Timeout
 
         self.folder.mkdir(parents=True, exist_ok=True)
+        for f in (self.path, self.csv_path, self.lock_path):  # appends through a link would write elsewhere
+            if f.is_symlink():
+                raise InputError(f"{f} is a symbolic link; the store writes its own files in {self.folder} "
+                                 "(remove the link or choose another --out)")
         lock = FileLock(str(self.lock_path), timeout=0)
         try:
             lock.acquire()
@@ -213,7 +234,7 @@ class ResultStore:
                                    "held); wait for it to finish or choose another --out") from None
         try:
             self._recover()
-            self._records = _parse_lines(self.path, self.path.read_bytes()) if self.path.exists() else []
+            self._records = _parse_lines(self.path, self._read_bytes()) if self.path.exists() else []
             self._keys = {r["key"] for r in self._records}
             self._write_csv()
         except BaseException:
