@@ -234,12 +234,11 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
     Raises:
         ConfigError: one line naming the first bad key or value and what is accepted.
     """
+    from ittrna._plain import check_plain
     from ittrna.data import DATASETS
     from ittrna.methods import METHODS
     from ittrna.methods.base import lineage
     from ittrna.models import MODELS
-
-    from ittrna._plain import check_plain
 
     check_plain(data, "sweep config", ConfigError)  # plain values only (a TOML date, a lone surrogate: refused)
     _only(data, _TOP_KEYS, "")
