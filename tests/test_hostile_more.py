@@ -406,3 +406,27 @@ def test_sparse_checkpoints_and_unknown_home_folders_are_one_line_errors(tmp_pat
     monkeypatch.setenv("ITTRNA_DATA", "~no_such_user_here/cache")
     with pytest.raises(DataError, match="ITTRNA_DATA"):
         cache_dir()
+
+
+def test_an_archive_member_declaring_a_huge_array_is_refused_before_allocation(tmp_path):
+    import io
+    import zipfile
+
+    from ittrna._io import load_npz
+    from ittrna.errors import ResourceError
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": (10**11,)})
+    head = io.BytesIO()
+    np.save(head, np.array('{"kind": "chip"}'))
+    with zipfile.ZipFile(tmp_path / "h.npz", "w") as zf:
+        zf.writestr("__header__.npy", head.getvalue())
+        zf.writestr("big.npy", buf.getvalue() + b"\0" * 64)  # 64 bytes of data for 800 GB declared
+    with pytest.raises(ResourceError, match="declare") as err:
+        load_npz(tmp_path / "h.npz", "chip")
+    assert _one_line(err.value)
+
+
+def test_a_report_title_that_is_not_text_is_refused(tmp_path, capsys):
+    code, err = _cli(capsys, "report", str(tmp_path), "--title", "bad\udcff")
+    assert code != 0 and "--title" in err and len(err.strip().splitlines()) == 1

@@ -154,6 +154,23 @@ def save_npz(path: str | Path, header: Mapping[str, Any], arrays: Mapping[str, n
 _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError)
 
 
+def _declared_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    """The bytes a member's ``.npy`` header declares (its shape times its item size), read before any data: a
+    small member may declare a huge array, which loading would try to allocate."""
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)  # (shape, fortran order, dtype)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:  # a format ittrna never writes: np.load refuses or the reader checks it
+            return 0
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n * int(dtype.itemsize)
+
+
 def load_npz(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Load an archive written by :func:`save_npz` without executing code.
 
@@ -177,9 +194,10 @@ def load_npz(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, np.
     try:
         with zipfile.ZipFile(p) as zf:
             size = sum(info.file_size for info in zf.infolist())
+            declared = sum(_declared_bytes(zf, info) for info in zf.infolist() if info.filename.endswith(".npy"))
     except _NPZ_ERRORS as exc:
         raise FileFormatError(f"{p}: not a readable .npz archive ({_first_line(exc)})") from None
-    check_memory(size, f"reading {p} ({size} bytes uncompressed)")
+    check_memory(max(size, declared), f"reading {p} ({max(size, declared)} bytes as its arrays declare)")
     try:
         with np.load(p, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}

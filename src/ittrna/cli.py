@@ -495,6 +495,13 @@ def _cmd_sweep_flags(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from ittrna.experiments.report import write_report
 
+    if args.title is not None:
+        try:
+            args.title.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CliError(f"--title {args.title!r} is not valid text (it holds bytes that are not UTF-8); "
+                           "accepted UTF-8 text") from None
+
     for name in ("report.md", "report.csv", "report.html"):
         if (args.folder / name).is_dir():
             raise CliError(f"{args.folder / name} is a folder; the report writes a file there")
