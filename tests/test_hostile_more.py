@@ -430,3 +430,13 @@ def test_an_archive_member_declaring_a_huge_array_is_refused_before_allocation(t
 def test_a_report_title_that_is_not_text_is_refused(tmp_path, capsys):
     code, err = _cli(capsys, "report", str(tmp_path), "--title", "bad\udcff")
     assert code != 0 and "--title" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_write_that_cannot_start_names_the_file_asked_for(tmp_path, capsys):
+    from ittrna.models import build, save_checkpoint
+
+    save_checkpoint(tmp_path / "m.pt", build("mlp"), {"model": "mlp", "dataset": "mnist", "in_shape": [1, 28, 28],
+                                                       "num_classes": 10})
+    out = tmp_path / ("b" * 250 + ".npz")
+    code, err = _cli(capsys, "chip", "make", "--model", str(tmp_path / "m.pt"), "--out", str(out))
+    assert code != 0 and str(out) in err and ".tmp" not in err and len(err.strip().splitlines()) == 1

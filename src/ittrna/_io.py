@@ -107,7 +107,11 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
     _clear_stale(target)
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if in_main else None
-    tmp_path = _create_tmp(target)
+    try:
+        tmp_path = _create_tmp(target)
+    except OSError as exc:  # name the file asked for, not the temporary one beside it
+        raise OSError(exc.errno, f"{exc.strerror or exc} (writing it through a temporary file beside it)",
+                      str(target)) from None
     with _LOCK:
         _PENDING.add(tmp_path)
     if in_main:
