@@ -15,7 +15,8 @@ session's own access,
   hook (PEP 578).
 
 Why this is enough, and where it stops: Python has no private memory, so a method that is written to cheat
-can still reach the cell tensors, e.g. through ``object.__getattribute__`` on an object it already holds. The
+can still reach the cell tensors, e.g. through ``object.__getattribute__`` on an object it already holds, or
+by entering :func:`chip_side` itself. The
 guard stops every careless route and the known clever ones with an error at the first access; what remains is
 caught by the counterfactual tests (``tests/test_boundary.py``): every registered method, run for two chips
 whose measured maps are equal bit for bit but whose truth differs, must give identical deployments — a

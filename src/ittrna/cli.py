@@ -204,6 +204,13 @@ def _dataset_of(meta: dict[str, Any], args: argparse.Namespace) -> str:
     return dataset_of(meta, str(args.model))
 
 
+def _test_config(args: argparse.Namespace, own: Any) -> Any:
+    """The chip test's settings: ``--miss-rate``/``--theta-noise`` where given, else the chip config's own."""
+    from dataclasses import replace
+
+    return replace(own, **{k: getattr(args, k) for k in ("miss_rate", "theta_noise") if getattr(args, k) is not None})
+
+
 def _val_loader(meta: dict[str, Any], args: argparse.Namespace) -> Callable[[], Any]:
     """The validation split of the checkpoint's dataset, loaded when called (ADC calibration needs it)."""
     from ittrna.data import load
@@ -247,14 +254,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     val_split = load(args.dataset, "val", data_dir=args.data_dir)
     test_split = load(args.dataset, "test", data_dir=args.data_dir)
     if args.recipe is not None:
-        from ittrna.training import RECIPES
+        from ittrna.training import RECIPE_FIELDS, get_recipe
 
-        if args.recipe not in RECIPES:
-            raise CliError(f"unknown recipe {args.recipe!r}; accepted one of {sorted(RECIPES)}")
-        given = [f for f in ("epochs", "lr", "batch_size", "patience") if getattr(args, f) is not None]
-        if given:
-            raise CliError(f"--{given[0].replace('_', '-')} is set by --recipe {args.recipe}; give one or the other")
-        r = RECIPES[args.recipe]
+        r = get_recipe(args.recipe, [f for f in RECIPE_FIELDS if getattr(args, f) is not None], "--")
         args.epochs, args.lr, args.batch_size = r.epochs, r.lr, r.batch_size
     else:
         args.epochs = 5 if args.epochs is None else args.epochs
@@ -352,14 +354,10 @@ def cmd_chip_test(args: argparse.Namespace) -> None:
 
     from ittrna._validate import check_output
     from ittrna.chip import Chip
-    from ittrna.config import TestConfig
 
     check_output(args.out, ".npz", {"chip": args.chip}, what="a measured defect map")
     chip = Chip.load(args.chip)
-    own = chip.config.test
-    test = TestConfig(miss_rate=own.miss_rate if args.miss_rate is None else args.miss_rate,
-                      theta_noise=own.theta_noise if args.theta_noise is None else args.theta_noise)
-    measured = chip.test(seed=args.seed, test=test)
+    measured = chip.test(seed=args.seed, test=_test_config(args, chip.config.test))
     measured.save(args.out)
     _emit(args, f"measured defect map -> {args.out}", {"out": str(args.out)})
 
@@ -525,7 +523,6 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_tolerate(args: argparse.Namespace) -> None:
-    from dataclasses import replace
 
     from ittrna._validate import check_output
     from ittrna.chip import Chip, MeasuredMap
@@ -564,8 +561,7 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
                            "is done")
         measured = MeasuredMap.load(args.map)
     elif args.miss_rate is not None or args.theta_noise is not None:
-        test_config = replace(chip.config.test, **{k: getattr(args, k) for k in ("miss_rate", "theta_noise")
-                                                   if getattr(args, k) is not None})
+        test_config = _test_config(args, chip.config.test)
     dataset = _dataset_of(meta, args)
     splits = {s: load(dataset, s, data_dir=args.data_dir) for s in ("train", "val", "test")}
     result, deployment = tolerate(model, chip, args.method, train=splits["train"], val=splits["val"],

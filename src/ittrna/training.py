@@ -14,7 +14,7 @@ from ittrna._validate import check_nonempty_split, check_seed
 from ittrna.data import Split
 from ittrna.errors import InputError
 
-__all__ = ["RECIPES", "FitReport", "Recipe", "TrainHooks", "accuracy", "fit", "train"]
+__all__ = ["RECIPES", "FitReport", "Recipe", "TrainHooks", "accuracy", "fit", "get_recipe", "train"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,25 @@ RECIPES: dict[str, Recipe] = {
         "(benchmarks/convergence.py, records in docs/results/convergence.jsonl)."),
 }
 """Training recipes by name (``ittrna train --recipe``, a sweep's ``[train] recipe``)."""
+
+RECIPE_FIELDS = ("epochs", "lr", "batch_size", "patience")
+"""The training settings a recipe fixes (given beside it, they are an error)."""
+
+
+def get_recipe(name: object, given: Iterable[str], where: str) -> Recipe:
+    """The recipe ``name``, checked against the settings ``given`` beside it (``where``: how they are spelled,
+    e.g. ``--`` or ``train.``). The one rule for the command line and sweep configs.
+
+    Raises:
+        InputError: an unknown name, or a setting the recipe fixes given too.
+    """
+    if not isinstance(name, str) or name not in RECIPES:
+        raise InputError(f"recipe {name!r} is unknown; accepted one of {sorted(RECIPES)}")
+    clash = [f for f in RECIPE_FIELDS if f in set(given)]
+    if clash:
+        shown = f"{where}{clash[0]}".replace("--batch_size", "--batch-size")
+        raise InputError(f"{shown} is set by recipe {name!r}; give one or the other")
+    return RECIPES[name]
 
 
 def _device(model: nn.Module) -> torch.device:

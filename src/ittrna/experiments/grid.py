@@ -475,17 +475,15 @@ def _int(table: Mapping[str, Any], key: str, where: str, lo: int, hi: int, defau
 def _train(table: Mapping[str, Any]) -> TrainSettings:
     _only(table, ("epochs", "seed", "lr", "batch_size", "patience", "recipe"), "train")
     if "recipe" in table:
-        from ittrna.training import RECIPES
+        from ittrna.errors import InputError
+        from ittrna.training import get_recipe
 
-        name = table["recipe"]
-        if not isinstance(name, str) or name not in RECIPES:
-            raise ConfigError(f"train.recipe = {name!r} is invalid; accepted one of {sorted(RECIPES)}")
-        clash = sorted(set(table) & {"epochs", "lr", "batch_size", "patience"})
-        if clash:
-            raise ConfigError(f"train.{clash[0]} is set by train.recipe = {name!r}; give one or the other")
-        r = RECIPES[name]
+        try:
+            r = get_recipe(table["recipe"], table, "train.")
+        except InputError as exc:
+            raise ConfigError(f"train.recipe: {exc}") from None
         return TrainSettings(epochs=r.epochs, seed=_int(table, "seed", "train", 0, MAX_SEED, 0), lr=r.lr,
-                             batch_size=r.batch_size, recipe=name)
+                             batch_size=r.batch_size, recipe=r.name)
     lr = table.get("lr", 1e-3)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 1e-8 <= lr <= 10:
         raise ConfigError(f"train.lr = {lr!r} is invalid; accepted a number in [1e-08, 10]")
