@@ -16,7 +16,7 @@ from ittrna.config import CellConfig, ChipConfig
 from ittrna.device import HEALTHY, STUCK_OFF, STUCK_ON
 from ittrna.errors import ConfigError, InputError
 from ittrna.experiments.tolerate import evaluate_deployment, tolerate
-from ittrna.mapping import LayerLayout, TileGrid, weight_to_matrix
+from ittrna.mapping import Differential, LayerLayout, TileGrid, weight_to_matrix
 from ittrna.methods import METHODS, Context, apply_method, get_method
 from ittrna.methods.hostmodel import CellView, HostChip, realise
 from ittrna.methods.remap import _tile_errors, remap_layer
@@ -146,7 +146,7 @@ def test_host_plain_rule_matches_the_chips_own_converter(scheme, levels):
 def _view(fp, tp, fn, tn):
     t = lambda v, dt: torch.tensor([[v]], dtype=dt)  # noqa: E731
     return CellView(t(fp, torch.int8), t(tp, torch.float32), t(fn, torch.int8), t(tn, torch.float32),
-                    torch.ones(1), False)
+                    torch.ones(1), Differential())
 
 
 @pytest.mark.parametrize(("cells", "w", "expected", "tp", "tn"), [
@@ -177,7 +177,8 @@ def test_pair_programming_matches_hand_computed_pairs(cells, w, expected, tp, tn
 def test_gradient_flows_to_pairs_with_a_programmable_cell_only():
     cell = CellConfig(r_on=1e4, r_off=math.inf)
     view = CellView(torch.tensor([[HEALTHY, STUCK_ON]], dtype=torch.int8), torch.zeros(1, 2),
-                    torch.tensor([[HEALTHY, STUCK_OFF]], dtype=torch.int8), torch.zeros(1, 2), torch.ones(2), False)
+                    torch.tensor([[HEALTHY, STUCK_OFF]], dtype=torch.int8), torch.zeros(1, 2), torch.ones(2),
+                    Differential())
     w = torch.tensor([[0.3, 0.3]], requires_grad=True)
     realise(w, view, 1.0, cell, "pair", targets=False)[0].sum().backward()
     assert w.grad.tolist() == [[1.0, 0.0]]

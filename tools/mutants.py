@@ -51,7 +51,7 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     "store-drops-last": ("src/ittrna/experiments/store.py", "        records.append(record)\n    return records",
                          "        records.append(record)\n    return records[:-1]",
                          "the store's reader drops the last record"),
-    "tile-off-by-one": ("src/ittrna/mapping.py",
+    "tile-off-by-one": ("src/ittrna/mapping/tiling.py",
                         "return math.ceil(self.k / self.rows), math.ceil(self.n / self.cols)",
                         "return self.k // self.rows + 1, math.ceil(self.n / self.cols)",
                         "an off-by-one in the tile grid (one tile too many when rows divide K)"),

@@ -25,7 +25,7 @@ from ittrna._validate import check_seeds
 from ittrna.chip import Chip
 from ittrna.config import ChipConfig
 from ittrna.data import Split
-from ittrna.mapping import adc_full_scale, quantize_signed, tile_partials, tiled_matmul
+from ittrna.mapping import adc_full_scale, conv_rows, quantize_signed, rows_to_output, tile_partials, tiled_matmul
 from ittrna.training import accuracy
 
 __all__ = ["AnalogConv2d", "AnalogLinear", "deploy", "evaluate", "monte_carlo", "undeploy"]
@@ -111,21 +111,13 @@ class AnalogConv2d(_AnalogLayer):
         conv = self.digital
         assert isinstance(conv, nn.Conv2d)
         if self._ideal_periphery:
+            # the layer's own convolution (any padding and padding mode) with the chip's weight
             if not self._has_registers():
-                return F.conv2d(x, self.effective_weight().to(x.dtype), conv.bias, conv.stride, conv.padding,
-                                conv.dilation)
-            out = self._registers(F.conv2d(x, self.effective_weight().to(x.dtype), None, conv.stride,
-                                           conv.padding, conv.dilation), 1)
+                return conv._conv_forward(x, self.effective_weight().to(x.dtype), conv.bias)
+            out = self._registers(conv._conv_forward(x, self.effective_weight().to(x.dtype), None), 1)
             return out + conv.bias.view(1, -1, 1, 1) if conv.bias is not None else out
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError("tiled Conv2d supports numeric zero padding only")
-        b, _, h, w = x.shape
-        kh, kw = conv.kernel_size
-        cols = F.unfold(x, (kh, kw), dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
-        oh = (h + 2 * conv.padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
-        ow = (w + 2 * conv.padding[1] - conv.dilation[1] * (kw - 1) - 1) // conv.stride[1] + 1
-        flat = cols.transpose(1, 2).reshape(b * oh * ow, -1)  # (B*L, Cin*kh*kw)
-        out = self._tiled(flat).reshape(b, oh * ow, -1).transpose(1, 2).reshape(b, -1, oh, ow)
+        rows, spatial = conv_rows(x, conv)  # (B*L, Cin*kh*kw)
+        out = rows_to_output(self._tiled(rows), x.shape[0], spatial)  # (B, Cout, oh, ow)
         out = self._registers(out, 1)
         return out + conv.bias.view(1, -1, 1, 1) if conv.bias is not None else out
 

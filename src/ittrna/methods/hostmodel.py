@@ -1,8 +1,9 @@
 """The host's differentiable model of a chip, built from the measured defect map (never the true chip).
 
 For every mapped layer the host knows, per logical weight (row k, column n), the two cells that hold it —
-for the ``differential`` scheme the pair (G+, G-), for ``offset`` the weight's cell and its tile's reference
-cell — through the layer's digital :class:`~ittrna.mapping.LayerLayout`, and what the test reported about
+as the scheme's :class:`~ittrna.mapping.Converter` says (:meth:`~ittrna.mapping.Converter.pair_cells`): for
+``differential`` the pair (G+, G-), for ``offset`` the weight's cell and its tile's reference cell, a fixed
+partner — through the layer's digital :class:`~ittrna.mapping.LayerLayout`, and what the test reported about
 them: stuck (and at which state) or healthy with a measured theta. From that it predicts what the chip will
 realise for a weight under a programming rule:
 
@@ -17,8 +18,8 @@ realise for a weight under a programming rule:
 
 The effective weight is exact in the forward pass; its gradient is straight-through (1) wherever at least
 one cell of the pair is programmable and 0 where both are stuck ("gradients to healthy cells").
-Units: conductances in siemens, weights in the layer's weight units; a = s / (Gmax - Gmin) (differential)
-or 2 s / (Gmax - Gmin) (offset) for the layer scale s.
+Units: conductances in siemens, weights in the layer's weight units; a (weight units per siemens) is the
+converter's :meth:`~ittrna.mapping.Converter.weight_per_siemens` of the layer scale s.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ittrna.config import CellConfig, ChipConfig
 from ittrna.device import HEALTHY, STUCK_ON, quantize_levels
 from ittrna.errors import InputError
 from ittrna.host import MeasuredMap
-from ittrna.mapping import LayerLayout, Offset, TileGrid
+from ittrna.mapping import CONVERTERS, Converter, LayerLayout, TileGrid
 
 __all__ = ["RULES", "CellView", "HostChip", "realise", "sample_view"]
 
@@ -52,16 +53,18 @@ class CellView:
     """float32 (K, N) measured theta of that cell."""
     sign: torch.Tensor
     """(N,) column polarity (+1 / -1)."""
-    offset: bool
-    """True for the offset scheme: the negative cell is the reference, programmed at mid-range."""
+    converter: Converter
+    """The mapping scheme: its gain, and whether the negative cell is a fixed (never per-weight programmed)
+    partner (:meth:`~ittrna.mapping.Converter.fixed_partner`)."""
     _bounds: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def diff_bounds(self, cell: CellConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """(K, N) reachable interval [lo+ - hi-, hi+ - lo-] of the read difference (siemens), cached."""
         if self._bounds is None:
             lo_p, hi_p = _ranges(self.fault_p, self.theta_p, cell)
-            if self.offset:
-                lo_n = hi_n = _reference(self.fault_n, self.theta_n, cell)
+            reference = self.converter.fixed_partner(cell)
+            if reference is not None:
+                lo_n = hi_n = _reference(self.fault_n, self.theta_n, reference, cell)
             else:
                 lo_n, hi_n = _ranges(self.fault_n, self.theta_n, cell)
             self._bounds = (lo_p - hi_n, hi_p - lo_n)
@@ -81,8 +84,11 @@ class CellView:
             return fault, theta
 
         fp, tp = perturb(self.fault_p, self.theta_p)
-        fn, tn = (self.fault_n, self.theta_n) if self.offset else perturb(self.fault_n, self.theta_n)
-        return CellView(fp, tp, fn, tn, self.sign, self.offset)
+        if self.converter.shared_reference:  # a shared reference cell is kept as measured
+            fn, tn = self.fault_n, self.theta_n
+        else:
+            fn, tn = perturb(self.fault_n, self.theta_n)
+        return CellView(fp, tp, fn, tn, self.sign, self.converter)
 
 
 def _ranges(fault: torch.Tensor, theta: torch.Tensor, cell: CellConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,9 +99,8 @@ def _ranges(fault: torch.Tensor, theta: torch.Tensor, cell: CellConfig) -> tuple
     return torch.where(healthy, cell.g_min * e, stuck_val), torch.where(healthy, cell.g_max * e, stuck_val)
 
 
-def _reference(fault: torch.Tensor, theta: torch.Tensor, cell: CellConfig) -> torch.Tensor:
-    """Read value (siemens) of offset-scheme reference cells, programmed at the converter's Gref."""
-    mid_q = Offset.reference(cell)
+def _reference(fault: torch.Tensor, theta: torch.Tensor, mid_q: float, cell: CellConfig) -> torch.Tensor:
+    """Read value (siemens) of fixed reference cells, programmed at ``mid_q`` (the converter's Gref)."""
     stuck_val = torch.where(fault == STUCK_ON, cell.g_max, cell.g_min).to(theta.dtype)
     return torch.where(fault == HEALTHY, mid_q * torch.exp(theta), stuck_val)
 
@@ -115,7 +120,8 @@ def realise(
         asked for on the fast path).
     """
     span = cell.g_max - cell.g_min
-    a = (2.0 if view.offset else 1.0) * scale / span  # weight units per siemens of difference
+    a = view.converter.weight_per_siemens(scale, cell)  # weight units per siemens of difference
+    reference = view.converter.fixed_partner(cell)  # None: the negative cell is a programmable partner
     sign = view.sign.to(w.dtype).unsqueeze(0)  # (1, N)
     d = (w.detach() * sign) / a  # (K, N) desired difference, siemens
     if rule == "pair" and cell.levels is None and not targets:
@@ -124,10 +130,10 @@ def realise(
         return _straight_through(w, exact, view), None, None
     lo_p, hi_p = _ranges(view.fault_p, view.theta_p, cell)
     healthy_p = view.fault_p == HEALTHY
-    mid = Offset.reference(cell) if view.offset else cell.g_min + 0.5 * span
-    if view.offset:  # reference cell programmed at mid-range (on a level); the host predicts its read value
+    mid = reference if reference is not None else cell.g_min + 0.5 * span
+    if reference is not None:  # reference cell programmed at Gref (on a level); the host predicts its read value
         healthy_n = torch.zeros_like(healthy_p)
-        lo_n = hi_n = _reference(view.fault_n, view.theta_n, cell)
+        lo_n = hi_n = _reference(view.fault_n, view.theta_n, reference, cell)
     else:
         healthy_n = view.fault_n == HEALTHY
         lo_n, hi_n = _ranges(view.fault_n, view.theta_n, cell)
@@ -139,7 +145,7 @@ def realise(
         tp = torch.where(healthy_p, gp / torch.exp(view.theta_p), cell.g_min)
         tn = torch.where(healthy_n, gn / torch.exp(view.theta_n), cell.g_min)
     elif rule == "plain":
-        if view.offset:
+        if reference is not None:
             tp = mid + (d.clamp(-0.5 * span, 0.5 * span))
         else:
             tp = cell.g_min + d.clamp(0, span)
@@ -147,9 +153,9 @@ def realise(
     else:
         raise ValueError(f"programming rule {rule!r} is unknown; accepted one of {list(RULES)}")
     tp = quantize_levels(tp, cell)
-    tn = mid * torch.ones_like(tn) if view.offset else quantize_levels(tn, cell)
+    tn = mid * torch.ones_like(tn) if reference is not None else quantize_levels(tn, cell)
     read_p = torch.where(healthy_p, tp * torch.exp(view.theta_p), lo_p)
-    read_n = lo_n if view.offset else torch.where(healthy_n, tn * torch.exp(view.theta_n), lo_n)
+    read_n = lo_n if reference is not None else torch.where(healthy_n, tn * torch.exp(view.theta_n), lo_n)
     exact = (read_p - read_n) * a * sign  # (K, N)
     return _straight_through(w, exact, view), tp, tn
 
@@ -159,13 +165,13 @@ def _straight_through(w: torch.Tensor, exact: torch.Tensor, view: CellView) -> t
     if not (w.requires_grad and torch.is_grad_enabled()):
         return exact
     trainable = view.fault_p == HEALTHY
-    if not view.offset:
+    if not view.converter.shared_reference:  # a programmable partner can carry the weight too
         trainable = trainable | (view.fault_n == HEALTHY)
     return torch.where(trainable, w + (exact - w).detach(), exact)
 
 
 def sample_view(
-    shape: tuple[int, int], fault_rate: float, stuck_on_share: float, sigma: float, offset: bool,
+    shape: tuple[int, int], fault_rate: float, stuck_on_share: float, sigma: float, converter: Converter,
     generator: torch.Generator, device: torch.device | str = "cpu",
 ) -> CellView:
     """A random, chip-agnostic cell view: i.i.d. faults at ``fault_rate`` and theta ~ N(0, sigma^2)
@@ -178,7 +184,7 @@ def sample_view(
 
     fp, tp = draw()
     fn, tn = draw()
-    return CellView(fp, tp, fn, tn, torch.ones(shape[1], device=device), offset)
+    return CellView(fp, tp, fn, tn, torch.ones(shape[1], device=device), converter)
 
 
 class HostChip:
@@ -193,14 +199,14 @@ class HostChip:
         self.measured = measured
         self.design: ChipConfig = measured.design
         self.cell = measured.design.cell
-        self.offset = measured.design.mapping.scheme == "offset"
+        self.converter: Converter = CONVERTERS[measured.design.mapping.scheme]
         self.device = torch.device(device)
         self.grids: dict[str, TileGrid] = {n: measured.grid(n) for n in measured.layers}
         self.layouts: dict[str, LayerLayout] = {n: LayerLayout.identity(g) for n, g in self.grids.items()}
         self.scales: dict[str, float] = {}
         self._views: dict[str, CellView] = {}
         for name, arrays in measured.layers.items():
-            expected = ("main", "ref") if self.offset else ("pos", "neg")
+            expected = self.converter.array_shapes(self.grids[name])
             if set(arrays) != set(expected):
                 raise InputError(f"measured map layer {name!r} has arrays {sorted(arrays)}; the design's "
                                  f"scheme {measured.design.mapping.scheme!r} has {list(expected)}")
@@ -227,23 +233,14 @@ class HostChip:
             return self._views[name]
         grid, layout = self.grids[name], self.layouts[name]
         idx = layout.index(grid)  # (Kp, Np) physical row of each logical entry
-        arrays = self.measured.layers[name]
-        k, n = grid.k, grid.n
+        cols = torch.arange(grid.padded[1]).unsqueeze(0)  # (1, Np)
+        pos, neg = self.converter.pair_cells(self.measured.layers[name], idx, cols, grid)
 
-        def gather(t: torch.Tensor) -> torch.Tensor:
-            return t.gather(0, idx)[:k, :n].to(self.device)
+        def logical(t: torch.Tensor) -> torch.Tensor:
+            return t[: grid.k, : grid.n].to(self.device)
 
-        if self.offset:
-            main, ref = arrays["main"], arrays["ref"]
-            col_tile = torch.arange(grid.padded[1]) // grid.cols  # (Np,)
-            ref_fault = ref["fault"][idx, col_tile.unsqueeze(0)][:k, :n]  # each entry's tile reference cell
-            ref_theta = ref["theta"][idx, col_tile.unsqueeze(0)][:k, :n]
-            view = CellView(gather(main["fault"]), gather(main["theta"].float()), ref_fault.to(self.device),
-                            ref_theta.float().to(self.device), layout.col_sign[:n].to(self.device), True)
-        else:
-            pos, neg = arrays["pos"], arrays["neg"]
-            view = CellView(gather(pos["fault"]), gather(pos["theta"].float()), gather(neg["fault"]),
-                            gather(neg["theta"].float()), layout.col_sign[:n].to(self.device), False)
+        view = CellView(logical(pos["fault"]), logical(pos["theta"].float()), logical(neg["fault"]),
+                        logical(neg["theta"].float()), layout.col_sign[: grid.n].to(self.device), self.converter)
         self._views[name] = view
         return view
 
@@ -262,18 +259,4 @@ class HostChip:
         with torch.no_grad():
             _, tp, tn = realise(matrix.detach(), self.view(name), scale, self.cell, rule)
         assert tp is not None and tn is not None
-        cell = self.cell
-
-        def place(t: torch.Tensor, fill: float) -> torch.Tensor:
-            kp, np_ = grid.padded
-            padded = torch.full((kp, np_), fill, dtype=torch.float32, device=t.device)
-            padded[: grid.k, : grid.n] = t
-            out = torch.full(grid.physical, fill, dtype=torch.float32, device=t.device)
-            return out.scatter(0, layout.index(grid).to(t.device), padded).cpu()
-
-        if self.offset:
-            ref = Offset.reference(cell)
-            kph = grid.physical[0]
-            main = place(tp, ref)  # unused cells at Gref: they then contribute nothing against the reference
-            return {"main": main, "ref": torch.full((kph, grid.tiles[1]), ref)}
-        return {"pos": place(tp, cell.g_min), "neg": place(tn, cell.g_min)}
+        return self.converter.place_targets(tp, tn, grid, layout, self.cell)

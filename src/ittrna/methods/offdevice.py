@@ -38,7 +38,7 @@ from ittrna.config import ConfigError
 from ittrna.data import Split
 from ittrna.errors import InputError
 from ittrna.host import Deployment, MeasuredMap
-from ittrna.mapping import matrix_to_weight, weight_scale, weight_to_matrix
+from ittrna.mapping import conv_columns, matrix_to_weight, weight_scale, weight_to_matrix
 from ittrna.methods.base import Context, MethodConfig, register
 from ittrna.methods.hostmodel import HostChip, realise, sample_view
 from ittrna.methods.remap import remap_layer
@@ -393,9 +393,7 @@ class _Pipeline:
             def fn(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
                 x = inputs[0].detach()
                 if isinstance(module, nn.Conv2d):
-                    pad: Any = module.padding
-                    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=pad,
-                                    stride=module.stride)  # (B, K, L)
+                    cols, _ = conv_columns(x, module)  # (B, K, L)
                     sq, cnt = (cols**2).sum(dim=(0, 2)), cols.shape[0] * cols.shape[2]
                 else:
                     flat = x.reshape(-1, x.shape[-1])
@@ -491,7 +489,7 @@ class _Injected(nn.Module):
         if not self.training:
             return w
         m = weight_to_matrix(w)
-        view = sample_view((m.shape[0], m.shape[1]), self.rate, self.share, self.sigma, self.host.offset,
+        view = sample_view((m.shape[0], m.shape[1]), self.rate, self.share, self.sigma, self.host.converter,
                            self.generator, m.device)
         scale = float(w.detach().abs().max()) or 1.0
         return matrix_to_weight(realise(m, view, scale, self.host.cell, "plain", targets=False)[0], tuple(w.shape))

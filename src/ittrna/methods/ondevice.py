@@ -28,14 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ittrna.data import Split
 from ittrna.errors import InputError
 from ittrna.host import ChipAccess, Deployment, MeasuredMap
-from ittrna.mapping import matrix_to_weight, weight_to_matrix
+from ittrna.mapping import conv_rows, matrix_to_weight, output_to_rows, weight_to_matrix
 from ittrna.methods.base import Context, register
 from ittrna.methods.hostmodel import HostChip
 from ittrna.methods.offdevice import (
@@ -275,17 +274,14 @@ class _LayerIO:
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """Layer input -> (rows, K) inputs of the matrix."""
-        m = self.m
-        if isinstance(m, nn.Conv2d):
-            pad: Any = m.padding
-            cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride)  # (B, K, L)
-            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        if isinstance(self.m, (nn.Conv1d, nn.Conv2d)):
+            return conv_rows(x, self.m)[0]
         return x.reshape(-1, x.shape[-1])
 
     def cols(self, y: torch.Tensor) -> torch.Tensor:
-        """Layer output (B, N, H, W) or (B, N) -> (rows, N)."""
-        if y.dim() == 4:
-            return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+        """Layer output (B, N, *spatial) or (..., N) -> (rows, N), in the row order of :meth:`rows`."""
+        if isinstance(self.m, (nn.Conv1d, nn.Conv2d)):
+            return output_to_rows(y)
         return y.reshape(-1, y.shape[-1])
 
     def bias(self) -> torch.Tensor:

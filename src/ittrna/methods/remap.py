@@ -29,20 +29,11 @@ def _tile_errors(
     Returns two (r, TR, Cc) tensors (polarity +1 and -1)."""
     grid = host.grids[name]
     tr_rows = grid.tile_rows
-    cells = host.physical_cells(name)
-    rows = slice(j0, j0 + tr_rows)
-    if host.offset:
-        main, ref = cells["main"], cells["ref"]
-        tile_col = c0 // grid.cols
-        fp, tp = main["fault"][rows, c0:c1], main["theta"][rows, c0:c1].float()
-        fn = ref["fault"][rows, tile_col : tile_col + 1].expand_as(fp)
-        tn = ref["theta"][rows, tile_col : tile_col + 1].float().expand_as(tp)
-    else:
-        pos, neg = cells["pos"], cells["neg"]
-        fp, tp = pos["fault"][rows, c0:c1], pos["theta"][rows, c0:c1].float()
-        fn, tn = neg["fault"][rows, c0:c1], neg["theta"][rows, c0:c1].float()
-    view = CellView(fp.unsqueeze(0), tp.unsqueeze(0), fn.unsqueeze(0), tn.unsqueeze(0),
-                    torch.ones(c1 - c0), host.offset)  # cells (1, TR, Cc)
+    rows = torch.arange(j0, j0 + tr_rows).unsqueeze(1)  # (TR, 1) the tile's physical word lines
+    cols = torch.arange(c0, c1).unsqueeze(0)  # (1, Cc)
+    pos, neg = host.converter.pair_cells(host.physical_cells(name), rows, cols, grid)  # each field (TR, Cc)
+    view = CellView(pos["fault"].unsqueeze(0), pos["theta"].float().unsqueeze(0), neg["fault"].unsqueeze(0),
+                    neg["theta"].float().unsqueeze(0), torch.ones(c1 - c0), host.converter)  # cells (1, TR, Cc)
     wt = w[r0 : r0 + grid.rows, c0:c1].unsqueeze(1)  # (r, 1, Cc)
     out = []
     for s in (1.0, -1.0):

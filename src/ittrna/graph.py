@@ -1,0 +1,88 @@
+"""A model's analog layers and their data-flow order: the one place that says which modules go on crossbars
+and in which order data passes through them.
+
+- :func:`mapped_modules`: the ``Linear``/``Conv2d`` layers of any ``nn.Module`` (nested or not), in
+  definition order, optionally chosen by a ``filter_fn(module, name)`` (torchao's convention). Definition
+  order names the chip's layers and their random streams, so a chip stays the same die whatever a method
+  learns about the graph.
+- :func:`dataflow_order`: the order in which one forward pass first calls those layers, traced on the
+  ``meta`` device (no arithmetic, no memory for activations) from an example input's shape; a model whose
+  forward cannot run on ``meta`` is traced on one example in eval mode instead. Methods that go layer by
+  layer (``dynamic``, the register fit, the scale search) follow this order, not ``named_modules()``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ittrna.errors import InputError
+
+__all__ = ["FilterFn", "dataflow_order", "mapped_modules"]
+
+FilterFn = Callable[[nn.Module, str], bool]
+"""``filter_fn(module, name) -> bool``: True puts the layer on the chip."""
+
+
+def mapped_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> list[tuple[str, nn.Module]]:
+    """The ``Linear``/``Conv2d`` layers of ``model`` in definition order (grouped convs rejected), those
+    ``filter_fn`` accepts if given.
+
+    Raises:
+        InputError: a chosen ``Conv2d`` is grouped (``groups > 1``).
+    """
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        if filter_fn is not None and not filter_fn(module, name):
+            continue
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise InputError(f"layer {name!r}: grouped Conv2d (groups={module.groups}) is not supported")
+        found.append((name, module))
+    return found
+
+
+def dataflow_order(model: nn.Module, example: torch.Tensor, names: Sequence[str]) -> list[str]:
+    """``names`` (modules of ``model``) in the order one forward pass first calls them.
+
+    Args:
+        model: the network (not changed: it is copied to the ``meta`` device; only on the fallback it runs
+            once, in eval mode without gradients, and its mode is restored).
+        example: an input batch (only its shape and dtype matter on ``meta``); one sample is enough.
+        names: the layers to order (e.g. the chip's).
+
+    Returns:
+        The names in first-call order; layers the pass never calls follow in their given order.
+    """
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise InputError(f"layer {missing[0]!r} is not a module of the model; it has {len(modules)} modules")
+    try:
+        order = _trace(copy.deepcopy(model).to("meta"), torch.empty_like(example[:1], device="meta"), names)
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                order = _trace(model, example[:1], names)
+        finally:
+            model.train(was_training)
+    return order + [n for n in names if n not in order]
+
+
+def _trace(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> list[str]:
+    modules = dict(model.named_modules())
+    order: list[str] = []
+    hooks = [modules[n].register_forward_pre_hook(
+        lambda _m, _i, n=n: order.append(n) if n not in order else None) for n in names]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order

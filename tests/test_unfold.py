@@ -1,0 +1,94 @@
+"""One conv unrolling for every user (chip forward, method statistics, chip-in-the-loop recordings), checked
+against torch's own convolution on every stride, dilation, padding and padding mode; data-flow order."""
+
+import pytest
+import torch
+from torch import nn
+
+from ittrna.errors import InputError
+from ittrna.graph import dataflow_order, mapped_modules
+from ittrna.mapping import conv_rows, matrix_to_weight, output_to_rows, rows_to_output, weight_to_matrix
+
+CASES = [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=3, padding="same"),
+    dict(kernel_size=4, padding="same", dilation=2),  # even kernel: PyTorch pads one more on the right
+    dict(kernel_size=3, padding="valid", stride=2),
+    dict(kernel_size=(3, 2), padding=(2, 1), stride=(2, 1), dilation=(1, 2)),
+    dict(kernel_size=3, padding=1, padding_mode="reflect"),
+    dict(kernel_size=3, padding="same", padding_mode="circular"),
+    dict(kernel_size=3, padding=2, padding_mode="replicate", stride=3),
+]
+
+
+@pytest.mark.parametrize("kw", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("dims", [1, 2])
+def test_rows_times_matrix_is_the_convolution(kw, dims):
+    if dims == 1:
+        kw = {k: (v[0] if isinstance(v, tuple) else v) for k, v in kw.items()}
+    g = torch.Generator().manual_seed(0)
+    conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(3, 5, **kw).double()
+    x = torch.randn((2, 3, 11) if dims == 1 else (2, 3, 11, 9), generator=g, dtype=torch.float64)
+    want = conv(x) - conv.bias.view(1, -1, *([1] * dims))
+    rows, spatial = conv_rows(x, conv)
+    got = rows_to_output(rows @ weight_to_matrix(conv.weight), x.shape[0], spatial)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-12)
+    assert torch.equal(output_to_rows(got), rows @ weight_to_matrix(conv.weight))  # the inverse layout
+
+
+def test_weight_matrix_round_trip():
+    w = torch.randn(4, 3, 2, 5)
+    assert torch.equal(matrix_to_weight(weight_to_matrix(w), tuple(w.shape)), w)
+
+
+def test_grouped_and_foreign_layers_are_refused():
+    with pytest.raises(InputError, match="grouped"):
+        conv_rows(torch.zeros(1, 4, 5, 5), nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(InputError, match="Conv1d or Conv2d"):
+        conv_rows(torch.zeros(1, 4), nn.Linear(4, 4))  # type: ignore[arg-type]
+
+
+class Branchy(nn.Module):
+    """Definition order (head, tail, skip, mid) differs from data-flow order (mid, skip, head, tail)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 4)
+        self.tail = nn.Linear(4, 2)
+        self.skip = nn.Linear(8, 8)
+        self.mid = nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"), nn.Flatten(), nn.Linear(2 * 2 * 2, 8))
+        self.unused = nn.Linear(3, 3)
+
+    def forward(self, x):
+        h = self.mid(x)
+        h = h + self.skip(h)
+        return self.tail(torch.relu(self.head(h)))
+
+
+def test_dataflow_order_follows_the_forward_pass_not_definitions():
+    model = Branchy()
+    names = [n for n, _ in mapped_modules(model)]
+    assert names == ["head", "tail", "skip", "mid.0", "mid.2", "unused"]
+    order = dataflow_order(model, torch.zeros(5, 1, 2, 2), names)
+    assert order == ["mid.0", "mid.2", "skip", "head", "tail", "unused"]  # never-called layers last
+    assert next(model.parameters()).device.type == "cpu"  # traced on a meta copy
+
+
+def test_dataflow_order_falls_back_to_a_real_pass():
+    class DataDependent(Branchy):
+        def forward(self, x):
+            h = self.mid(x)
+            if float(h.detach().sum()) > 1e9:  # needs real values: cannot run on the meta device
+                h = h * 0
+            return self.tail(self.head(h + self.skip(h)))
+
+    model = DataDependent().train()
+    assert dataflow_order(model, torch.zeros(5, 1, 2, 2), ["tail", "head", "mid.0"]) == ["mid.0", "head", "tail"]
+    assert model.training  # its mode restored
+
+
+def test_filter_fn_chooses_layers():
+    model = Branchy()
+    names = [n for n, _ in mapped_modules(model, lambda m, n: isinstance(m, nn.Linear) and n != "unused")]
+    assert names == ["head", "tail", "skip", "mid.2"]
