@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import gc
 
 import numpy as np
@@ -27,7 +28,8 @@ from ittrna.device import HEALTHY, STUCK_ON
 from ittrna.experiments.tolerate import tolerate
 from ittrna.methods import METHODS, apply_method
 from ittrna.methods.base import Context, register
-from ittrna.methods.offdevice import NoneConfig, _Pipeline
+from ittrna.methods.configs import NoneConfig
+from ittrna.methods.retrain import Pipeline as _Pipeline
 from ittrna.session import ChipSession
 
 FAST = {"epochs": 1, "search_images": 500, "headroom_steps": 4, "search_passes": 1, "importance_images": 256,
@@ -42,7 +44,8 @@ def _fast(name: str) -> dict:
 
 @contextlib.contextmanager
 def registered(name: str, kind: str, fn):
-    register(name, kind, NoneConfig, 1, "a cheater (tests/test_boundary.py)")(fn)
+    config = dataclasses.dataclass(frozen=True)(type(f"Cheat{abs(hash(name))}Config", (NoneConfig,), {}))
+    register(name, kind, config, 1, "a cheater (tests/test_boundary.py)")(fn)  # a config class of its own
     try:
         yield
     finally:

@@ -213,9 +213,10 @@ def test_tolerate_on_device_saves_the_programmed_chip_that_reproduces_it(capsys,
     before = chip.read_bytes()
     tuned = tmp_path / "c.pt"
     code, out, err = run(capsys, "tolerate", "--method", "codesign", "--model", str(trained_ckpt), "--chip",
-                         str(chip), "--epochs", "0", "--iterations", "1", "--write-budget", "500",
+                         str(chip), "--iterations", "1", "--write-budget", "500",
                          "--set", "method.digital_epochs=0", "--set", "method.calib_images=256",
-                         "--set", "method.search_images=500", "--out", str(tuned), "--json", "--quiet")
+                         "--set", "method.base.method=dynamic", "--set", "method.base.epochs=0",
+                         "--set", "method.base.search_images=500", "--out", str(tuned), "--json", "--quiet")
     assert code == 0, err
     res = json.loads(out.strip().splitlines()[-1])
     assert res["iterations"] <= 1 and res["forward_passes"] > 0 and res["chip_out"] == str(tmp_path / "c.chip.npz")
@@ -240,6 +241,7 @@ def test_tolerate_on_device_saves_the_programmed_chip_that_reproduces_it(capsys,
     (["--method", "program", "--epochs", "2"], "method.epochs"),
     (["--method", "program", "--write-budget", "2"], "method.write_budget"),
     (["--method", "codesign", "--iterations", "11"], "method.iterations"),
+    (["--method", "codesign", "--epochs", "1"], "does not have"),  # its retraining is its base's: method.base.epochs
     (["--method", "fat", "--epochs", "-1"], "-1"),
     (["--method", "fat", "--set", "method.lr=0"], "method.lr"),
     (["--method", "program", "--map", "{other_map}"], "another chip"),

@@ -17,7 +17,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "ittrna"
 RANK = {"errors": 0, "registry": 0, "boundary": 0, "_resources": 1, "_plain": 1, "_io": 2, "config": 3,
         "_validate": 4, "device": 5, "graph": 5.5, "mapping": 6, "host": 7, "chip": 8, "data": 8, "models": 9,
-        "training": 10, "nn": 11, "session": 11, "methods": 12, "experiments": 13, "cli": 14, "__init__": 15, "__main__": 15}
+        "training": 10, "nn": 11, "session": 11, "methods": 12, "experiments": 13, "cli": 14, "__init__": 15,
+        "__main__": 15}
 """Each helper module has a rank of its own (the order in which they may import each other), so any import
 cycle among them fails the rule."""
 FORBIDDEN = {"methods": {"chip", "nn", "session", "experiments", "cli", "__init__"}}

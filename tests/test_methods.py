@@ -318,7 +318,7 @@ def test_a_retrained_network_is_kept_only_when_validation_shows_a_gain(small):
 
 
 def test_paired_sign_test():
-    from ittrna.methods.offdevice import significantly_better
+    from ittrna.methods.retrain import significantly_better
 
     old = torch.zeros(100, dtype=torch.bool)
     new = old.clone()

@@ -31,8 +31,9 @@ from ittrna.session import ChipSession
 ON_DEVICE = [n for n, s in METHODS.items() if s.kind == "on-device"]
 FAST = {"ondevice": {"epochs": 1, "eval_every": 20, "eval_images": 200},
         "threshold": {"epochs": 1, "eval_every": 20, "eval_images": 200},
-        "codesign": {"epochs": 1, "search_images": 500, "headroom_steps": 4, "search_passes": 1,
-                     "importance_images": 256, "iterations": 2, "calib_images": 256, "write_budget": 3000}}
+        "codesign": {"base": {"method": "dynamic", "epochs": 1, "search_images": 500, "headroom_steps": 4,
+                              "search_passes": 1, "importance_images": 256},
+                     "iterations": 2, "calib_images": 256, "write_budget": 3000}}
 HARD = {"faults.rate": 0.2, "variation.sigma": 0.5, "variation.program_noise": 0.1, "variation.read_noise": 0.02,
         "test.miss_rate": 0.1, "test.theta_noise": 0.2}
 

@@ -17,13 +17,13 @@ from ittrna.errors import InputError
 from ittrna.host import ChipAccess, Deployment, MeasuredMap
 from ittrna.methods import offdevice as _offdevice  # noqa: F401  (registers the off-device methods)
 from ittrna.methods import ondevice as _ondevice  # noqa: F401  (registers the on-device methods)
-from ittrna.methods.base import METHODS, Context, MethodConfig, MethodSpec, get_method
+from ittrna.methods.base import BY_CONFIG, METHODS, Context, MethodConfig, MethodSpec, get_method, spec_for
 
-__all__ = ["METHODS", "Context", "MethodConfig", "MethodSpec", "apply_method", "get_method"]
+__all__ = ["BY_CONFIG", "METHODS", "Context", "MethodConfig", "MethodSpec", "apply_method", "get_method"]
 
 
 def apply_method(
-    name: str,
+    name: str | MethodConfig,
     model: nn.Module,
     measured: MeasuredMap,
     ctx: Context,
@@ -33,7 +33,7 @@ def apply_method(
     """Run method ``name`` on ``model`` for the chip described by ``measured``.
 
     Args:
-        name: a key of :data:`METHODS`.
+        name: a key of :data:`METHODS`, or a method's config (which names its method, :data:`BY_CONFIG`).
         model: the software model (not modified).
         measured: the chip's measured map (all a method knows of the chip).
         ctx: training/validation splits, seed, device.
@@ -43,6 +43,11 @@ def apply_method(
     Returns:
         The deployment; its ``report`` also carries ``method``, ``version`` and the settings used.
     """
+    if isinstance(name, MethodConfig):
+        if settings is not None:
+            raise InputError("give a method's config or its name and settings, not both")
+        spec, settings = spec_for(name), name
+        name = spec.name
     spec = get_method(name)
     cfg = settings if isinstance(settings, MethodConfig) else spec.make_config(settings)
     if not isinstance(cfg, spec.config):

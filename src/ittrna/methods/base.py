@@ -23,7 +23,8 @@ from ittrna.data import Split
 from ittrna.host import Deployment
 from ittrna.registry import Registry
 
-__all__ = ["METHODS", "Context", "MethodConfig", "MethodSpec", "get_method", "lineage", "register"]
+__all__ = ["BY_CONFIG", "METHODS", "Context", "MethodConfig", "MethodSpec", "config_name", "get_method", "lineage",
+           "register", "run", "spec_for"]
 
 
 class MethodConfig(_Section):
@@ -32,29 +33,82 @@ class MethodConfig(_Section):
 
     _section: ClassVar[str] = "method"
 
+    _nested: ClassVar[dict[str, type[MethodConfig] | None]] = {}
+    """Fields holding another method's config (composition, not inheritance): field -> its config class, or
+    None for any registered method's config (a table naming the method: ``{method = "aft", epochs = 2}``)."""
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, MethodConfig):
+                value = ({"method": config_name(type(value)), **value.to_dict()} if self._nested.get(f.name) is None
+                         else value.to_dict())
+            out[f.name] = value
+        return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MethodConfig:
-        """Build from a flat dict; unknown keys are an error naming the accepted ones."""
+    def from_dict(cls, data: Mapping[str, Any], where: str = "method") -> MethodConfig:
+        """Build from a dict (a nested config as a table); unknown keys are an error naming the accepted ones."""
         if not isinstance(data, Mapping):
-            raise ConfigError("method settings must be a table/object")
+            raise ConfigError(f"{where} settings must be a table/object")
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         hints = typing.get_type_hints(cls)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown method field method.{unknown[0]}; accepted {sorted(known)}")
-        return cls(**{k: _coerce(v, hints[k], f"method.{k}") for k, v in data.items()})
+            raise ConfigError(f"unknown method field {where}.{unknown[0]}; accepted {sorted(known)}")
+        values: dict[str, Any] = {}
+        for k, v in data.items():
+            if k in cls._nested:
+                values[k] = cls._sub_config(k, v, f"{where}.{k}")
+            else:
+                values[k] = _coerce(v, hints[k], f"{where}.{k}")
+        return cls(**values)
+
+    @classmethod
+    def _sub_config(cls, field: str, value: Any, where: str) -> MethodConfig | None:
+        """A nested config field from a table (or a method name, for its defaults; None where allowed)."""
+        kind = cls._nested[field]
+        if value is None or isinstance(value, MethodConfig):
+            return value
+        if kind is None:
+            if isinstance(value, str):
+                value = {"method": value}
+            if not isinstance(value, Mapping) or not isinstance(value.get("method"), str):
+                raise ConfigError(f"{where} = {value!r}; accepted a method name or a table with its `method` "
+                                  "name and settings")
+            if value["method"] not in METHODS:
+                raise ConfigError(f"{where}.method = {value['method']!r} is unknown; accepted one of {list(METHODS)}")
+            kind = METHODS[value["method"]].config
+            value = {k: v for k, v in value.items() if k != "method"}
+        try:
+            return kind.from_dict(value, where)
+        except ConfigError as exc:  # a field check names method.FIELD: name it where it is, method.base.FIELD
+            text = str(exc)
+            raise ConfigError(where + text[len("method"):] if text.startswith("method.") else text) from None
 
     def override(self, changes: Mapping[str, Any]) -> MethodConfig:
-        """A copy with fields changed (keys with or without the ``method.`` prefix); validated again."""
+        """A copy with fields changed (keys with or without the ``method.`` prefix, ``base.epochs`` for a
+        field of a nested config); validated again."""
         data = self.to_dict()
         for key, value in changes.items():
-            field = str(key).removeprefix("method.")
-            if field not in data:
-                raise ConfigError(f"unknown method field method.{field}; accepted {sorted(data)}")
-            data[field] = value
+            path = str(key).removeprefix("method.").split(".")
+            table = data
+            for i, part in enumerate(path):
+                if not isinstance(table, dict) or (part not in table and not (part == "method" and i == len(path) - 1)):
+                    accepted = sorted(table) if isinstance(table, dict) else []
+                    raise ConfigError(f"unknown method field method.{'.'.join(path[: i + 1])}; accepted {accepted}")
+                if i == len(path) - 1:
+                    table[part] = value
+                else:
+                    if table[part] is None and part in type(self)._nested:  # a default nested config: fill it
+                        table[part] = {}
+                    sub = table[part]
+                    if isinstance(sub, dict) and isinstance(sub.get("method"), str) and path[i + 1] not in sub:
+                        # a base just named: its defaults, so that its fields can be set one by one
+                        sub.update({k: v for k, v in get_method(sub["method"]).config().to_dict().items()
+                                    if k not in sub})
+                    table = sub
         return type(self).from_dict(data)
 
 
@@ -109,6 +163,10 @@ class MethodSpec:
 #: (names known without importing torch), filled by :func:`register`.
 METHODS: Registry[MethodSpec] = _registry.METHODS
 
+#: The same methods keyed by their config class (torchao's ``quantize_`` handlers): a config says which
+#: method it is for, so a method that builds on another runs it as ``run(config, ...)``.
+BY_CONFIG: dict[type[MethodConfig], str] = {}
+
 
 def register(name: str, kind: str, config: type[MethodConfig], version: int, description: str,
              builds_on: tuple[str, ...] = ()) -> Callable[[OffDeviceFn], OffDeviceFn]:
@@ -116,7 +174,12 @@ def register(name: str, kind: str, config: type[MethodConfig], version: int, des
     declared in :mod:`ittrna.registry` for the module that registers it)."""
     def wrap(fn: OffDeviceFn) -> OffDeviceFn:
         builtin = fn.__module__ if fn.__module__.startswith("ittrna.") else None
+        owner = BY_CONFIG.get(config)
+        if owner is not None and owner in METHODS and owner != name:
+            raise ConfigError(f"config class {config.__name__} already belongs to method {owner!r}; each method "
+                              "has a config class of its own")
         METHODS.register(name, MethodSpec(name, kind, config, version, description, fn, builds_on), home=builtin)
+        BY_CONFIG[config] = name
         return fn
 
     return wrap
@@ -138,6 +201,31 @@ def lineage(name: str) -> dict[str, int]:
         out[base] = spec.version
         todo.extend(spec.builds_on)
     return dict(sorted(out.items()))
+
+
+def spec_for(config: MethodConfig) -> MethodSpec:
+    """The registered method a config belongs to (by its exact class)."""
+    name = BY_CONFIG.get(type(config))
+    if name is None or name not in METHODS:
+        raise ConfigError(f"{type(config).__name__} is the config of no registered method")
+    return METHODS[name]
+
+
+def config_name(kind: type[MethodConfig]) -> str:
+    """The name of the method whose config class is ``kind``."""
+    name = BY_CONFIG.get(kind)
+    if name is None:
+        raise ConfigError(f"{kind.__name__} is the config of no registered method")
+    return name
+
+
+def run(config: MethodConfig, model: torch.nn.Module, measured: Any, ctx: Context, session: Any = None) -> Deployment:
+    """Run the method ``config`` belongs to (a method building on another calls it this way, with that
+    method's own config); an on-device method also needs ``session``. The caller is already on the host side."""
+    spec = spec_for(config)
+    if spec.kind == "on-device":
+        return spec.fn(model, measured, config, ctx, session)
+    return spec.fn(model, measured, config, ctx)
 
 
 def get_method(name: str) -> MethodSpec:

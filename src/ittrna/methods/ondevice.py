@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,109 +32,16 @@ from torch.nn.utils import parametrize
 
 from ittrna.data import Split
 from ittrna.errors import InputError
+from ittrna.graph import dataflow_order
 from ittrna.host import ChipAccess, Deployment, MeasuredMap
 from ittrna.mapping import conv_rows, matrix_to_weight, output_to_rows, weight_to_matrix
-from ittrna.methods.base import Context, register
+from ittrna.methods.base import Context, config_name, register, run
+from ittrna.methods.configs import ChipLoopConfig, CodesignConfig, ThresholdConfig
 from ittrna.methods.hostmodel import HostChip
-from ittrna.methods.offdevice import (
-    AftConfig,
-    DynamicConfig,
-    ProgramConfig,
-    RemapFatConfig,
-    RetrainConfig,
-    _aft,
-    _dynamic,
-    _fat,
-    _HostEffective,
-    _Pipeline,
-    _unparametrize,
-    retrain,
-)
-from ittrna.training import TrainHooks, fit
+from ittrna.methods.retrain import HostEffective, Pipeline, parametrized, retrain, steps_of
+from ittrna.training import FitReport, TrainHooks, fit
 
-__all__ = ["ChipLoopConfig", "CodesignConfig", "ThresholdConfig"]
-
-
-# --- configs ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ChipLoopConfig(RetrainConfig):
-    """Chip-in-the-loop retraining (``ondevice``)."""
-
-    epochs: int = 1
-    """Passes over the training split, each step one on-device iteration. Accepted [0, 1000]."""
-
-    lr: float = 1e-3
-    """Adam peak learning rate, cosine-decayed. Accepted (0, 10]."""
-
-    eval_every: int = 100
-    """Steps between validation measurements on the chip (for the accuracy-versus-writes record and the
-    writes needed to reach the best accuracy). Accepted [1, 1000000]."""
-
-    eval_images: int = 1000
-    """Validation images per measurement. Accepted [10, 1000000]."""
-
-    write_budget: int | None = None
-    """On-device writes allowed after the first programming (None: unlimited); the loop stops writing
-    when the next step's writes would exceed it. Accepted None or [0, 1e15]."""
-
-    def _validate(self) -> None:
-        super()._validate()
-        self._int_range("eval_every", 1, 1_000_000)
-        self._int_range("eval_images", 10, 1_000_000)
-        self._int_range("write_budget", 0, 10**15, optional=True)
-
-
-@dataclass(frozen=True)
-class ThresholdConfig(ChipLoopConfig):
-    """Threshold training (Xia et al., DAC 2017)."""
-
-    threshold: float = 0.02
-    """A weight is written when its accumulated update exceeds this fraction of the layer's weight scale.
-    Accepted [0, 1]."""
-
-    def _validate(self) -> None:
-        super()._validate()
-        self._range("threshold", 0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class CodesignConfig(DynamicConfig):
-    """ITT-RNA part 3 (reconstructed): off-device result, zero-write calibration, K budgeted iterations."""
-
-    base: str = "auto"
-    """Off-device start: ``aft``, ``dynamic``, ``remap-fat``, or ``auto``: ``dynamic`` for networks without
-    convolutions (ITT-RNA's dynamic adjustment for MLPs), else ``remap-fat`` (version 4; version 3 used ``aft``,
-    which on development chips 1 and 2 of the hard chip, validation images, lost 0.36/0.40 pp on MNIST and
-    2.04/1.72 pp on Fashion-MNIST against 0.12/0.40 and 0.64/1.24 with ``remap-fat``)."""
-
-    iterations: int = 5
-    """On-device iterations (programming rounds) at most. Accepted [0, 10]."""
-
-    write_budget: int = 20000
-    """On-device writes allowed in total after the first programming. Accepted [0, 1e15]."""
-
-    calib_images: int = 1024
-    """Training images run through the chip for the gain/offset fit and each estimate. Accepted [16, 1e6]."""
-
-    ridge: float = 1e-3
-    """Ridge weight (relative to the mean input power) pulling each estimate toward the host model's
-    prediction, for inputs the data never excites. Accepted (0, 1e3]."""
-
-    max_corrections: int = 2
-    """Corrections of one weight before it is taken as unfixable (a cell the test missed). Accepted [1, 10]."""
-
-    digital_epochs: int = 1
-    """Epochs retraining the digital parameters against the estimated chip (0: skip). Accepted [0, 100]."""
-
-    def _validate(self) -> None:
-        super()._validate()
-        self._choice("base", ("auto", "aft", "dynamic", "remap-fat"))
-        self._int_range("iterations", 0, 10)
-        self._int_range("write_budget", 0, 10**15)
-        self._int_range("calib_images", 16, 1_000_000)
-        self._range("ridge", 0.0, 1e3, lo_open=True)
-        self._int_range("max_corrections", 1, 10)
-        self._int_range("digital_epochs", 0, 100)
+__all__ = ["ChipLoopConfig", "CodesignConfig", "ThresholdConfig", "chip_accuracy"]
 
 
 # --- shared machinery -------------------------------------------------------------------------------------
@@ -198,15 +104,31 @@ def _loop_train(model: nn.Module, measured: MeasuredMap, cfg: ChipLoopConfig, ct
     """``ondevice`` (threshold None: write every change) and ``threshold``: the ``program`` deployment
     (defect-aware pair rule, scale search), then chip-in-the-loop retraining, writing after every step through
     the same rule, the host model giving the backward pass."""
-    p = _Pipeline(model, measured, ctx)
+    p = Pipeline(model, measured, ctx)
     p.model.cpu()
-    p.choose_scales(ProgramConfig())
+    p.choose_scales(cfg.program)
     session.deploy(p.deployment("pair"))
     names = list(p.mods)
     written = {n: p.mods[n].weight.detach().clone() for n in names}
     gen = ctx.generator(51)
-    for n, m in p.mods.items():
-        parametrize.register_parametrization(m, "weight", _HostEffective(p.host, n, p.scales[n], None, gen))
+    with parametrized(p.model, {n: [HostEffective(p.host, n, p.scales[n], None, gen)] for n in names}, keep=False):
+        rep, history, stopped = _loop_steps(p, cfg, ctx, session, threshold, written)
+    with torch.no_grad():
+        for n, m in p.mods.items():
+            m.weight.copy_(written[n])  # the weights the chip holds
+    best = max(history, key=lambda h: (h["val_accuracy"], -h["writes"]))
+    p.report.update(epochs=rep.epochs, history=history, best_val_accuracy=best["val_accuracy"],
+                    writes_at_best=best["writes"], budget_stopped=stopped, **session_counts(session))
+    out = p.deployment("pair")
+    out.report["val_accuracy"] = history[-1]["val_accuracy"]
+    return out
+
+
+def _loop_steps(p: Pipeline, cfg: ChipLoopConfig, ctx: Context, session: ChipAccess, threshold: float | None,
+                written: dict[str, torch.Tensor]) -> tuple[FitReport, list[dict[str, float]], bool]:
+    """The chip-in-the-loop training of :func:`_loop_train` (weights parametrized by the host model):
+    (fit report, accuracy-versus-writes history, whether the budget stopped the writing)."""
+    names = list(p.mods)
 
     def targets(n: str, w: torch.Tensor) -> dict[str, torch.Tensor]:
         return p.host.targets(n, weight_to_matrix(w), p.scales[n], "pair")
@@ -245,19 +167,10 @@ def _loop_train(model: nn.Module, measured: MeasuredMap, cfg: ChipLoopConfig, ct
     measure(0)
     rep = retrain(loop, lambda: p.teacher, cfg, ctx, hooks=TrainHooks(after_step=after_step),
                   desc="ondevice" if threshold is None else "threshold")
-    steps = cfg.epochs * -(-len(ctx.train) // cfg.batch_size)
+    steps = steps_of(cfg, ctx.train)
     if not history or history[-1]["step"] != steps:
         measure(steps)
-    _unparametrize(p.model, keep=False)
-    with torch.no_grad():
-        for n, m in p.mods.items():
-            m.weight.copy_(written[n])  # the weights the chip holds
-    best = max(history, key=lambda h: (h["val_accuracy"], -h["writes"]))
-    p.report.update(epochs=rep.epochs, history=history, best_val_accuracy=best["val_accuracy"],
-                    writes_at_best=best["writes"], budget_stopped=stopped["budget"], **session_counts(session))
-    out = p.deployment("pair")
-    out.report["val_accuracy"] = history[-1]["val_accuracy"]
-    return out
+    return rep, history, stopped["budget"]
 
 
 def session_counts(session: ChipAccess) -> dict[str, int]:
@@ -401,19 +314,10 @@ def _retrain_digital(model: nn.Module, names: list[str], est: dict[str, torch.Te
 
 
 def _codesign_base(model: nn.Module, measured: MeasuredMap, cfg: CodesignConfig, ctx: Context) -> Deployment:
-    base = cfg.base
-    if base == "auto":
-        base = "remap-fat" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "dynamic"
-    kind = {"aft": AftConfig, "dynamic": DynamicConfig, "remap-fat": RemapFatConfig}[base]
-    fields = kind.__dataclass_fields__  # type: ignore[attr-defined]
-    sub = {k: v for k, v in cfg.to_dict().items() if k in fields}
-    if base == "aft":
-        dep = _aft(model, measured, AftConfig.from_dict(sub), ctx)
-    elif base == "dynamic":
-        dep = _dynamic(model, measured, DynamicConfig.from_dict(sub), ctx)
-    else:
-        dep = _fat(model, measured, RemapFatConfig.from_dict(sub), ctx)
-    dep.report["base"] = base
+    """The off-device start, run through the registry with its own config."""
+    base = cfg.base_for(any(isinstance(m, nn.Conv2d) for m in model.modules()))
+    dep = run(base, model, measured, ctx)
+    dep.report["base"] = config_name(type(base))
     return dep
 
 
@@ -427,7 +331,7 @@ def _codesign(model: nn.Module, measured: MeasuredMap, cfg: CodesignConfig, ctx:
         host.set_layout(n, lay)
     net = copy.deepcopy(model).cpu().eval()
     net.load_state_dict(dep.state_dict)
-    names = session.layer_names
+    names = dataflow_order(model, ctx.train.x[:1], session.layer_names)  # layer by layer along the data flow
     modules = dict(net.named_modules())
     scales = {n: dep.scales[n] for n in names}
     cmd = {n: weight_to_matrix(modules[n].weight.detach()).clone() for n in names}  # (K, N) commanded
@@ -501,7 +405,8 @@ def _codesign(model: nn.Module, measured: MeasuredMap, cfg: CodesignConfig, ctx:
         old_regs = {n: session.registers(n) for n in names}
         old_digital = _digital_state(net, names)
         trial = copy.deepcopy(net)
-        new_regs = _retrain_digital(trial, names, est, old_regs, ctx, cfg.digital_epochs, cfg.lr, cfg.batch_size)
+        new_regs = _retrain_digital(trial, names, est, old_regs, ctx, cfg.digital_epochs, cfg.digital_lr,
+                                    cfg.batch_size)
         for n in names:
             session.set_registers(n, *new_regs[n])
         digital = _digital_state(trial, names)

@@ -1,0 +1,376 @@
+"""The machinery every off-device method shares, and the one retraining helper.
+
+- :class:`Pipeline`: the host-side state of one method run — a copy of the model, the host model of the
+  measured map (:class:`~ittrna.methods.hostmodel.HostChip`), the layers in data-flow order and their scales —
+  with the steps the methods are made of: the scale search, remapping, importance, snapshots and the
+  keep-if-better rule, and the final :class:`~ittrna.host.Deployment`.
+- Parametrizations: :class:`HostEffective` (weight -> what the host predicts the chip realises), :class:`Frozen`
+  (some entries fixed) and :class:`Injected` (fresh random faults/theta per batch).
+- :func:`retrain_layers`: "retrain these parametrized layers with this loss" — register the
+  parametrizations, run the one training loop (:func:`ittrna.training.fit`) with the config's schedule and
+  loss, remove them (keeping the realised weights or the raw ones) — used by every retraining method.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils import parametrize
+
+from ittrna.data import Split
+from ittrna.errors import InputError
+from ittrna.graph import dataflow_order
+from ittrna.host import Deployment, MeasuredMap
+from ittrna.mapping import conv_columns, matrix_to_weight, weight_scale, weight_to_matrix
+from ittrna.methods.base import Context
+from ittrna.methods.configs import FatConfig, ProgramConfig, RemapConfig, RetrainConfig
+from ittrna.methods.hostmodel import HostChip, realise, sample_view
+from ittrna.methods.remap import remap_layer
+from ittrna.training import FitReport, TrainHooks, fit
+
+__all__ = [
+    "Frozen",
+    "HostEffective",
+    "Injected",
+    "Pipeline",
+    "mean_correct",
+    "parametrized",
+    "retrain",
+    "retrain_fat",
+    "significantly_better",
+    "steps_of",
+    "test_error",
+    "unparametrize",
+]
+
+
+class Pipeline:
+    """The host-side state one method run builds up: the host chip model, the layers, their scales."""
+
+    def __init__(self, model: nn.Module, measured: MeasuredMap, ctx: Context):
+        self.t0 = time.perf_counter()
+        self.ctx = ctx
+        self.model = copy.deepcopy(model).to(ctx.device).eval()
+        self._software = model
+        self._teacher: nn.Module | None = None
+        self.host = HostChip(measured, device=ctx.device)
+        modules = dict(self.model.named_modules())
+        self.mods: dict[str, Any] = {}  # name -> nn.Linear | nn.Conv2d (Any: parametrized weights type loosely)
+        for name in self.host.names:
+            if name not in modules:
+                raise InputError(f"the measured map's layer {name!r} is not a module of the model: a map from "
+                                 "another model")
+        # layer-by-layer work (the scale search, dynamic's phases) follows the data flow of the model's graph
+        for name in dataflow_order(self.model, ctx.train.x[:1].to(ctx.device), self.host.names):
+            m = modules.get(name)
+            shape = self.host.weight_shape(name)
+            if not isinstance(m, (nn.Linear, nn.Conv2d)) or tuple(m.weight.shape) != shape:
+                raise InputError(f"the measured map's layer {name!r} (weight shape {shape}) does not match the "
+                                 "model: a map from another model")
+            self.mods[name] = m
+        self.scales = {n: weight_scale(m.weight, 100.0) for n, m in self.mods.items()}
+        self.report: dict[str, Any] = {}
+
+    # host-model evaluation -------------------------------------------------------------------------------
+    @property
+    def teacher(self) -> nn.Module:
+        """The software model, frozen, on the method's device (the distillation target of retraining)."""
+        if self._teacher is None:
+            self._teacher = copy.deepcopy(self._software).to(self.ctx.device).eval().requires_grad_(False)
+        return self._teacher
+
+    def matrix(self, name: str) -> torch.Tensor:
+        return weight_to_matrix(self.mods[name].weight.detach())
+
+    def effective(self, name: str, scale: float, rule: str, shrink: float = 1.0) -> torch.Tensor:
+        """Realised weight (layer shape) for the current weights (times ``shrink``)."""
+        with torch.no_grad():
+            eff = self.host.effective_matrix(name, shrink * self.matrix(name), scale, rule)
+        return matrix_to_weight(eff, tuple(self.mods[name].weight.shape))
+
+    def score(self, weights: dict[str, torch.Tensor], data: Split) -> tuple[torch.Tensor, float]:
+        """(per-image correctness, mean cross-entropy) of the model with ``weights`` substituted, on ``data``."""
+        batches = [(x.to(self.ctx.device), y.to(self.ctx.device)) for x, y in data.batches(2000)]
+        return self._score(self.model, weights, batches)
+
+    @staticmethod
+    def _score(module: nn.Module, weights: dict[str, torch.Tensor],
+               batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, float]:
+        """(per-image correctness (N,) bool, mean cross-entropy) of ``module`` with ``weights`` substituted."""
+        own = {k: v for k, v in weights.items() if k.split(".")[0] in module._modules}
+        right, loss, n = [], 0.0, 0
+        with torch.no_grad():
+            for x, y in batches:
+                out = functional_call(module, own, (x,))
+                right.append((out.argmax(1) == y).cpu())
+                loss += float(F.cross_entropy(out, y, reduction="sum"))
+                n += len(y)
+        return (torch.cat(right) if right else torch.zeros(0, dtype=torch.bool)), loss / max(n, 1)
+
+    def _split(self, name: str) -> tuple[nn.Module | None, nn.Module]:
+        """(modules before layer ``name``, the rest) for a top-level layer of a Sequential model, whose
+        prefix output can be computed once per layer of the search; (None, model) otherwise."""
+        if isinstance(self.model, nn.Sequential) and name in self.model._modules:
+            i = list(self.model._modules).index(name)
+            return (self.model[:i] if i else None), self.model[i:]
+        return None, self.model
+
+    def snapshot(self, rule: str = "pair") -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]:
+        """(weights, scales, host-model per-image validation correctness) of the current state, to return to."""
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return state, dict(self.scales), self.host_correct(self.ctx.val, rule)
+
+    def keep_if_better(self, start: tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor],
+                       cfg: RetrainConfig, rule: str = "pair") -> None:
+        """After retraining: go back to ``start`` unless the host model scores the retrained network
+        significantly better on the validation split (:func:`significantly_better`; validation data only)."""
+        state, scales, start_right = start
+        right = self.host_correct(self.ctx.val, rule)
+        kept = significantly_better(right, start_right, cfg.keep_z) or not cfg.select
+        self.report.update(start_val_accuracy=mean_correct(start_right), retrained_val_accuracy=mean_correct(right),
+                           kept="retrained" if kept else "start")
+        if not kept:
+            self.model.load_state_dict(state)
+            self.scales = scales
+
+    def host_correct(self, data: Split, rule: str = "pair") -> torch.Tensor:
+        """Per-image correctness on ``data`` that the host model predicts for the chip."""
+        weights = {f"{n}.weight": self.effective(n, self.scales[n], rule) for n in self.mods}
+        return self.score(weights, data)[0]
+
+    def host_accuracy(self, data: Split, rule: str = "pair") -> float:
+        return mean_correct(self.host_correct(data, rule))
+
+    def choose_scales(self, cfg: ProgramConfig, rule: str = "pair") -> None:
+        """Per-layer headroom by coordinate descent on validation accuracy: a headroom is taken when it beats
+        the current one significantly (:func:`significantly_better` at ``cfg.search_z``; at z = 0 any gain, and
+        the loss breaks ties)."""
+        val = self.ctx.val.subset(min(cfg.search_images, len(self.ctx.val)))
+        batches = [(x.to(self.ctx.device), y.to(self.ctx.device)) for x, y in val.batches(2000)]
+        grid = [cfg.headroom_min ** (1 - i / max(cfg.headroom_steps - 1, 1)) for i in range(cfg.headroom_steps)]
+        if cfg.headroom_steps == 1:
+            grid = [cfg.headroom_min]
+        top = {n: weight_scale(m.weight, 100.0) for n, m in self.mods.items()}
+        current = {f"{n}.weight": self.effective(n, self.scales[n], rule) for n in self.mods}
+        best_right, best_loss = self._score(self.model, current, batches)
+        seen: set[tuple[str, float, tuple[float, ...]]] = set()  # (layer, h, other scales) already scored
+        for _ in range(cfg.search_passes):
+            for n in self.mods:
+                others = tuple(self.scales[m] for m in self.mods if m != n)
+                if all((n, h, others) in seen for h in grid):
+                    continue  # nothing changed since this layer was searched: the same scores again
+                head, tail = self._split(n)
+                if head is None:
+                    inputs = batches
+                else:  # the layers before n are fixed while n's headroom is searched: run them once
+                    own = {k: v for k, v in current.items() if k.split(".")[0] in head._modules}
+                    with torch.no_grad():
+                        inputs = [(functional_call(head, own, (x,)), y) for x, y in batches]
+                for h in grid:
+                    seen.add((n, h, others))
+                    trial = dict(current)
+                    trial[f"{n}.weight"] = self.effective(n, h * top[n], rule)
+                    right, loss = self._score(tail, trial, inputs)
+                    if significantly_better(right, best_right, cfg.search_z) or (
+                            cfg.search_z == 0 and bool((right == best_right).all()) and loss < best_loss):
+                        best_right, best_loss, current, self.scales[n] = right, loss, trial, h * top[n]
+        self.report["headroom"] = {n: self.scales[n] / top[n] for n in self.mods}
+
+    def importance(self, images: int) -> dict[str, torch.Tensor]:
+        """RMS input of every logical row (word line) of each layer, over ``images`` training images."""
+        sums: dict[str, torch.Tensor] = {}
+        count: dict[str, int] = {}
+        hooks = []
+
+        def hook(name: str, module: nn.Module) -> Any:
+            def fn(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+                x = inputs[0].detach()
+                if isinstance(module, nn.Conv2d):
+                    cols, _ = conv_columns(x, module)  # (B, K, L)
+                    sq, cnt = (cols**2).sum(dim=(0, 2)), cols.shape[0] * cols.shape[2]
+                else:
+                    flat = x.reshape(-1, x.shape[-1])
+                    sq, cnt = (flat**2).sum(0), flat.shape[0]
+                sums[name] = sums.get(name, 0) + sq
+                count[name] = count.get(name, 0) + cnt
+            return fn
+
+        for name, m in self.mods.items():
+            hooks.append(m.register_forward_hook(hook(name, m)))
+        try:
+            with torch.no_grad():
+                for x, _ in self.ctx.train.subset(min(images, len(self.ctx.train))).batches(512):
+                    self.model(x.to(self.ctx.device))
+        finally:
+            for h in hooks:
+                h.remove()
+        return {n: (sums[n] / count[n]).sqrt() for n in self.mods}
+
+    def remap(self, cfg: RemapConfig) -> None:
+        imp = self.importance(cfg.importance_images)
+        costs = {}
+        for n in self.mods:
+            _, before, after = remap_layer(self.host, n, self.matrix(n), self.scales[n], imp[n],
+                                           polarity=cfg.polarity, rounds=cfg.rounds)
+            costs[n] = [before, after]
+        self.report["remap_cost_before_after"] = costs
+
+    def deployment(self, rule: str) -> Deployment:
+        """The current weights, scales and layouts; cell-by-cell targets under the ``pair`` rule."""
+        targets = {}
+        if rule == "pair":
+            targets = {n: self.host.targets(n, self.matrix(n), self.scales[n], "pair") for n in self.mods}
+        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.report.setdefault("val_accuracy", self.host_accuracy(self.ctx.val, rule))
+        self.report["seconds"] = time.perf_counter() - self.t0
+        return Deployment(state, dict(self.scales), dict(self.host.layouts), targets, self.report)
+
+    def imperfect(self, name: str, tau: float) -> torch.Tensor:
+        """(weight shape) bool: the weight sits on a cell reported stuck or with |e^theta - 1| > tau."""
+        v = self.host.view(name)
+        bad = (v.fault_p != 0) | ((v.theta_p.exp() - 1).abs() > tau)
+        bad = bad | (v.fault_n != 0) | ((v.theta_n.exp() - 1).abs() > tau)
+        return matrix_to_weight(bad, tuple(self.mods[name].weight.shape))
+
+    def damage(self, name: str, imp: torch.Tensor) -> torch.Tensor:
+        """(weight shape) importance-weighted |w_eff - w| under the pair rule."""
+        with torch.no_grad():
+            m = self.matrix(name)
+            dev = (self.host.effective_matrix(name, m, self.scales[name]) - m).abs() * imp.view(-1, 1)
+        return matrix_to_weight(dev, tuple(self.mods[name].weight.shape))
+
+
+class HostEffective(nn.Module):
+    """Parametrization: weight -> what the host model predicts the chip realises (straight-through)."""
+
+    def __init__(self, host: HostChip, name: str, scale: float, inject: tuple[float, float, float] | None,
+                 generator: torch.Generator):
+        super().__init__()
+        self.host, self.name, self.scale, self.inject, self.generator = host, name, scale, inject, generator
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        view = self.host.view(self.name)
+        if self.training and self.inject is not None:
+            view = view.with_noise(*self.inject, generator=self.generator)
+        eff = realise(weight_to_matrix(w), view, self.scale, self.host.cell, "pair", targets=False)[0]
+        return matrix_to_weight(eff, tuple(w.shape))
+
+
+class Frozen(nn.Module):
+    """Parametrization: entries under ``mask`` are held at ``values`` (no gradient reaches them)."""
+
+    mask: torch.Tensor
+    values: torch.Tensor
+
+    def __init__(self, shape: tuple[int, ...], device: str):
+        super().__init__()
+        self.register_buffer("mask", torch.zeros(shape, dtype=torch.bool, device=device))
+        self.register_buffer("values", torch.zeros(shape, device=device))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, self.values, w)
+
+
+class Injected(nn.Module):
+    """Parametrization for chip-agnostic injection: plain programming on a freshly drawn random chip."""
+
+    def __init__(self, host: HostChip, rate: float, share: float, sigma: float, generator: torch.Generator):
+        super().__init__()
+        self.host, self.rate, self.share, self.sigma, self.generator = host, rate, share, sigma, generator
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return w
+        m = weight_to_matrix(w)
+        view = sample_view((m.shape[0], m.shape[1]), self.rate, self.share, self.sigma, self.host.converter,
+                           self.generator, m.device)
+        scale = float(w.detach().abs().max()) or 1.0
+        return matrix_to_weight(realise(m, view, scale, self.host.cell, "plain", targets=False)[0], tuple(w.shape))
+
+
+def retrain(net: nn.Module, teacher: Callable[[], nn.Module], cfg: RetrainConfig, ctx: Context, *, desc: str,
+            val: Split | None = None, hooks: TrainHooks | None = None) -> FitReport:
+    """The one retraining step of every retraining method: ``net`` (its layers parametrized by the method)
+    trained on the training split with ``cfg``'s schedule and loss: the labels, mixed by ``cfg.distill`` with
+    distillation from ``teacher()`` (the software model, made only when needed). With ``val``, the best epoch
+    is kept (the starting point included)."""
+    return fit(net, ctx.train, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed, val=val,
+               hooks=hooks, progress=ctx.progress, desc=desc, teacher=teacher() if cfg.distill > 0 else None,
+               distill=cfg.distill, temperature=cfg.temperature)
+
+
+def mean_correct(right: torch.Tensor) -> float:
+    return float(right.float().mean()) if right.numel() else 0.0
+
+
+def significantly_better(new: torch.Tensor, old: torch.Tensor, z: float) -> bool:
+    """Whether per-image correctness ``new`` beats ``old`` (same images, (N,) bool) by a paired sign test:
+    with b images right only under ``new`` and c only under ``old``, b - c > z·√(b + c) (z = 0: b > c)."""
+    b = int((new & ~old).sum())
+    c = int((old & ~new).sum())
+    return b - c > z * math.sqrt(b + c)
+
+
+def unparametrize(model: nn.Module, keep: bool) -> None:
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=keep)
+
+
+def test_error(host: HostChip, measured: MeasuredMap) -> tuple[float, float, float]:
+    """(theta sigma, extra fault rate, stuck-on share) of the test's stated imperfections."""
+    t = measured.design.test
+    rate = measured.fault_fraction()
+    missed = rate * t.miss_rate / max(1 - t.miss_rate, 1e-9)  # expected missed faults per reported-healthy cell
+    faults = [f["fault"] for arrs in measured.layers.values() for f in arrs.values()]
+    on = sum(int((f == 2).sum()) for f in faults)
+    stuck = sum(int((f != 0).sum()) for f in faults)
+    return t.theta_noise, missed, (on / stuck if stuck else 0.162)
+
+
+def retrain_fat(p: Pipeline, cfg: FatConfig, measured: MeasuredMap) -> None:
+    start = p.snapshot()
+    inject = None
+    if cfg.inject_test_error:
+        sig, missed, share = test_error(p.host, measured)
+        if sig > 0 or missed > 0:
+            inject = (sig, missed, share)
+    gen = p.ctx.generator(11)
+    with parametrized(p.model, {n: [HostEffective(p.host, n, p.scales[n], inject, gen)] for n in p.mods}, keep=False):
+        rep = retrain(p.model, lambda: p.teacher, cfg, p.ctx, desc="fat", val=p.ctx.val)
+    p.keep_if_better(start, cfg)
+    p.report.update(epochs=rep.epochs, best_epoch=rep.best_epoch, val_history=rep.val_history)
+
+
+def steps_of(cfg: RetrainConfig, train: Split) -> int:
+    """Optimisation steps of a retraining run: epochs x batches per epoch (the last batch may be short)."""
+    return cfg.epochs * -(-len(train) // cfg.batch_size)
+
+
+@contextmanager
+def parametrized(net: nn.Module, layers: Mapping[str, Sequence[nn.Module]], *, keep: bool) -> Iterator[nn.Module]:
+    """Retraining through parametrized weights: on entry the weights of ``layers`` (module name ->
+    parametrizations, innermost first) are parametrized; on exit every weight parametrization of ``net`` —
+    also those added inside, e.g. by ``dynamic``'s phases — is removed, keeping the realised weights
+    (``keep``) or the raw ones. The one place of the parametrize -> train -> unparametrize sequence::
+
+        with parametrized(p.model, {n: [HostEffective(...)] for n in p.mods}, keep=False):
+            report = retrain(p.model, lambda: p.teacher, cfg, ctx, desc="fat")
+    """
+    modules = dict(net.named_modules())
+    try:
+        for name, chain in layers.items():
+            for module in chain:
+                parametrize.register_parametrization(modules[name], "weight", module)
+        yield net
+    finally:
+        unparametrize(net, keep=keep)
