@@ -1,5 +1,6 @@
 """Checks at the library's boundary: seeds, devices, output paths, memory estimates before allocation, and
-field-by-field validation of loaded chips, measured maps and checkpoints.
+field-by-field validation of loaded measured maps and checkpoints, with the field checks a chip archive
+shares with them (the chip archive itself is checked by its owner, :func:`ittrna.chip.archive.check_chip_archive`).
 
 Rank 0 (imports only :mod:`ittrna.errors` and :mod:`ittrna.config` from ittrna), so every layer may call
 it. Every check raises an :class:`~ittrna.errors.InputError` subclass with a one-line message naming the
@@ -29,7 +30,6 @@ __all__ = [
     "MAX_SEED",
     "available_memory",
     "check_checkpoint",
-    "check_chip_archive",
     "check_device",
     "check_fabricate",
     "check_measured_map",
@@ -55,10 +55,6 @@ MAX_IN_SIDE = 65536
 MAX_CLASSES = 1_000_000
 """Largest accepted number of classes in a checkpoint."""
 
-#: (field, numpy dtype) of every per-cell array of a chip, in :class:`ittrna.chip.CellArray` order.
-CHIP_FIELDS: tuple[tuple[str, str], ...] = (
-    ("fault", "int8"), ("theta", "float32"), ("g", "float32"), ("eps", "float32"), ("writes", "int64"),
-)
 #: (field, numpy dtype) of every per-cell array of a measured map.
 MAP_FIELDS: tuple[tuple[str, str], ...] = (("fault", "int8"), ("theta", "float32"))
 FAULT_CODES = (0, 1, 2)
@@ -279,12 +275,6 @@ def _want_int(path: Any, field: str, value: Any, lo: int, hi: int) -> int:
     return int(value)
 
 
-def _want_number(path: Any, field: str, value: Any, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise _fail(path, field, f"= {_short(value)} is invalid; accepted a number in [{lo:g}, {hi:g}]")
-    return float(value)
-
-
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -372,74 +362,6 @@ def _check_keys(path: Any, arrays: Mapping[str, np.ndarray], expected: set[str])
     if extra:
         raise FileFormatError(f"{path}: array {extra[0]!r} is unexpected; the header describes "
                               f"{len(expected)} arrays")
-
-
-def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ChipConfig:
-    """Check every field of a chip archive (as read by ``load_npz(path, "chip")``) and return its config.
-
-    Header: ``format`` (1 or 2), ``config`` (a valid chip config), ``seed`` (integer in [0, 2**63 - 1]),
-    ``write_epoch`` (integer >= 0), ``writes_issued`` (format 2, integer >= 0), ``layers`` (a non-empty list
-    of records with a unique ``name``, ``kind``, ``weight_shape``, ``k``, ``n`` consistent with each other,
-    ``scale`` (finite, >= 0), ``version`` (integer >= 0) and ``arrays``, the scheme's array names). Arrays:
-    exactly one per (layer, array, field), with the field's dtype, the shape the tiling gives, fault codes
-    in {0, 1, 2}, finite theta/eps within +/- 60, conductances within [Gmin, Gmax], write counts >= 0;
-    format 2 adds each layer's layout (``layer|_layout|row_map`` int64 (tiles along N, Kp) and
-    ``layer|_layout|col_sign`` float32 (Np,); the routing itself is checked by ``LayerLayout.check`` on load).
-
-    Raises:
-        FileFormatError: naming the file and the first bad field.
-    """
-    version = _format(path, header, (1, 2))
-    config = _config(path, header)
-    _want_int(path, "seed", header.get("seed"), 0, MAX_SEED)
-    _want_int(path, "write_epoch", header.get("write_epoch"), 0, MAX_SEED)
-    if version >= 2:
-        _want_int(path, "writes_issued", header.get("writes_issued"), 0, MAX_SEED)
-        if "writes_performed" in header:
-            _want_int(path, "writes_performed", header.get("writes_performed"), 0, MAX_SEED)
-    layers = header.get("layers")
-    if not isinstance(layers, list) or not layers:
-        raise _fail(path, "layers", f"= {_short(layers)} is invalid; accepted a non-empty list of layer records")
-    m = config.mapping
-    expected: set[str] = set()
-    planned: list[tuple[str, tuple[int, ...], str]] = []
-    names: set[str] = set()
-    for i, rec in enumerate(layers):
-        field = f"layers[{i}]"
-        _, _, k, n = _geometry(path, field, rec)
-        name = rec.get("name")
-        if not isinstance(name, str) or not name or "|" in name or name in names:
-            raise _fail(path, f"{field}.name", f"= {_short(name)} is invalid; accepted a unique non-empty "
-                                               "string without '|'")
-        names.add(name)
-        _want_number(path, f"{field}.scale", rec.get("scale"), 0.0, 1e30)
-        _want_int(path, f"{field}.version", rec.get("version"), 0, MAX_SEED)
-        shapes = expected_array_shapes(m.scheme, k, n, m.rows, m.cols, m.spare_rows)
-        anames = rec.get("arrays")
-        if not isinstance(anames, list) or sorted(map(str, anames)) != sorted(shapes) or len(anames) != len(shapes):
-            raise _fail(path, f"{field}.arrays", f"= {_short(anames)} is invalid; accepted {sorted(shapes)} for "
-                                                 f"mapping.scheme {m.scheme!r}")
-        for aname, shape in shapes.items():
-            for fname, dtype in CHIP_FIELDS:
-                key = f"{name}|{aname}|{fname}"
-                expected.add(key)
-                planned.append((key, shape, dtype))
-        if version >= 2:
-            tc, kp, np_ = -(-n // m.cols), -(-k // m.rows) * m.rows, -(-n // m.cols) * m.cols
-            layout_arrays: tuple[tuple[str, str, tuple[int, ...]], ...] = (
-                (f"{name}|_layout|row_map", "int64", (tc, kp)), (f"{name}|_layout|col_sign", "float32", (np_,)))
-            for key, dtype, lshape in layout_arrays:
-                expected.add(key)
-                planned.append((key, lshape, dtype))
-    _check_keys(path, arrays, expected)
-    for key, pshape, dtype in planned:
-        if "|_layout|" in key:
-            arr = arrays[key]
-            if arr.dtype != np.dtype(dtype) or arr.shape != pshape:
-                raise FileFormatError(f"{path}: array {key!r} has {arr.dtype} {arr.shape}; accepted {dtype} {pshape}")
-            continue
-        _check_cells(path, key, arrays[key], dtype, (pshape[0], pshape[1]), config)
-    return config
 
 
 def check_measured_map(path: Any, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ChipConfig:
