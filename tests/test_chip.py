@@ -131,6 +131,24 @@ def test_chip_on_model_with_other_shapes_is_a_clear_error():
         deploy(other, chip)
 
 
+def test_bad_input_to_a_chip_is_an_input_error_where_it_arises():
+    """Each bad input is an InputError subclass raised by the chip itself (no caller re-wraps it)."""
+    from ittrna.errors import InputError, UnknownNameError
+
+    chip = Chip.fabricate(build("mlp"), ChipConfig(), 0)
+    with pytest.raises(InputError, match="does not match the chip's"):
+        chip.program_weights("1", torch.zeros(3, 3))
+    with pytest.raises(UnknownNameError, match="chip has no layer 'nope'; it holds") as err:
+        chip.layer("nope")
+    assert isinstance(err.value, KeyError) and str(err.value).startswith("chip has no layer")
+    with pytest.raises(InputError, match="was made for weight shape"):
+        chip.check_model(build("mlp-deep"))
+    with pytest.raises(InputError, match="has no matching weight layer"):
+        chip.check_model(nn.Sequential(nn.ReLU()))
+    with pytest.raises(InputError, match="no Linear/Conv2d layer"):
+        Chip.fabricate(nn.Sequential(nn.ReLU()), ChipConfig(), 0)
+
+
 def test_stuck_cells_ignore_programming_and_perform_no_writes():
     model = build("mlp")
     cfg_chip = ChipConfig().override({"faults.rate": 0.3, "endurance.count_initial_programming": True})

@@ -129,3 +129,50 @@ def test_adc_calibration_is_saved_with_the_chip(tmp_path):
     assert all(torch.equal(a.adc_fs, b.adc_fs) for a, b in zip(chip, back, strict=True))
     with torch.no_grad():
         assert torch.equal(deploy(model, back, program=False)(x), out)
+
+
+def test_ideal_chip_reads_each_layer_once_and_again_only_after_reprogramming(monkeypatch):
+    """The chip keeps a deployed layer's read (Chip.read_weight): an ideal chip costs one read per layer for
+    any number of forward passes and one F.linear per layer per pass; reprogramming a layer (or changing its
+    layout) re-reads that layer only. With read noise every pass reads every layer afresh."""
+    import torch.nn.functional as F
+
+    from ittrna.chip import readout
+    from ittrna.mapping import LayerLayout
+
+    model = build("mlp", seed=1)
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    reads: list[tuple[str, bool]] = []
+    linears: list[int] = []
+    real_read, real_linear = readout.effective_weight, F.linear
+
+    def counted_read(chip, name, read_noise=False):
+        reads.append((name, read_noise))
+        return real_read(chip, name, read_noise=read_noise)
+
+    monkeypatch.setattr(readout, "effective_weight", counted_read)
+    monkeypatch.setattr(F, "linear", lambda *a, **k: linears.append(1) or real_linear(*a, **k))
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.1}), 0)
+    net = deploy(model, chip)
+    layers = list(chip.layers)
+    with torch.no_grad():
+        first = net(x)
+        assert torch.equal(net(x), first)
+    assert sorted(reads) == sorted((n, False) for n in layers) and len(linears) == 2 * len(layers)
+    reads.clear()
+    chip.program_weights(layers[0], model.get_submodule(layers[0]).weight * 0.5)
+    with torch.no_grad():
+        net(x)
+    assert reads == [(layers[0], False)]
+    reads.clear()
+    chip.set_layout(layers[1], LayerLayout.identity(chip.layer(layers[1]).grid))
+    with torch.no_grad():
+        net(x)
+    assert reads == [(layers[1], False)]
+
+    noisy = Chip.fabricate(model, ChipConfig().override({"variation.read_noise": 0.05}), 0)
+    net = deploy(model, noisy)
+    reads.clear()
+    with torch.no_grad():
+        a, b = net(x), net(x)
+    assert sorted(reads) == sorted((n, True) for n in layers for _ in range(2)) and not torch.equal(a, b)

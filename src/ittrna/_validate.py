@@ -1,25 +1,26 @@
 """Checks at the library's boundary: seeds, devices, output paths, memory estimates before allocation, and
-field-by-field validation of loaded chips, measured maps and checkpoints.
+field-by-field validation of loaded measured maps and checkpoints, with the field checks a chip archive
+shares with them (the chip archive itself is checked by its owner, :func:`ittrna.chip.archive.check_chip_archive`).
 
 Rank 0 (imports only :mod:`ittrna.errors` and :mod:`ittrna.config` from ittrna), so every layer may call
 it. Every check raises an :class:`~ittrna.errors.InputError` subclass with a one-line message naming the
 file, the field, the value and what is accepted.
 
-The cell-array layout of each mapping scheme is mirrored in :func:`expected_array_shapes` (this module
-cannot import :mod:`ittrna.mapping`); a test keeps the two in step.
+The checks that belong to one concept live with its owner, which calls the shared field helpers here:
+the chip archive in :mod:`ittrna.chip.archive`, the measured map in :mod:`ittrna.host`, a chip's memory
+footprint in :mod:`ittrna.mapping.footprint` (cell arrays from the scheme's own converter, no mirror).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ittrna._resources import _size, available_memory, check_memory  # noqa: F401  (re-exported)
 from ittrna.config import MAX_SEED, ChipConfig
@@ -28,19 +29,12 @@ from ittrna.errors import ConfigError, FileFormatError, InputError, ResourceErro
 __all__ = [
     "MAX_SEED",
     "available_memory",
-    "check_checkpoint",
-    "check_chip_archive",
     "check_device",
-    "check_fabricate",
-    "check_measured_map",
     "check_memory",
     "check_nonempty_split",
     "check_output",
     "check_seed",
     "check_seeds",
-    "check_state_fits",
-    "estimate_chip_bytes",
-    "expected_array_shapes",
 ]
 
 """Largest accepted seed: seeds are mixed as 64-bit integers, so larger ones would alias smaller ones."""
@@ -49,28 +43,11 @@ MAX_LOG_FACTOR = 60.0
 """Largest accepted |theta| or |eps| in a file: 20 sigma at the largest sigma (3); e^60 still fits float32
 products with any accepted conductance."""
 
-MAX_IN_SIDE = 65536
-"""Largest accepted checkpoint input dimension (channels, height, width)."""
-
-MAX_CLASSES = 1_000_000
-"""Largest accepted number of classes in a checkpoint."""
-
-#: (field, numpy dtype) of every per-cell array of a chip, in :class:`ittrna.chip.CellArray` order.
-CHIP_FIELDS: tuple[tuple[str, str], ...] = (
-    ("fault", "int8"), ("theta", "float32"), ("g", "float32"), ("eps", "float32"), ("writes", "int64"),
-)
 #: (field, numpy dtype) of every per-cell array of a measured map.
 MAP_FIELDS: tuple[tuple[str, str], ...] = (("fault", "int8"), ("theta", "float32"))
 FAULT_CODES = (0, 1, 2)
 """healthy, stuck_off, stuck_on (:mod:`ittrna.device.faults`)."""
 
-_STORED_BYTES_PER_CELL = 21
-"""fault int8 + theta, g, eps float32 + writes int64."""
-_WORK_BYTES_PER_CELL = 48
-"""Peak temporaries per cell of the largest layer while programming and reading it (targets, masks,
-conductances, effective matrix)."""
-_FAULT_WORK_BYTES_PER_CELL = {"uniform": 8, "clustered": 40, "lines": 24}
-"""Peak temporaries per cell of one array while its fault map is drawn."""
 
 
 # --- numbers -----------------------------------------------------------------------------------------------
@@ -134,88 +111,6 @@ def check_device(name: Any) -> torch.device:
 # --- memory: ittrna._resources (re-exported here) ------------------------------------------------------------
 
 
-def expected_array_shapes(scheme: str, k: int, n: int, rows: int, cols: int, spare: int = 0
-                          ) -> dict[str, tuple[int, int]]:
-    """Name -> (rows, cols) of each cell array of a K x N matrix on ``rows x cols`` tiles with ``spare``
-    extra word lines per tile.
-
-    Mirrors ``ittrna.mapping.CONVERTERS[scheme].array_shapes`` (differential: ``pos``/``neg`` padded to
-    whole tiles; offset: ``main`` padded and ``ref`` with one column per tile along N).
-    """
-    tr, tc = -(-k // rows), -(-n // cols)
-    kp, np_ = tr * (rows + spare), tc * cols
-    if scheme == "differential":
-        return {"pos": (kp, np_), "neg": (kp, np_)}
-    if scheme == "offset":
-        return {"main": (kp, np_), "ref": (kp, tc)}
-    raise ConfigError(f"mapping.scheme = {scheme!r} has no array layout; accepted differential or offset")
-
-
-def _mapped_matrices(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None) -> list[tuple[int, int]]:
-    out = []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and (filter_fn is None or filter_fn(module, name)):
-            weight = module.weight
-            out.append((int(weight[0].numel()), int(weight.shape[0])))
-    return out
-
-
-def estimate_chip_bytes(matrices: Sequence[tuple[int, int]], config: ChipConfig) -> tuple[int, int]:
-    """Peak bytes and cell count of fabricating, programming and reading a chip for ``matrices``.
-
-    Args:
-        matrices: (K, N) of every layer put on the chip.
-        config: the chip configuration (tile size, scheme, fault pattern and rate).
-
-    Returns:
-        (peak bytes, total cells). The peak is the stored cell state (21 bytes per cell), plus the largest
-        layer's programming temporaries, plus the fault sampler's temporaries for the largest array (for
-        ``lines``: the cells of the lines drawn in one round, each padded to the longer tile side).
-    """
-    m, f = config.mapping, config.faults
-    total = 0
-    largest_layer = 0
-    fault_work = 0
-    for k, n in matrices:
-        shapes = expected_array_shapes(m.scheme, k, n, m.rows, m.cols)
-        cells = sum(h * w for h, w in shapes.values())
-        total += cells
-        largest_layer = max(largest_layer, cells)
-        if f.rate == 0:
-            continue
-        for h, w in shapes.values():
-            tile_r, tile_c = (m.rows, m.cols) if w % m.cols == 0 else (m.rows, 1)
-            work = h * w * _FAULT_WORK_BYTES_PER_CELL.get(f.pattern, 40)
-            if f.pattern == "lines":
-                n_lines = h * (w // tile_c) + w * (h // tile_r)
-                mean_len = 2 * h * w / n_lines
-                drawn = min(n_lines, f.rate * h * w / mean_len + 1)
-                work += int(drawn * max(tile_r, tile_c) * 24 + n_lines * 24)
-            fault_work = max(fault_work, work)
-    peak = total * _STORED_BYTES_PER_CELL + largest_layer * _WORK_BYTES_PER_CELL + fault_work
-    return peak, total
-
-
-def check_fabricate(
-    model: Any, config: Any, seed: Any, filter_fn: Callable[[nn.Module, str], bool] | None = None
-) -> None:
-    """Arguments of ``Chip.fabricate``: a module, a :class:`ChipConfig`, a seed in [0, 2**63 - 1], and a chip
-    that fits in the available memory (estimated before anything is allocated).
-
-    Raises:
-        InputError: a bad argument; ResourceError: the chip would not fit in memory.
-    """
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model has type {type(model).__name__}; accepted a torch.nn.Module")
-    if not isinstance(config, ChipConfig):
-        raise InputError(f"config has type {type(config).__name__}; accepted an ittrna.ChipConfig")
-    check_seed(seed)
-    matrices = _mapped_matrices(model, filter_fn)
-    peak, cells = estimate_chip_bytes(matrices, config)
-    check_memory(peak, f"a chip of {len(matrices)} layer(s), {cells:.3g} cells on "
-                       f"{config.mapping.rows}x{config.mapping.cols} tiles")
-
-
 # --- output paths ------------------------------------------------------------------------------------------
 def _same_file(a: Path, b: Path) -> bool:
     try:
@@ -277,12 +172,6 @@ def _want_int(path: Any, field: str, value: Any, lo: int, hi: int) -> int:
     if not _is_int(value) or not lo <= int(value) <= hi:
         raise _fail(path, field, f"= {_short(value)} is invalid; accepted an integer in [{lo}, {hi}]")
     return int(value)
-
-
-def _want_number(path: Any, field: str, value: Any, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise _fail(path, field, f"= {_short(value)} is invalid; accepted a number in [{lo:g}, {hi:g}]")
-    return float(value)
 
 
 def _short(value: Any) -> str:
@@ -372,172 +261,3 @@ def _check_keys(path: Any, arrays: Mapping[str, np.ndarray], expected: set[str])
     if extra:
         raise FileFormatError(f"{path}: array {extra[0]!r} is unexpected; the header describes "
                               f"{len(expected)} arrays")
-
-
-def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ChipConfig:
-    """Check every field of a chip archive (as read by ``load_npz(path, "chip")``) and return its config.
-
-    Header: ``format`` (1 or 2), ``config`` (a valid chip config), ``seed`` (integer in [0, 2**63 - 1]),
-    ``write_epoch`` (integer >= 0), ``writes_issued`` (format 2, integer >= 0), ``layers`` (a non-empty list
-    of records with a unique ``name``, ``kind``, ``weight_shape``, ``k``, ``n`` consistent with each other,
-    ``scale`` (finite, >= 0), ``version`` (integer >= 0) and ``arrays``, the scheme's array names). Arrays:
-    exactly one per (layer, array, field), with the field's dtype, the shape the tiling gives, fault codes
-    in {0, 1, 2}, finite theta/eps within +/- 60, conductances within [Gmin, Gmax], write counts >= 0;
-    format 2 adds each layer's layout (``layer|_layout|row_map`` int64 (tiles along N, Kp) and
-    ``layer|_layout|col_sign`` float32 (Np,); the routing itself is checked by ``LayerLayout.check`` on load).
-
-    Raises:
-        FileFormatError: naming the file and the first bad field.
-    """
-    version = _format(path, header, (1, 2))
-    config = _config(path, header)
-    _want_int(path, "seed", header.get("seed"), 0, MAX_SEED)
-    _want_int(path, "write_epoch", header.get("write_epoch"), 0, MAX_SEED)
-    if version >= 2:
-        _want_int(path, "writes_issued", header.get("writes_issued"), 0, MAX_SEED)
-        if "writes_performed" in header:
-            _want_int(path, "writes_performed", header.get("writes_performed"), 0, MAX_SEED)
-    layers = header.get("layers")
-    if not isinstance(layers, list) or not layers:
-        raise _fail(path, "layers", f"= {_short(layers)} is invalid; accepted a non-empty list of layer records")
-    m = config.mapping
-    expected: set[str] = set()
-    planned: list[tuple[str, tuple[int, ...], str]] = []
-    names: set[str] = set()
-    for i, rec in enumerate(layers):
-        field = f"layers[{i}]"
-        _, _, k, n = _geometry(path, field, rec)
-        name = rec.get("name")
-        if not isinstance(name, str) or not name or "|" in name or name in names:
-            raise _fail(path, f"{field}.name", f"= {_short(name)} is invalid; accepted a unique non-empty "
-                                               "string without '|'")
-        names.add(name)
-        _want_number(path, f"{field}.scale", rec.get("scale"), 0.0, 1e30)
-        _want_int(path, f"{field}.version", rec.get("version"), 0, MAX_SEED)
-        shapes = expected_array_shapes(m.scheme, k, n, m.rows, m.cols, m.spare_rows)
-        anames = rec.get("arrays")
-        if not isinstance(anames, list) or sorted(map(str, anames)) != sorted(shapes) or len(anames) != len(shapes):
-            raise _fail(path, f"{field}.arrays", f"= {_short(anames)} is invalid; accepted {sorted(shapes)} for "
-                                                 f"mapping.scheme {m.scheme!r}")
-        for aname, shape in shapes.items():
-            for fname, dtype in CHIP_FIELDS:
-                key = f"{name}|{aname}|{fname}"
-                expected.add(key)
-                planned.append((key, shape, dtype))
-        if version >= 2:
-            tc, kp, np_ = -(-n // m.cols), -(-k // m.rows) * m.rows, -(-n // m.cols) * m.cols
-            layout_arrays: tuple[tuple[str, str, tuple[int, ...]], ...] = (
-                (f"{name}|_layout|row_map", "int64", (tc, kp)), (f"{name}|_layout|col_sign", "float32", (np_,)))
-            for key, dtype, lshape in layout_arrays:
-                expected.add(key)
-                planned.append((key, lshape, dtype))
-    _check_keys(path, arrays, expected)
-    for key, pshape, dtype in planned:
-        if "|_layout|" in key:
-            arr = arrays[key]
-            if arr.dtype != np.dtype(dtype) or arr.shape != pshape:
-                raise FileFormatError(f"{path}: array {key!r} has {arr.dtype} {arr.shape}; accepted {dtype} {pshape}")
-            continue
-        _check_cells(path, key, arrays[key], dtype, (pshape[0], pshape[1]), config)
-    return config
-
-
-def check_measured_map(path: Any, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ChipConfig:
-    """Check every field of a measured defect map (as read by ``load_npz(path, "measured-map")``).
-
-    Header: ``format`` (2), ``config`` (the design config), ``chip_id`` (a string), ``meta`` (layer name
-    -> ``kind``, ``weight_shape``, ``k``, ``n``). Arrays ``layer|array|field`` for every layer of ``meta``,
-    every array of the scheme and the fields ``fault`` (int8 codes 0/1/2) and ``theta`` (finite float32
-    within +/- 60), shaped as the tiling gives.
-
-    Raises:
-        FileFormatError: naming the file and the first bad field.
-    """
-    _format(path, header, (2,))
-    config = _config(path, header)
-    if not isinstance(header.get("chip_id"), str):
-        raise _fail(path, "chip_id", f"= {_short(header.get('chip_id'))} is invalid; accepted a string")
-    meta = header.get("meta")
-    if not isinstance(meta, Mapping) or not meta:
-        raise _fail(path, "meta", f"= {_short(meta)} is invalid; accepted an object of layer records")
-    m = config.mapping
-    expected: set[str] = set()
-    planned: list[tuple[str, tuple[int, int], str]] = []
-    for name, rec in meta.items():
-        if not name or "|" in name:
-            raise _fail(path, "meta", f"has layer name {name!r}; accepted non-empty names without '|'")
-        _, _, k, n = _geometry(path, f"meta[{name!r}]", rec)
-        for aname, shape in expected_array_shapes(m.scheme, k, n, m.rows, m.cols, m.spare_rows).items():
-            for fname, dtype in MAP_FIELDS:
-                key = f"{name}|{aname}|{fname}"
-                expected.add(key)
-                planned.append((key, shape, dtype))
-    _check_keys(path, arrays, expected)
-    for key, shape, dtype in planned:
-        _check_cells(path, key, arrays[key], dtype, shape, config)
-    return config
-
-
-def check_checkpoint(path: Any, payload: Any, version: int, models: Iterable[str]) -> dict[str, Any]:
-    """Check a loaded checkpoint payload field by field and return its metadata.
-
-    Payload: a dict with ``format`` (``version``), ``meta`` and ``state_dict`` (names -> floating-point
-    tensors, all finite). Meta: ``model`` (one of ``models``), ``in_shape`` (3 integers in [1, 65536]),
-    ``num_classes`` (integer in [1, 1e6]); ``dataset`` if present a string.
-
-    Raises:
-        FileFormatError: naming the file and the first bad field.
-    """
-    if not isinstance(payload, dict) or "meta" not in payload or "state_dict" not in payload:
-        raise FileFormatError(f"{path}: not an ittrna checkpoint (format {version} expected)")
-    if not _is_int(payload.get("format")) or payload["format"] != version:
-        raise FileFormatError(f"{path}: not an ittrna checkpoint (format {_short(payload.get('format'))}; "
-                              f"format {version} expected)")
-    meta = payload["meta"]
-    if not isinstance(meta, dict):
-        raise _fail(path, "meta", f"has type {type(meta).__name__}; accepted an object")
-    names = sorted(models)
-    if "model" not in meta:
-        raise _fail(path, "meta.model", f"is missing; accepted one of {names}")
-    if not isinstance(meta["model"], str) or meta["model"] not in names:
-        raise _fail(path, "meta.model", f"= {_short(meta['model'])} is invalid; accepted one of {names}")
-    shape = meta.get("in_shape")
-    if (not isinstance(shape, (list, tuple)) or len(shape) != 3
-            or not all(_is_int(d) and 1 <= d <= MAX_IN_SIDE for d in shape)):
-        raise _fail(path, "meta.in_shape", f"= {_short(shape)} is invalid; accepted 3 integers (C, H, W) in "
-                                           f"[1, {MAX_IN_SIDE}]")
-    _want_int(path, "meta.num_classes", meta.get("num_classes"), 1, MAX_CLASSES)
-    if "dataset" in meta and not isinstance(meta["dataset"], str):
-        raise _fail(path, "meta.dataset", f"= {_short(meta['dataset'])} is invalid; accepted a dataset name")
-    state = payload["state_dict"]
-    if not isinstance(state, dict):
-        raise _fail(path, "state_dict", f"has type {type(state).__name__}; accepted an object of tensors")
-    for key, value in state.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise _fail(path, f"state_dict[{key!r}]", f"has type {type(value).__name__}; accepted a tensor")
-        if value.layout != torch.strided:
-            raise _fail(path, f"state_dict[{key!r}]", f"is a {value.layout} tensor; accepted a dense tensor")
-        if not value.is_floating_point():
-            raise _fail(path, f"state_dict[{key!r}]", f"has dtype {value.dtype}; accepted a floating-point tensor")
-        if not bool(torch.isfinite(value).all()):
-            raise _fail(path, f"state_dict[{key!r}]", "holds NaN or inf; accepted finite weights")
-    return meta
-
-
-def check_state_fits(path: Any, state: Mapping[str, torch.Tensor], model: nn.Module, name: str) -> None:
-    """The checkpoint's weights have exactly the model's parameter names and shapes.
-
-    Raises:
-        FileFormatError: naming the first missing, unexpected or misshapen tensor.
-    """
-    want = model.state_dict()
-    missing = [k for k in want if k not in state]
-    if missing:
-        raise _fail(path, f"state_dict[{missing[0]!r}]", f"is missing; model {name!r} needs {len(want)} tensors")
-    extra = [k for k in state if k not in want]
-    if extra:
-        raise _fail(path, f"state_dict[{extra[0]!r}]", f"is not a tensor of model {name!r}")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(want[key].shape):
-            raise _fail(path, f"state_dict[{key!r}]", f"has shape {tuple(value.shape)}; model {name!r} needs "
-                                                      f"{tuple(want[key].shape)}")

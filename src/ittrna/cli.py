@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ittrna.config import MAX_SEED
+from ittrna.config import MAX_SEED, FaultConfig, TestConfig, TrainConfig, VariationConfig
 from ittrna.errors import ConfigError, InputError
 
 __all__ = ["main"]
@@ -66,20 +66,32 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
-def _float_in(lo: float, hi: float, hi_open: bool = False) -> Callable[[str], float]:
-    def parse(text: str) -> float:
+def _field(section: type, name: str, kind: type = float) -> Callable[[str], Any]:
+    """argparse type for a flag that sets one config field: the text read strictly as ``kind`` (int or float;
+    no ``0_5``), then checked by the config section itself, so a range is written once, in its dataclass."""
+    def parse(text: str) -> Any:
         plain = text.strip()
-        if not _FLOAT_TEXT.fullmatch(plain) or len(plain) > 400:  # no '0_5' read as 5.0
-            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number; accepted a decimal number in "
-                                             f"[{lo:g}, {hi:g}{')' if hi_open else ']'}")
-        value = float(plain)
-        if not math.isfinite(value) or value < lo or (value >= hi if hi_open else value > hi):
-            raise argparse.ArgumentTypeError(
-                f"{plain!r} is out of range; accepted [{lo:g}, {hi:g}{')' if hi_open else ']'}"
-            )
+        pattern = _INT_TEXT if kind is int else _FLOAT_TEXT
+        if not pattern.fullmatch(plain) or len(plain) > 400:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not {'an integer' if kind is int else 'a number'}")
+        value = kind(plain)
+        try:
+            section(**{name: value})
+        except ConfigError as exc:  # the section's own message, with the value as typed
+            _, _, accepted = str(exc).partition("; accepted ")
+            field = f"{section._section}.{name}"
+            raise argparse.ArgumentTypeError(f"{plain!r} is out of range for {field}; accepted {accepted}") from None
         return value
 
     return parse
+
+
+def _int_text(text: str) -> int:
+    """An integer, read strictly (the setting it goes to checks its range)."""
+    plain = text.strip()
+    if not _INT_TEXT.fullmatch(plain) or len(plain) > 4000:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer; accepted decimal digits")
+    return int(plain)
 
 
 def _float_list(text: str) -> list[float]:
@@ -116,9 +128,10 @@ def _add_chip_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("chip settings (applied over --preset or --config)")
     g.add_argument("--preset", default=None, help="named preset (see `ittrna config presets`); default 'default'")
     g.add_argument("--config", type=Path, default=None, help="chip config file (.toml or .json)")
-    g.add_argument("--saf-rate", type=_float_in(0, 1, hi_open=True), help="stuck-at fault rate, [0, 1)")
-    g.add_argument("--stuck-on-share", type=_float_in(0, 1), help="share of faults stuck_on (at Gmax), [0, 1]")
-    g.add_argument("--sigma", type=_float_in(0, 3), help="lognormal variation sigma, [0, 3]")
+    g.add_argument("--saf-rate", type=_field(FaultConfig, "rate"), help="stuck-at fault rate, [0, 1)")
+    g.add_argument("--stuck-on-share", type=_field(FaultConfig, "stuck_on_share"),
+                   help="share of faults stuck_on (at Gmax), [0, 1]")
+    g.add_argument("--sigma", type=_field(VariationConfig, "sigma"), help="lognormal variation sigma, [0, 3]")
     g.add_argument("--pattern", choices=FAULT_PATTERNS, help="spatial fault pattern")
     g.add_argument("--crossbar", type=_crossbar, help="tile size ROWSxCOLS, e.g. 128x128")
     g.add_argument("--scheme", choices=MAPPING_SCHEMES, help="weight mapping scheme")
@@ -365,8 +378,8 @@ def cmd_chip_test(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import statistics
 
-    from ittrna._validate import check_fabricate
     from ittrna.chip import Chip
+    from ittrna.chip.state import check_fabricate
     from ittrna.experiments.tolerate import calibration_inputs, evaluate_tuned, load_tuned
     from ittrna.nn import evaluate, monte_carlo
     from ittrna.training import accuracy
@@ -645,11 +658,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a named recipe: 'converged' = 30 epochs of cosine decay to zero, the best-validation "
                         "epoch kept (the references of every table; docs/REPRODUCTION.md). Sets --epochs, --lr, "
                         "--batch-size")
-    p.add_argument("--epochs", type=_int_in(0, 100_000), default=None, help="default 5 (a quick model)")
+    p.add_argument("--epochs", type=_field(TrainConfig, "epochs", int), default=None, help="default 5 (a quick model)")
     p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0)
-    p.add_argument("--lr", type=_float_in(1e-8, 10), default=None, help="Adam learning rate, default 1e-3")
-    p.add_argument("--batch-size", type=_int_in(1, 1_000_000), default=None, help="default 64")
-    p.add_argument("--patience", type=_int_in(1, 1000), default=None,
+    p.add_argument("--lr", type=_field(TrainConfig, "lr"), default=None, help="Adam learning rate, default 1e-3")
+    p.add_argument("--batch-size", type=_field(TrainConfig, "batch_size", int), default=None, help="default 64")
+    p.add_argument("--patience", type=_field(TrainConfig, "patience", int), default=None,
                    help="train to convergence: stop after this many epochs without a better validation accuracy "
                         "and keep the best epoch (--epochs is then the maximum and spans the cosine schedule)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
@@ -675,9 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
              "  ittrna chip test chip.npz --miss-rate 0.05 --theta-noise 0.05 --out map.npz\n", cmd_chip_test)
     p.add_argument("chip", type=Path)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--miss-rate", type=_float_in(0, 1), default=None,
+    p.add_argument("--miss-rate", type=_field(TestConfig, "miss_rate"), default=None,
                    help="fraction of faults missed (default: the chip config's test.miss_rate)")
-    p.add_argument("--theta-noise", type=_float_in(0, 3), default=None,
+    p.add_argument("--theta-noise", type=_field(TestConfig, "theta_noise"), default=None,
                    help="sigma of theta measurement error (default: the chip config's test.theta_noise)")
     p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0)
 
@@ -745,14 +758,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="software checkpoint from `ittrna train`")
     p.add_argument("--chip", type=Path, required=True, help="fabricated chip from `ittrna chip make`")
     p.add_argument("--map", type=Path, default=None, help="measured map from `ittrna chip test` (else tested here)")
-    p.add_argument("--miss-rate", type=_float_in(0, 1), default=None, help="test here with this miss rate")
-    p.add_argument("--theta-noise", type=_float_in(0, 3), default=None, help="test here with this theta error")
+    p.add_argument("--miss-rate", type=_field(TestConfig, "miss_rate"),
+                   default=None, help="test here with this miss rate")
+    p.add_argument("--theta-noise", type=_field(TestConfig, "theta_noise"),
+                   default=None, help="test here with this theta error")
     p.add_argument("--test-seed", type=_int_in(0, MAX_SEED), default=None,
                    help="seed of the test's imperfections, default 0 (not with --map: that test is done)")
-    p.add_argument("--epochs", type=_int_in(0, 100_000), default=None, help="retraining epochs (method.epochs)")
-    p.add_argument("--iterations", type=_int_in(0, 1_000_000), default=None,
+    p.add_argument("--epochs", type=_int_text, default=None, help="retraining epochs (method.epochs)")
+    p.add_argument("--iterations", type=_int_text, default=None,
                    help="on-device iterations at most (method.iterations, codesign)")
-    p.add_argument("--write-budget", type=_int_in(0, 10**15), default=None,
+    p.add_argument("--write-budget", type=_int_text, default=None,
                    help="on-device cell writes allowed after the first programming (method.write_budget)")
     p.add_argument("--chip-out", type=Path, default=None,
                    help="on-device methods: where to save the programmed chip (default: OUT with .chip.npz)")

@@ -20,16 +20,17 @@ import json
 import math
 import sys
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 if sys.version_info >= (3, 11):
     pass
 else:  # pragma: no cover - exercised on Python 3.10 only
     pass
 
+from ittrna import registry as _registry
 from ittrna.errors import ConfigError
 
 MAX_SEED = 2**63 - 1
@@ -45,6 +46,7 @@ __all__ = [
     "FaultConfig",
     "MappingConfig",
     "TestConfig",
+    "TrainConfig",
     "VariationConfig",
 ]
 
@@ -101,8 +103,9 @@ class _Section:
                 + (" or None" if optional else "")
             )
 
-    def _choice(self, fname: str, choices: tuple[str, ...]) -> None:
+    def _choice(self, fname: str, choices: Iterable[str]) -> None:
         value = getattr(self, fname)
+        choices = tuple(choices)
         if value not in choices:
             raise ConfigError(f"{self._name(fname)} = {value!r} is invalid; accepted one of {list(choices)}")
 
@@ -183,8 +186,8 @@ class VariationConfig(_Section):
             self._range(name, 0.0, 3.0)
 
 
-FaultPattern = Literal["uniform", "clustered", "lines"]
-FAULT_PATTERNS: tuple[str, ...] = ("uniform", "clustered", "lines")
+FAULT_PATTERNS = _registry.FAULT_PATTERNS
+"""The fault-pattern names (one list, :mod:`ittrna.registry`; the samplers are in :mod:`ittrna.device.faults`)."""
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,8 @@ class EnduranceConfig(_Section):
             )
 
 
-MAPPING_SCHEMES: tuple[str, ...] = ("differential", "offset")
+MAPPING_SCHEMES = _registry.SCHEMES
+"""The mapping-scheme names (one list, :mod:`ittrna.registry`; the converters are in :mod:`ittrna.mapping`)."""
 
 
 @dataclass(frozen=True)
@@ -312,6 +316,33 @@ class MappingConfig(_Section):
         self._int_range("dac_bits", 1, 32, optional=True)
         self._int_range("adc_bits", 1, 32, optional=True)
         self._range("adc_percentile", 0.0, 100.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """How a software model is trained (:func:`ittrna.training.fit`): the one owner of these ranges, which
+    ``ittrna train``'s flags and a sweep's ``[train]`` table reuse."""
+
+    _section: ClassVar[str] = "train"
+
+    epochs: int = 5
+    """Passes over the training split (the cosine schedule spans them). Accepted [0, 100000]."""
+    lr: float = 1e-3
+    """Adam peak learning rate, cosine-annealed. Accepted (0, 10]."""
+    batch_size: int = 64
+    """Mini-batch size. Accepted [1, 1000000]."""
+    seed: int = 0
+    """Seeds the private generator that shuffles the mini-batches. Accepted [0, 2**63 - 1]."""
+    patience: int | None = None
+    """With validation data, stop after this many epochs without improvement (None: run all). Accepted None
+    or [1, 1000]."""
+
+    def __post_init__(self) -> None:
+        self._int_range("epochs", 0, 100_000)
+        self._range("lr", 0.0, 10.0, lo_open=True)
+        self._int_range("batch_size", 1, 1_000_000)
+        self._int_range("seed", 0, MAX_SEED)
+        self._int_range("patience", 1, 1000, optional=True)
 
 
 @dataclass(frozen=True)

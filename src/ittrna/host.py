@@ -26,15 +26,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from ittrna._io import load_npz, save_npz
-from ittrna._validate import check_measured_map
+from ittrna._validate import MAP_FIELDS, _check_cells, _check_keys, _config, _fail, _format, _geometry, _short
 from ittrna.config import ChipConfig, FaultConfig
 from ittrna.errors import FileFormatError
-from ittrna.mapping import LayerLayout, TileGrid
+from ittrna.mapping import CONVERTERS, LayerLayout, TileGrid
 
-__all__ = ["ChipAccess", "Deployment", "MeasuredMap", "design_config"]
+__all__ = [
+    "ChipAccess",
+    "Deployment",
+    "MeasuredMap",
+    "check_measured_map",
+    "design_config",
+]
 
 MAP_FORMAT = 2
 
@@ -260,3 +267,38 @@ class ChipAccess(Protocol):
         """On-device iterations still allowed (None: no limit)."""
         ...
 
+
+def check_measured_map(path: Any, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ChipConfig:
+    """Check every field of a measured defect map (as read by ``load_npz(path, "measured-map")``).
+
+    Header: ``format`` (2), ``config`` (the design config), ``chip_id`` (a string), ``meta`` (layer name
+    -> ``kind``, ``weight_shape``, ``k``, ``n``). Arrays ``layer|array|field`` for every layer of ``meta``,
+    every array of the scheme and the fields ``fault`` (int8 codes 0/1/2) and ``theta`` (finite float32
+    within +/- 60), shaped as the tiling gives.
+
+    Raises:
+        FileFormatError: naming the file and the first bad field.
+    """
+    _format(path, header, (2,))
+    config = _config(path, header)
+    if not isinstance(header.get("chip_id"), str):
+        raise _fail(path, "chip_id", f"= {_short(header.get('chip_id'))} is invalid; accepted a string")
+    meta = header.get("meta")
+    if not isinstance(meta, Mapping) or not meta:
+        raise _fail(path, "meta", f"= {_short(meta)} is invalid; accepted an object of layer records")
+    m = config.mapping
+    expected: set[str] = set()
+    planned: list[tuple[str, tuple[int, int], str]] = []
+    for name, rec in meta.items():
+        if not name or "|" in name:
+            raise _fail(path, "meta", f"has layer name {name!r}; accepted non-empty names without '|'")
+        _, _, k, n = _geometry(path, f"meta[{name!r}]", rec)
+        for aname, shape in CONVERTERS[m.scheme].array_shapes(TileGrid(k, n, m.rows, m.cols, m.spare_rows)).items():
+            for fname, dtype in MAP_FIELDS:
+                key = f"{name}|{aname}|{fname}"
+                expected.add(key)
+                planned.append((key, shape, dtype))
+    _check_keys(path, arrays, expected)
+    for key, shape, dtype in planned:
+        _check_cells(path, key, arrays[key], dtype, shape, config)
+    return config

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +19,7 @@ from torch import nn
 
 from ittrna import registry as _registry
 from ittrna._io import atomic_write
-from ittrna._validate import (
-    MAX_CLASSES,
-    MAX_IN_SIDE,
-    check_checkpoint,
-    check_memory,
-    check_seed,
-    check_state_fits,
-)
+from ittrna._validate import _fail, _is_int, _short, _want_int, check_memory, check_seed
 from ittrna.errors import FileFormatError, InputError, ResourceError, UnknownNameError
 from ittrna.registry import Registry
 
@@ -34,6 +27,12 @@ __all__ = ["MODELS", "ModelSpec", "build", "load_checkpoint", "load_checkpoint_p
            "save_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
+
+MAX_IN_SIDE = 65536
+"""Largest accepted checkpoint input dimension (channels, height, width)."""
+
+MAX_CLASSES = 1_000_000
+"""Largest accepted number of classes in a checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +197,7 @@ def load_checkpoint_payload(path: str | Path) -> tuple[nn.Module, dict[str, Any]
     """Load a checkpoint (no code executed): the model, its metadata and the whole payload, whose extra
     entries (e.g. a tuned file's deployment) the caller may read.
 
-    Every field is checked (see :func:`ittrna._validate.check_checkpoint`): the metadata's ``model``,
+    Every field is checked (see :func:`check_checkpoint`): the metadata's ``model``,
     ``in_shape`` and ``num_classes``, and every weight tensor (floating point, finite, the model's shape).
 
     Raises:
@@ -233,3 +232,69 @@ def load_checkpoint_payload(path: str | Path) -> tuple[nn.Module, dict[str, Any]
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, meta, payload
+
+
+# --- checkpoint checks (field by field, before any model is built) --------------------------------------
+def check_checkpoint(path: Any, payload: Any, version: int, models: Iterable[str]) -> dict[str, Any]:
+    """Check a loaded checkpoint payload field by field and return its metadata.
+
+    Payload: a dict with ``format`` (``version``), ``meta`` and ``state_dict`` (names -> floating-point
+    tensors, all finite). Meta: ``model`` (one of ``models``), ``in_shape`` (3 integers in [1, 65536]),
+    ``num_classes`` (integer in [1, 1e6]); ``dataset`` if present a string.
+
+    Raises:
+        FileFormatError: naming the file and the first bad field.
+    """
+    if not isinstance(payload, dict) or "meta" not in payload or "state_dict" not in payload:
+        raise FileFormatError(f"{path}: not an ittrna checkpoint (format {version} expected)")
+    if not _is_int(payload.get("format")) or payload["format"] != version:
+        raise FileFormatError(f"{path}: not an ittrna checkpoint (format {_short(payload.get('format'))}; "
+                              f"format {version} expected)")
+    meta = payload["meta"]
+    if not isinstance(meta, dict):
+        raise _fail(path, "meta", f"has type {type(meta).__name__}; accepted an object")
+    names = sorted(models)
+    if "model" not in meta:
+        raise _fail(path, "meta.model", f"is missing; accepted one of {names}")
+    if not isinstance(meta["model"], str) or meta["model"] not in names:
+        raise _fail(path, "meta.model", f"= {_short(meta['model'])} is invalid; accepted one of {names}")
+    shape = meta.get("in_shape")
+    if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+            or not all(_is_int(d) and 1 <= d <= MAX_IN_SIDE for d in shape)):
+        raise _fail(path, "meta.in_shape", f"= {_short(shape)} is invalid; accepted 3 integers (C, H, W) in "
+                                           f"[1, {MAX_IN_SIDE}]")
+    _want_int(path, "meta.num_classes", meta.get("num_classes"), 1, MAX_CLASSES)
+    if "dataset" in meta and not isinstance(meta["dataset"], str):
+        raise _fail(path, "meta.dataset", f"= {_short(meta['dataset'])} is invalid; accepted a dataset name")
+    state = payload["state_dict"]
+    if not isinstance(state, dict):
+        raise _fail(path, "state_dict", f"has type {type(state).__name__}; accepted an object of tensors")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise _fail(path, f"state_dict[{key!r}]", f"has type {type(value).__name__}; accepted a tensor")
+        if value.layout != torch.strided:
+            raise _fail(path, f"state_dict[{key!r}]", f"is a {value.layout} tensor; accepted a dense tensor")
+        if not value.is_floating_point():
+            raise _fail(path, f"state_dict[{key!r}]", f"has dtype {value.dtype}; accepted a floating-point tensor")
+        if not bool(torch.isfinite(value).all()):
+            raise _fail(path, f"state_dict[{key!r}]", "holds NaN or inf; accepted finite weights")
+    return meta
+
+
+def check_state_fits(path: Any, state: Mapping[str, torch.Tensor], model: nn.Module, name: str) -> None:
+    """The checkpoint's weights have exactly the model's parameter names and shapes.
+
+    Raises:
+        FileFormatError: naming the first missing, unexpected or misshapen tensor.
+    """
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    if missing:
+        raise _fail(path, f"state_dict[{missing[0]!r}]", f"is missing; model {name!r} needs {len(want)} tensors")
+    extra = [k for k in state if k not in want]
+    if extra:
+        raise _fail(path, f"state_dict[{extra[0]!r}]", f"is not a tensor of model {name!r}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(want[key].shape):
+            raise _fail(path, f"state_dict[{key!r}]", f"has shape {tuple(value.shape)}; model {name!r} needs "
+                                                      f"{tuple(want[key].shape)}")

@@ -4,10 +4,12 @@
   chip's effective weights (programming the weights first, by default); :func:`undeploy` is its inverse.
 - :func:`evaluate` measures accuracy on one chip, :func:`monte_carlo` over many fabricated chips.
 
-Deployed layers cache the effective weight and re-read it only when the chip layer is reprogrammed, so an
-ideal-periphery chip costs one ordinary ``F.linear``/``F.conv2d`` per layer. With read noise every forward
-pass re-reads the cells (one draw per batch); with DAC/ADC bits the layer computes tile by tile, each tile's
-ADC full scale calibrated once after programming (on ``deploy``'s calibration inputs, else the first batch).
+Deployed layers compute with :meth:`Chip.read_weight <ittrna.chip.Chip.read_weight>`, which the chip keeps
+until the layer is reprogrammed, so an ideal-periphery chip costs one ordinary ``F.linear``/``F.conv2d`` per
+layer. With read noise every forward pass re-reads the cells (one draw per batch); with DAC/ADC bits the
+layer computes tile by tile, each tile's ADC full scale calibrated once after programming (on ``deploy``'s
+calibration inputs, else the first batch). The chip's periphery (ADC calibration, registers) is read and
+changed only through the chip's own methods.
 Deployed layers hold their chip privately: code standing where a host stands never gets it from them.
 """
 
@@ -25,7 +27,7 @@ from ittrna._validate import check_seeds
 from ittrna.chip import Chip
 from ittrna.config import ChipConfig
 from ittrna.data import Split
-from ittrna.mapping import adc_full_scale, conv_rows, quantize_signed, rows_to_output, tile_partials, tiled_matmul
+from ittrna.mapping import conv_rows, rows_to_output, tiled_matmul
 from ittrna.training import accuracy
 
 __all__ = ["AnalogConv2d", "AnalogLinear", "deploy", "evaluate", "monte_carlo", "undeploy"]
@@ -44,21 +46,13 @@ class _AnalogLayer(nn.Module):
         """The original layer (kept for :func:`undeploy`; its weight is not used in forward)."""
         self._chip = chip
         self._chip_layer = name
-        self._cache: torch.Tensor | None = None
-        self._cache_version = -1
         cfg = chip.config
         self._ideal_periphery = cfg.mapping.dac_bits is None and cfg.mapping.adc_bits is None
-        self._read_noise = cfg.variation.read_noise > 0
 
     def effective_weight(self) -> torch.Tensor:
-        """Weight as the chip realises it now (weight shape, on the input's device)."""
-        layer = self._chip.layer(self._chip_layer)
-        if self._read_noise:
-            return self._chip.effective_weight(self._chip_layer, read_noise=True)
-        if self._cache is None or self._cache_version != layer.version:
-            self._cache = self._chip.effective_weight(self._chip_layer)
-            self._cache_version = layer.version
-        return self._cache
+        """Weight as the chip realises it now (weight shape, on the chip's device): a fresh read-noise draw
+        per call with read noise, else the chip's read kept until the layer is reprogrammed."""
+        return self._chip.read_weight(self._chip_layer)
 
     def _tiled(self, cols: torch.Tensor) -> torch.Tensor:
         """(B, K) inputs through the tiles with DAC/ADC -> (B, N).
@@ -68,23 +62,25 @@ class _AnalogLayer(nn.Module):
         layer = self._chip.layer(self._chip_layer)
         matrix = self.effective_weight().reshape(layer.weight_shape[0], -1).t()  # (K, N)
         m = self._chip.config.mapping
-        if m.adc_bits is not None and (layer.adc_fs is None or layer.adc_version != layer.version):
-            x = quantize_signed(cols, m.dac_bits, cols.abs().amax(dim=1, keepdim=True)) if m.dac_bits else cols
-            layer.adc_fs = adc_full_scale(tile_partials(x, matrix, layer.grid), m.adc_percentile)
-            layer.adc_version = layer.version
-        return tiled_matmul(cols, matrix, layer.grid, m.dac_bits, m.adc_bits, layer.adc_fs)
+        fs = None
+        if m.adc_bits is not None:
+            fs = self._chip.adc_calibration(self._chip_layer)
+            if fs is None:  # never calibrated, or reprogrammed since: calibrate on these inputs
+                fs = self._chip.calibrate_adc(self._chip_layer, cols, matrix)
+        return tiled_matmul(cols, matrix, layer.grid, m.dac_bits, m.adc_bits, fs)
 
     def _registers(self, out: torch.Tensor, channel_dim: int) -> torch.Tensor:
         """Apply the layer's digital per-column gain/offset registers (if set) along ``channel_dim``."""
-        layer = self._chip.layer(self._chip_layer)
-        if layer.gain is None or layer.offset is None:
+        regs = self._chip.registers(self._chip_layer)
+        if regs is None:
             return out
+        gain, offset = regs
         shape = [1] * out.dim()
         shape[channel_dim] = -1
-        return out * layer.gain.view(shape).to(out.dtype) + layer.offset.view(shape).to(out.dtype)
+        return out * gain.view(shape).to(out.dtype) + offset.view(shape).to(out.dtype)
 
     def _has_registers(self) -> bool:
-        return self._chip.layer(self._chip_layer).gain is not None
+        return self._chip.registers(self._chip_layer) is not None
 
 
 class AnalogLinear(_AnalogLayer):
@@ -156,9 +152,9 @@ def deploy(model: nn.Module, chip: Chip, *, program: bool = True, inplace: bool 
         analog: nn.Module = (AnalogConv2d(module, chip, name) if isinstance(module, nn.Conv2d)
                              else AnalogLinear(module, chip, name))
         _set_module(target, name, analog)
+    chip.forget_reads()  # a fresh deployment reads the chip as it is now
     if calibration is not None and chip.config.mapping.adc_bits is not None:
-        for layer in chip:
-            layer.adc_fs = None
+        chip.reset_adc()
         was_training = target.training
         target.eval()
         with torch.no_grad():
@@ -180,15 +176,16 @@ def undeploy(model: nn.Module, *, effective: bool = False, inplace: bool = False
         if isinstance(module, _AnalogLayer):
             digital = copy.deepcopy(module.digital)
             if effective:
-                layer = module._chip.layer(module._chip_layer)
+                regs = module._chip.registers(module._chip_layer)
                 with torch.no_grad():
                     w = module.effective_weight()
-                    if layer.gain is not None and layer.offset is not None:  # bake the per-column registers in
-                        w = w * layer.gain.view(-1, *([1] * (w.dim() - 1))).to(w)
+                    if regs is not None:  # bake the per-column registers in
+                        gain, offset = regs
+                        w = w * gain.view(-1, *([1] * (w.dim() - 1))).to(w)
                         bias = digital.bias
                         if bias is None:
                             digital.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype))
-                        digital.bias += layer.offset.to(w)  # type: ignore[operator]
+                        digital.bias += offset.to(w)  # type: ignore[operator]
                     digital.weight.copy_(w)  # type: ignore[operator]
             _set_module(target, name, digital)
     return target

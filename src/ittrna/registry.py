@@ -16,7 +16,7 @@ import importlib
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
-__all__ = ["DATASETS", "METHODS", "MODELS", "Registry"]
+__all__ = ["DATASETS", "FAULT_PATTERNS", "METHODS", "MODELS", "SCHEMES", "Registry"]
 
 T = TypeVar("T")
 
@@ -110,3 +110,11 @@ METHODS: Registry = Registry("method", {
     **dict.fromkeys(("ondevice", "threshold", "codesign"), "ittrna.methods.ondevice"),
 })
 """Tolerance methods (:class:`ittrna.methods.MethodSpec`), in the order they build on each other."""
+
+FAULT_PATTERNS: Registry = Registry("fault pattern", dict.fromkeys(("uniform", "clustered", "lines"),
+                                                                   "ittrna.device.faults"))
+"""Spatial fault-pattern samplers (``faults.pattern``), filled by :mod:`ittrna.device.faults`."""
+
+SCHEMES: Registry = Registry("mapping scheme", dict.fromkeys(("differential", "offset"), "ittrna.mapping.converters"))
+"""Mapping schemes (``mapping.scheme``): one :class:`ittrna.mapping.Converter` each."""
+

@@ -141,11 +141,11 @@ class ChipSession:
     def registers(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_name(name)
         with _gate():
-            layer = self.__chip.layer(name)
-            n = layer.grid.n
-            if layer.gain is None or layer.offset is None:
+            n = self.__chip.layer(name).grid.n
+            regs = self.__chip.registers(name)
+            if regs is None:
                 return torch.ones(n), torch.zeros(n)
-            return layer.gain.detach().cpu().clone(), layer.offset.detach().cpu().clone()
+            return regs[0].detach().cpu().clone(), regs[1].detach().cpu().clone()
 
     # --- running inputs ---------------------------------------------------------------------------------
     def set_digital(self, params: Mapping[str, torch.Tensor]) -> None:
@@ -309,10 +309,7 @@ class ChipSession:
         self._check_deployed()
         own = LayerLayout(layout.row_map.detach().clone(), layout.col_sign.detach().clone())  # no alias to the host
         with _gate():
-            layer = self.__chip.layer(name)
-            own.check(layer.grid, f"layer {name!r} layout")
-            layer.layout = own.to(layer.arrays[next(iter(layer.arrays))].g.device)
-            layer.version += 1
+            self.__chip.set_layout(name, own)  # checked against the layer; the layer then reads anew
             self._recalibrate()
 
     # --- internals --------------------------------------------------------------------------------------
@@ -321,8 +318,7 @@ class ChipSession:
         does, so the method sees the converter state it will be scored with (not counted as a forward pass)."""
         if self.__calibration is None or self.__net is None or self.__chip.config.mapping.adc_bits is None:
             return
-        for layer in self.__chip:
-            layer.adc_fs = None
+        self.__chip.reset_adc()
         with torch.no_grad():
             self.__net(self.__calibration)
 

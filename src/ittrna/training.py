@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ittrna._validate import check_nonempty_split, check_seed
+from ittrna._validate import check_nonempty_split
+from ittrna.config import TrainConfig
 from ittrna.data import Split
 from ittrna.errors import InputError
 
@@ -132,14 +133,11 @@ def fit(
     Args:
         model: the network (modified in place).
         data: training split.
-        epochs: passes over ``data`` (the cosine schedule spans them); accepted >= 0.
-        lr: Adam peak learning rate; accepted (0, 10].
-        batch_size: mini-batch size; accepted >= 1.
-        seed: seeds the private generator that shuffles the mini-batches; accepted [0, 2**63 - 1].
+        epochs, lr, batch_size, seed, patience: as :class:`~ittrna.config.TrainConfig` states and checks them
+            (epochs [0, 100000], lr (0, 10], batch_size [1, 1e6], seed [0, 2**63 - 1], patience [1, 1000]).
         params: parameters to optimise (default: every parameter that requires grad).
         val: validation split; when given, accuracy is measured before training and after every epoch and
             the best weights are restored at the end (ties keep the earlier, fewer-epoch weights).
-        patience: with ``val``, stop after this many epochs without improvement (None: run all epochs).
         hooks: callbacks into the loop.
         progress: show a progress bar.
         desc: progress-bar label.
@@ -153,17 +151,9 @@ def fit(
     Raises:
         InputError: a hyper-parameter outside its accepted range, or empty training data.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise InputError(f"epochs = {epochs!r} is invalid; accepted an integer >= 0")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 10:
-        raise InputError(f"lr = {lr!r} is invalid; accepted a number in (0, 10]")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size = {batch_size!r} is invalid; accepted an integer >= 1")
-    check_seed(seed)
+    TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, patience=patience)  # the ranges' owner
     if epochs > 0:
         check_nonempty_split(data, "training data")
-    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
-        raise InputError(f"patience = {patience!r} is invalid; accepted an integer >= 1 or None")
     if isinstance(distill, bool) or not isinstance(distill, (int, float)) or not 0 <= distill <= 1:
         raise InputError(f"distill = {distill!r} is invalid; accepted a number in [0, 1]")
     if distill > 0 and teacher is None:

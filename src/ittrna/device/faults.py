@@ -27,7 +27,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ittrna import registry as _registry
 from ittrna.config import FaultConfig
+from ittrna.registry import Registry
 
 __all__ = ["HEALTHY", "PATTERNS", "STUCK_OFF", "STUCK_ON", "sample_faults"]
 
@@ -178,9 +180,9 @@ def _line_cells(
     return cells[steps.unsqueeze(0) < sizes.unsqueeze(1)]
 
 
-#: Fault-pattern samplers by ``FaultConfig.pattern``: (shape, tile, config, generator) -> int8 codes.
-PATTERNS: dict[str, Callable[[tuple[int, int], tuple[int, int], FaultConfig, torch.Generator], torch.Tensor]] = {
-    "uniform": _uniform,
-    "clustered": _clustered,
-    "lines": _lines,
-}
+#: Fault-pattern samplers by ``FaultConfig.pattern``: (shape, tile, config, generator) -> int8 codes. The names
+#: are declared once, in :data:`ittrna.registry.FAULT_PATTERNS`; a new pattern registers there too.
+PATTERNS: Registry[Callable[[tuple[int, int], tuple[int, int], FaultConfig, torch.Generator], torch.Tensor]] = (
+    _registry.FAULT_PATTERNS)
+for _name, _sampler in (("uniform", _uniform), ("clustered", _clustered), ("lines", _lines)):
+    PATTERNS.register(_name, _sampler, home=__name__)

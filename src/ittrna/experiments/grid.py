@@ -39,7 +39,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     pass
 
-from ittrna.config import MAX_CONFIG_BYTES, MAX_SEED, ChipConfig
+from ittrna.config import MAX_CONFIG_BYTES, MAX_SEED, ChipConfig, TrainConfig
 from ittrna.errors import ConfigError
 
 __all__ = [
@@ -315,7 +315,7 @@ def _check_chips(points: Iterable[Point]) -> None:
     """Every (model, chip config) fits in memory (estimated on shapes alone, nothing allocated)."""
     import torch
 
-    from ittrna._validate import check_fabricate
+    from ittrna.chip.state import check_fabricate
     from ittrna.data import DATASETS
     from ittrna.models import build
 
@@ -482,15 +482,11 @@ def _train(table: Mapping[str, Any]) -> TrainSettings:
             r = get_recipe(table["recipe"], table, "train.")
         except InputError as exc:
             raise ConfigError(f"train.recipe: {exc}") from None
-        return TrainSettings(epochs=r.epochs, seed=_int(table, "seed", "train", 0, MAX_SEED, 0), lr=r.lr,
+        return TrainSettings(epochs=r.epochs, seed=TrainConfig(seed=table.get("seed", 0)).seed, lr=r.lr,
                              batch_size=r.batch_size, recipe=r.name)
-    lr = table.get("lr", 1e-3)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 1e-8 <= lr <= 10:
-        raise ConfigError(f"train.lr = {lr!r} is invalid; accepted a number in [1e-08, 10]")
-    return TrainSettings(epochs=_int(table, "epochs", "train", 0, 100_000, 5),
-                         seed=_int(table, "seed", "train", 0, MAX_SEED, 0), lr=float(lr),
-                         batch_size=_int(table, "batch_size", "train", 1, 1_000_000, 64),
-                         patience=_int(table, "patience", "train", 1, 1000, None))
+    cfg = TrainConfig(**{k: table[k] for k in ("epochs", "seed", "lr", "batch_size", "patience") if k in table})
+    return TrainSettings(epochs=cfg.epochs, seed=cfg.seed, lr=float(cfg.lr), batch_size=cfg.batch_size,
+                         patience=cfg.patience)
 
 
 def _data(table: Mapping[str, Any], base_dir: Path) -> DataSettings:

@@ -204,7 +204,7 @@ def collapse_study(model_path: str | Path, base: Any, out: str | Path, *, saf_ra
             config the model does not fit.
     """
     from ittrna._io import atomic_write_text
-    from ittrna._validate import check_fabricate
+    from ittrna.chip.state import check_fabricate
     from ittrna.config import ChipConfig
     from ittrna.experiments.grid import collapse_spec
     from ittrna.experiments.report import format_table, plot_collapse, write_csv

@@ -35,7 +35,7 @@ __all__ = ["CALIBRATION_IMAGES", "calibration_inputs", "check_map_fits", "deploy
 
 
 def check_map_fits(measured: MeasuredMap, chip: Chip) -> None:
-    """Raise ValueError unless ``measured`` is a test result of ``chip`` (same chip id and geometry)."""
+    """Raise InputError unless ``measured`` is a test result of ``chip`` (same chip id and geometry)."""
     if measured.chip_id != chip.chip_id:
         raise InputError(f"the measured map is of another chip (id {measured.chip_id or '?'}, this chip "
                          f"{chip.chip_id}); make it with `ittrna chip test` on this chip")
@@ -62,7 +62,7 @@ def deployment_mismatch(chip: Chip, deployment: Deployment) -> str:
         if issued:
             return f"layer {name!r} would take {issued} more writes"
         reg = deployment.registers.get(name)
-        have = (layer.gain, layer.offset) if layer.gain is not None and layer.offset is not None else None
+        have = chip.registers(name)
         if (reg is None) != (have is None) or (reg is not None and have is not None and not (
                 torch.equal(reg["gain"].float(), have[0].cpu()) and torch.equal(reg["offset"].float(), have[1].cpu()))):
             return f"layer {name!r} registers differ"
@@ -154,7 +154,7 @@ def tolerate(
     check_map_fits(measured, chip)
     try:
         chip.check_model(model)
-    except ValueError as exc:
+    except InputError as exc:
         raise InputError(f"the chip does not fit the model: {exc}") from None
     calibration = calibration_inputs(chip.config, lambda: val)
     before_chip = copy.deepcopy(chip)

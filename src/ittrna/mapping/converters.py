@@ -26,8 +26,10 @@ from typing import Protocol
 
 import torch
 
+from ittrna import registry as _registry
 from ittrna.config import CellConfig
 from ittrna.mapping.tiling import LayerLayout, TileGrid, to_physical
+from ittrna.registry import Registry
 
 __all__ = ["CONVERTERS", "Converter", "Differential", "Offset", "weight_scale"]
 
@@ -229,5 +231,8 @@ class Offset:
         return {"main": _place(target_p, ref, grid, layout), "ref": torch.full((grid.physical[0], grid.tiles[1]), ref)}
 
 
-#: Mapping schemes by the name used in ``MappingConfig.scheme``.
-CONVERTERS: dict[str, Converter] = {"differential": Differential(), "offset": Offset()}
+#: Mapping schemes by the name used in ``MappingConfig.scheme``: the names are declared once, in
+#: :data:`ittrna.registry.SCHEMES` (which the config validates against); a new scheme registers there too.
+CONVERTERS: Registry[Converter] = _registry.SCHEMES
+CONVERTERS.register("differential", Differential(), home=__name__)
+CONVERTERS.register("offset", Offset(), home=__name__)

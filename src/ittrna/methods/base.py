@@ -179,6 +179,8 @@ def register(name: str, kind: str, config: type[MethodConfig], version: int, des
             raise ConfigError(f"config class {config.__name__} already belongs to method {owner!r}; each method "
                               "has a config class of its own")
         METHODS.register(name, MethodSpec(name, kind, config, version, description, fn, builds_on), home=builtin)
+        for stale in [c for c, n in BY_CONFIG.items() if n == name or n not in METHODS]:  # unregistered since
+            del BY_CONFIG[stale]
         BY_CONFIG[config] = name
         return fn
 
