@@ -79,7 +79,7 @@ def _field(section: type, name: str, kind: type = float) -> Callable[[str], Any]
             section(**{name: value})
         except ConfigError as exc:  # the section's own message, with the value as typed
             _, _, accepted = str(exc).partition("; accepted ")
-            field = f"{section._section}.{name}"
+            field = f"{getattr(section, '_section', '')}.{name}".lstrip(".")
             raise argparse.ArgumentTypeError(f"{plain!r} is out of range for {field}; accepted {accepted}") from None
         return value
 
