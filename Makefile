@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ART    := artifacts
 export ITTRNA_DATA ?= $(HOME)/.cache/ittrna
 
-.PHONY: demo test test-slow lint data data-mnist bench bench-sweep mutants clean help
+.PHONY: demo test test-slow lint data data-mnist bench bench-compare bench-sweep mutants clean help
 
 help:
 	@echo "make demo       configs/quick.toml: train the MLP, its collapse on imperfect chips and its rescue; report"
@@ -13,6 +13,7 @@ help:
 	@echo "make test-slow  run the slow checks (full training runs, accuracy targets)"
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      simulation overhead benchmark"
+	@echo "make bench-compare BEFORE=REV  the simulation benchmark before (REV) and after, side by side in one run"
 	@echo "make bench-sweep  sweep throughput, local backend vs Ray with 2 workers"
 	@echo "make mutants    mutation check: every deliberate defect must fail a test"
 
@@ -66,6 +67,10 @@ bench: data-mnist
 # a mutation check of the suite: deliberate defects, each must make at least one test fail (~10 minutes)
 mutants: $(VENV)/.installed-dev data
 	$(BIN)/python tools/mutants.py
+
+BEFORE ?= HEAD~1
+bench-compare: data-mnist
+	$(BIN)/python benchmarks/before_after.py --before $(BEFORE)
 
 bench-sweep: $(VENV)/.installed-dev data
 	$(BIN)/python benchmarks/bench_sweep.py

@@ -342,3 +342,25 @@ def test_test_seed_out_of_range_is_refused():
     for bad in (2**64, -1, 1.5):
         with pytest.raises(InputError, match="test seed"):
             chip.test(seed=bad)
+
+
+def test_a_die_drawn_once_is_the_same_die_at_every_setting():
+    """The die cache (a sweep over rates and sigmas draws each die once) changes no bit of any chip."""
+    from ittrna.chip import state
+
+    model = nn.Sequential(nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 5))
+    settings = [{"faults.rate": r, "variation.sigma": s} for r, s in ((0.1, 0.5), (0.2, 1.0), (0.0, 0.3), (0.3, 0.0))]
+    cached = [Chip.fabricate(model, ChipConfig().override(o), 3) for o in settings]
+    assert any(k[0] == 3 for k in state._DIE_CACHE)
+    for chip, o in zip(cached, settings, strict=True):
+        state._DIE_CACHE.clear()
+        state._die_cache_used = 0
+        fresh = Chip.fabricate(model, ChipConfig().override(o), 3)
+        for name in chip.layers:
+            for aname, arr in chip.layer(name).arrays.items():
+                other = fresh.layer(name).arrays[aname]
+                assert torch.equal(arr.fault, other.fault) and torch.equal(arr.theta, other.theta)
+    # nested fault sets: a lower rate's faulty cells are among a higher rate's, theta scales with sigma
+    lo, hi = cached[0].layer("0").arrays["pos"], cached[1].layer("0").arrays["pos"]
+    assert bool(((lo.fault != 0) <= (hi.fault != 0)).all())
+    assert torch.allclose(hi.theta, 2 * lo.theta)

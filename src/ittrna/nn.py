@@ -174,7 +174,7 @@ def undeploy(model: nn.Module, *, effective: bool = False, inplace: bool = False
     target = model if inplace else _copy_without_chip(model)
     for name, module in list(target.named_modules()):
         if isinstance(module, _AnalogLayer):
-            digital = copy.deepcopy(module.digital)
+            digital = module.digital  # target is a copy already, or the caller asked for in place
             if effective:
                 regs = module._chip.registers(module._chip_layer)
                 with torch.no_grad():
@@ -222,10 +222,15 @@ def monte_carlo(
     """Accuracy of ``model`` on one freshly fabricated chip per seed (same order as ``seeds``); ADCs, if any,
     calibrated on ``calibration`` inputs (see :func:`deploy`)."""
     seeds = check_seeds(seeds)  # a non-empty list of seeds in [0, 2**63 - 1]
+    work = copy.deepcopy(model)  # one working copy, deployed in place on each chip and undeployed after
     if device is not None:
-        model = copy.deepcopy(model).to(device)
+        work = work.to(device)
     accs = []
     for seed in tqdm(seeds, desc="chips", unit="chip", disable=None if progress else True, leave=False):
-        chip = Chip.fabricate(model, config, seed, filter_fn=filter_fn, device=device)
-        accs.append(evaluate(model, chip, data, batch_size=batch_size, calibration=calibration))
+        chip = Chip.fabricate(work, config, seed, filter_fn=filter_fn, device=device)
+        deployed = deploy(work, chip, inplace=True, calibration=calibration)
+        try:
+            accs.append(accuracy(deployed, data, batch_size=batch_size))
+        finally:
+            undeploy(deployed, inplace=True)
     return accs

@@ -16,6 +16,7 @@ write counters only :mod:`ittrna.chip.program`; the periphery (``layout``, ADC c
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -171,6 +172,32 @@ class ChipState(Guarded):
 S = TypeVar("S", bound=ChipState)
 
 
+_DIE_CACHE: OrderedDict[tuple[int, int, int, int, tuple[int, int]], torch.Tensor] = OrderedDict()
+_DIE_CACHE_BYTES = 256 * 2**20
+"""Most bytes the die cache holds (least recently used draws go first)."""
+_die_cache_used = 0
+
+
+def _die_draw(seed: int, li: int, ai: int, quantity: int, shape: tuple[int, int], *, normal: bool) -> torch.Tensor:
+    """The first U(0, 1) (faults) or N(0, 1) (theta) draw of one (layer, array, quantity) stream of a die,
+    kept for the next fabrication of the same seed: a sweep over fault rates or sigmas draws each die once
+    (the streams are the same at every setting, so this changes no bit of any chip). Read-only for callers."""
+    key = (seed, li, ai, quantity, shape)
+    hit = _DIE_CACHE.get(key)
+    if hit is not None:
+        _DIE_CACHE.move_to_end(key)
+        return hit
+    gen = _gen(seed, li, ai, quantity)
+    draw = torch.randn(shape, generator=gen) if normal else torch.rand(shape, generator=gen)
+    global _die_cache_used
+    _DIE_CACHE[key] = draw
+    _die_cache_used += draw.numel() * draw.element_size()
+    while _die_cache_used > _DIE_CACHE_BYTES and len(_DIE_CACHE) > 1:
+        _, old = _DIE_CACHE.popitem(last=False)
+        _die_cache_used -= old.numel() * old.element_size()
+    return draw
+
+
 def check_fabricate(
     model: Any, config: Any, seed: Any, filter_fn: Callable[[nn.Module, str], bool] | None = None
 ) -> None:
@@ -214,8 +241,10 @@ def fabricate(
         for ai, (aname, shape) in enumerate(conv.array_shapes(grid).items()):
             # one stream per (layer, array, quantity): the same seed is the same die at every setting
             # (nested uniform fault sets across rates, theta scaling with sigma)
-            fault = sample_faults(shape, tiles[aname], config.faults, _gen(seed, li, ai, 1))
-            theta = sample_theta(shape, config.variation.sigma, _gen(seed, li, ai, 2))
+            uniform = _die_draw(seed, li, ai, 1, shape, normal=False) if config.faults.pattern == "uniform" else None
+            normal = _die_draw(seed, li, ai, 2, shape, normal=True) if config.variation.sigma > 0 else None
+            fault = sample_faults(shape, tiles[aname], config.faults, _gen(seed, li, ai, 1), uniform=uniform)
+            theta = sample_theta(shape, config.variation.sigma, _gen(seed, li, ai, 2), normal=normal)
             g = torch.full(shape, config.cell.g_min)
             arrays[aname] = CellArray(fault, theta, g, torch.zeros(shape), torch.zeros(shape, dtype=torch.int64))
         kind = "conv2d" if isinstance(module, nn.Conv2d) else "linear"

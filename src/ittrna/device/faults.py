@@ -39,7 +39,8 @@ STUCK_ON = 2  # the codes are ordered: the uniform sampler adds two threshold te
 
 
 def sample_faults(
-    shape: tuple[int, int], tile: tuple[int, int], cfg: FaultConfig, generator: torch.Generator
+    shape: tuple[int, int], tile: tuple[int, int], cfg: FaultConfig, generator: torch.Generator, *,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw the fault map of one cell array.
 
@@ -48,6 +49,8 @@ def sample_faults(
         tile: (rows, cols) of one crossbar tile (``lines`` breaks lines within a tile).
         cfg: fault rate, stuck-on share and pattern.
         generator: CPU generator all draws come from.
+        uniform: for the ``uniform`` pattern, the (rows, cols) U(0, 1) draw this generator would give first
+            (a die drawn once and reused across fault rates; the result is the same bit for bit).
 
     Returns:
         int8 tensor of ``shape`` with HEALTHY / STUCK_OFF / STUCK_ON codes.
@@ -57,6 +60,8 @@ def sample_faults(
         raise ValueError(f"array {shape} is not a whole number of {tile} tiles")
     if cfg.rate == 0:
         return torch.zeros(shape, dtype=torch.int8)
+    if uniform is not None and cfg.pattern == "uniform":
+        return _uniform_codes(uniform, cfg)
     try:
         sampler = PATTERNS[cfg.pattern]
     except KeyError:  # FaultConfig validates against FAULT_PATTERNS; this guards a registry mismatch
@@ -66,8 +71,12 @@ def sample_faults(
 
 def _uniform(shape: tuple[int, int], tile: tuple[int, int], cfg: FaultConfig, gen: torch.Generator) -> torch.Tensor:
     """i.i.d. cells, one uniform draw each: stuck_on below rate*share, stuck_off below rate."""
-    u = torch.rand(shape, generator=gen)
-    # 0 healthy, +1 below rate (stuck_off), +1 more below rate * share (stuck_on = 2)
+    return _uniform_codes(torch.rand(shape, generator=gen), cfg)
+
+
+def _uniform_codes(u: torch.Tensor, cfg: FaultConfig) -> torch.Tensor:
+    """Fault codes from one U(0, 1) draw per cell: 0 healthy, +1 below rate (stuck_off), +1 more below
+    rate * share (stuck_on = 2); a lower rate's faulty cells are among a higher rate's."""
     codes = (u < cfg.rate).to(torch.int8)
     return codes.add_((u < cfg.rate * cfg.stuck_on_share).to(torch.int8))
 

@@ -19,13 +19,16 @@ def _check_sigma(sigma: float, what: str) -> None:
         raise ValueError(f"{what} = {sigma!r} is out of range; accepted [0, {SIGMA_MAX:g}]")
 
 
-def sample_theta(shape: tuple[int, ...], sigma: float, generator: torch.Generator) -> torch.Tensor:
+def sample_theta(shape: tuple[int, ...], sigma: float, generator: torch.Generator, *,
+                 normal: torch.Tensor | None = None) -> torch.Tensor:
     """Device-to-device log factors theta ~ N(0, sigma^2), fixed per cell per chip.
 
     Args:
         shape: cell-array shape, e.g. (rows, cols).
         sigma: standard deviation of theta (dimensionless), accepted [0, 3].
         generator: CPU generator the draw comes from.
+        normal: the N(0, 1) draw of ``shape`` this generator would give first (a die drawn once and reused
+            across sigmas; the result is the same bit for bit).
 
     Returns:
         float32 tensor of ``shape`` (zeros when sigma == 0, drawing nothing).
@@ -33,7 +36,7 @@ def sample_theta(shape: tuple[int, ...], sigma: float, generator: torch.Generato
     _check_sigma(sigma, "variation.sigma")
     if sigma == 0.0:
         return torch.zeros(shape)
-    return torch.randn(shape, generator=generator) * sigma
+    return (normal if normal is not None else torch.randn(shape, generator=generator)) * sigma
 
 
 def lognormal_factor_log(
