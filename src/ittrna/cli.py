@@ -14,7 +14,6 @@ import json
 import math
 import re
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -204,31 +203,11 @@ def _check_seeds(args: argparse.Namespace) -> None:
                        "--seed + --chips - 1 <= 2**63 - 1")
 
 
-def _eval_split(meta: dict[str, Any], args: argparse.Namespace) -> Any:
-    from ittrna.data import load
-
-    return load(_dataset_of(meta, args), args.split, data_dir=args.data_dir)
-
-
-def _dataset_of(meta: dict[str, Any], args: argparse.Namespace) -> str:
-    """The checkpoint's dataset, checked to be known and to fit the model."""
-    from ittrna.data import dataset_of
-
-    return dataset_of(meta, str(args.model))
-
-
 def _test_config(args: argparse.Namespace, own: Any) -> Any:
     """The chip test's settings: ``--miss-rate``/``--theta-noise`` where given, else the chip config's own."""
     from dataclasses import replace
 
     return replace(own, **{k: getattr(args, k) for k in ("miss_rate", "theta_noise") if getattr(args, k) is not None})
-
-
-def _val_loader(meta: dict[str, Any], args: argparse.Namespace) -> Callable[[], Any]:
-    """The validation split of the checkpoint's dataset, loaded when called (ADC calibration needs it)."""
-    from ittrna.data import load
-
-    return lambda: load(meta["dataset"], "val", data_dir=args.data_dir)
 
 
 # --- commands --------------------------------------------------------------------------------------------
@@ -249,53 +228,28 @@ def cmd_data_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import torch
-
-    from ittrna._validate import check_device, check_output
-    from ittrna.data import DATASETS, load
-    from ittrna.models import MODELS, build, save_checkpoint
-    from ittrna.training import accuracy, fit
+    from ittrna.config import TrainConfig
+    from ittrna.data import DATASETS
+    from ittrna.experiments.jobs import train_checkpoint
+    from ittrna.models import MODELS
 
     if args.model not in MODELS:
         raise CliError(f"unknown model {args.model!r}; accepted one of {sorted(MODELS)}")
     if args.dataset not in DATASETS:
         raise CliError(f"unknown dataset {args.dataset!r}; accepted one of {sorted(DATASETS)}")
-    check_output(args.out, ".pt", {"--data-dir": args.data_dir}, what="a checkpoint")
-    device = check_device(args.device)
-    spec = DATASETS[args.dataset]
-    train_split = load(args.dataset, "train", data_dir=args.data_dir)
-    val_split = load(args.dataset, "val", data_dir=args.data_dir)
-    test_split = load(args.dataset, "test", data_dir=args.data_dir)
     if args.recipe is not None:
         from ittrna.training import RECIPE_FIELDS, get_recipe
 
-        r = get_recipe(args.recipe, [f for f in RECIPE_FIELDS if getattr(args, f) is not None], "--")
-        args.epochs, args.lr, args.batch_size = r.epochs, r.lr, r.batch_size
-    else:
-        args.epochs = 5 if args.epochs is None else args.epochs
-        args.lr = 1e-3 if args.lr is None else args.lr
-        args.batch_size = 64 if args.batch_size is None else args.batch_size
-    keep_best = args.recipe is not None or args.patience is not None
-    model = build(args.model, spec.in_shape, spec.num_classes, seed=args.seed).to(device)
-    t0 = time.perf_counter()
-    rep = fit(model, train_split, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-              val=val_split if keep_best else None, patience=args.patience, progress=not args.quiet)
-    seconds = time.perf_counter() - t0
-    model = model.to("cpu")
-    val_acc, test_acc = accuracy(model, val_split), accuracy(model, test_split)
-    meta = {"model": args.model, "dataset": args.dataset, "in_shape": list(spec.in_shape),
-            "num_classes": spec.num_classes, "seed": args.seed, "epochs": args.epochs, "lr": args.lr,
-            "batch_size": args.batch_size, "val_accuracy": val_acc, "test_accuracy": test_acc,
-            "epochs_run": rep.epochs, "best_epoch": rep.best_epoch + 1, "patience": args.patience,
-            "recipe": args.recipe, "torch": str(torch.__version__)}
-    save_checkpoint(args.out, model, meta)
-    per_epoch = seconds / rep.epochs if rep.epochs else 0.0
-    stop = (f", kept epoch {rep.best_epoch + 1} (best validation accuracy)" if keep_best else "")
-    text = (f"{args.model} on {args.dataset}: test accuracy {100 * test_acc:.2f}% (val {100 * val_acc:.2f}%), "
-            f"{rep.epochs} epochs in {seconds:.1f}s ({per_epoch:.1f}s/epoch){stop} -> {args.out}")
-    _emit(args, text, {"test_accuracy": test_acc, "val_accuracy": val_acc, "seconds": seconds,
-                       "seconds_per_epoch": per_epoch, "out": str(args.out)})
-
+        get_recipe(args.recipe, [f for f in RECIPE_FIELDS if getattr(args, f) is not None], "--")  # no clash
+    given = {f: getattr(args, f) for f in ("epochs", "lr", "batch_size", "patience") if getattr(args, f) is not None}
+    res = train_checkpoint(args.model, args.dataset, args.out, TrainConfig(seed=args.seed, **given),
+                           recipe=args.recipe, device=args.device, data_dir=args.data_dir, progress=not args.quiet)
+    stop = f", kept epoch {res['best_epoch']} (best validation accuracy)" if res["keep_best"] else ""
+    text = (f"{args.model} on {args.dataset}: test accuracy {100 * res['test_accuracy']:.2f}% (val "
+            f"{100 * res['val_accuracy']:.2f}%), {res['epochs_run']} epochs in {res['seconds']:.1f}s "
+            f"({res['seconds_per_epoch']:.1f}s/epoch){stop} -> {args.out}")
+    _emit(args, text, {k: res[k] for k in ("test_accuracy", "val_accuracy", "seconds", "seconds_per_epoch")}
+          | {"out": str(args.out)})
 
 def cmd_chip_make(args: argparse.Namespace) -> None:
     from ittrna._validate import check_output
@@ -329,38 +283,12 @@ def cmd_chip_show(args: argparse.Namespace) -> None:
                      f"{'x'.join(map(str, r['tiles'])):>6} {r['cells']:>9} {100 * r['stuck_on_fraction']:>9.2f} "
                      f"{100 * r['stuck_off_fraction']:>10.2f} {r['theta_std']:>9.3f}")
     if args.png:
-        _plot_fault_map(chip, args.png)
+        from ittrna.experiments.report import plot_fault_map
+
+        plot_fault_map(chip, args.png)
         lines.append(f"fault map -> {args.png}")
     _emit(args, "\n".join(lines), {"summary": chip.summary(), "layers": rows,
                                    "png": str(args.png) if args.png else None})
-
-
-def _plot_fault_map(chip: Any, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    from ittrna._io import atomic_write
-
-    layers = list(chip)
-    n_arr = max(len(layer.arrays) for layer in layers)
-    fig, axes = plt.subplots(len(layers), n_arr, figsize=(4 * n_arr, 2.6 * len(layers)), squeeze=False)
-    cmap = ListedColormap(["#f4f4f4", "#1f4e9c", "#d62728"])  # healthy, stuck_off, stuck_on
-    for i, layer in enumerate(layers):
-        for j, (aname, arr) in enumerate(layer.arrays.items()):
-            ax = axes[i][j]
-            ax.imshow(arr.fault.cpu().numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest", aspect="equal")
-            ax.set_title(f"{layer.name} / {aname}", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        for j in range(len(layer.arrays), n_arr):
-            axes[i][j].axis("off")
-    fig.suptitle("fault map: grey healthy, blue stuck_off (Gmin), red stuck_on (Gmax)")
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
 
 
 def cmd_chip_test(args: argparse.Namespace) -> None:
@@ -376,13 +304,7 @@ def cmd_chip_test(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import statistics
-
-    from ittrna.chip import Chip
-    from ittrna.chip.state import check_fabricate
-    from ittrna.experiments.tolerate import calibration_inputs, evaluate_tuned, load_tuned
-    from ittrna.nn import evaluate, monte_carlo
-    from ittrna.training import accuracy
+    from ittrna.experiments.jobs import evaluate_checkpoint
 
     if args.chip is not None:
         if _given_chip_settings(args):
@@ -390,38 +312,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                            "chip settings with --chips only")
         if args.seed is not None:
             raise CliError("--seed numbers fabricated chips (--chips); a saved chip (--chip) has its own seed")
-        model, meta, deployment = load_tuned(args.model)
-        chip = Chip.load(args.chip)
-        try:
-            chip.check_model(model)
-        except ValueError as exc:
-            raise InputError(f"--chip {args.chip} does not fit --model {args.model}: {exc}") from None
-        data = _eval_split(meta, args)
-        ideal = accuracy(model, data)
-        if deployment is not None:
-            accs = [evaluate_tuned(model, meta, deployment, chip, data, _val_loader(meta, args),
-                                   where=str(args.model))]
-        else:
-            accs = [evaluate(model, chip, data, calibration=calibration_inputs(chip.config, _val_loader(meta, args)))]
+        res = evaluate_checkpoint(args.model, chip_path=args.chip, split=args.split, data_dir=args.data_dir,
+                                  progress=not args.quiet)
     else:
         args.seed = 0 if args.seed is None else args.seed
         _check_seeds(args)
-        cfg = _chip_config(args)
-        model, meta, deployment = load_tuned(args.model)
-        if deployment is not None:
-            raise CliError(f"{args.model} is tuned for one chip (its layouts and targets fit no other); give that "
-                           "chip with --chip CHIP.npz")
-        check_fabricate(model, cfg, args.seed)
-        data = _eval_split(meta, args)
-        ideal = accuracy(model, data)
-        accs = monte_carlo(model, cfg, range(args.seed, args.seed + args.chips), data, progress=not args.quiet,
-                           calibration=calibration_inputs(cfg, _val_loader(meta, args)))
-    mean = statistics.fmean(accs)
-    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    text = (f"{meta['model']} on {meta['dataset']} ({args.split}): software {100 * ideal:.2f}%, on chip "
-            f"{100 * mean:.2f} ± {100 * std:.2f}% over {len(accs)} chip(s)")
-    _emit(args, text, {"ideal_accuracy": ideal, "accuracy_mean": mean, "accuracy_std": std, "accuracies": accs})
-
+        res = evaluate_checkpoint(args.model, config=_chip_config(args), seed=args.seed, chips=args.chips,
+                                  split=args.split, data_dir=args.data_dir, progress=not args.quiet)
+    text = (f"{res['model']} on {res['dataset']} ({args.split}): software {100 * res['ideal_accuracy']:.2f}%, on "
+            f"chip {100 * res['accuracy_mean']:.2f} ± {100 * res['accuracy_std']:.2f}% over {len(res['accuracies'])} "
+            "chip(s)")
+    _emit(args, text, {k: res[k] for k in ("ideal_accuracy", "accuracy_mean", "accuracy_std", "accuracies")})
 
 _SWEEP_FLAGS = ("model", "saf_rates", "sigmas", "chips", "seed", "split", "data_dir")
 
@@ -536,24 +437,10 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_tolerate(args: argparse.Namespace) -> None:
-
-    from ittrna._validate import check_output
-    from ittrna.chip import Chip, MeasuredMap
-    from ittrna.data import load
-    from ittrna.experiments.tolerate import save_tuned, tolerate
+    from ittrna.experiments.jobs import tolerate_files
     from ittrna.methods import get_method
 
-    inputs = {"--model": args.model, "--chip": args.chip, "--map": args.map}
-    check_output(args.out, ".pt", inputs, what="a tuned checkpoint")
     spec = get_method(args.method)
-    chip_out = None
-    if spec.kind == "on-device":
-        chip_out = args.chip_out or args.out.with_suffix(".chip.npz")
-        check_output(chip_out, ".npz", {**inputs, "--out": args.out}, what="the programmed chip",
-                     flag="--chip-out" if args.chip_out else "--chip-out (default: OUT with .chip.npz)")
-    elif args.chip_out is not None:
-        raise CliError(f"--chip-out is for on-device methods; {args.method!r} leaves the chip file as it is "
-                       "(its tuned file reproduces the result on it)")
     settings = _set_values(args.set, "method.FIELD=VALUE", prefix="method.")
     for flag, field in (("epochs", "epochs"), ("iterations", "iterations"), ("write_budget", "write_budget")):
         if getattr(args, flag) is not None:
@@ -563,27 +450,11 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
             if f"method.{field}" in settings:
                 raise CliError(f"--{flag.replace('_', '-')} and --set method.{field} set the same field; give it once")
             settings[f"method.{field}"] = getattr(args, flag)
-    spec.make_config(settings)  # validate before any work
-    model, meta = _load_model(args.model)
-    chip = Chip.load(args.chip)
-    measured = None
-    test_config = None
-    if args.map is not None:
-        if args.miss_rate is not None or args.theta_noise is not None or args.test_seed is not None:
-            raise CliError("--miss-rate/--theta-noise/--test-seed describe a test run here; with --map the test "
-                           "is done")
-        measured = MeasuredMap.load(args.map)
-    elif args.miss_rate is not None or args.theta_noise is not None:
-        test_config = _test_config(args, chip.config.test)
-    dataset = _dataset_of(meta, args)
-    splits = {s: load(dataset, s, data_dir=args.data_dir) for s in ("train", "val", "test")}
-    result, deployment = tolerate(model, chip, args.method, train=splits["train"], val=splits["val"],
-                                  test=splits["test"], settings=settings, measured=measured,
-                                  test_seed=args.test_seed or 0, test_config=test_config, seed=args.seed,
-                                  progress=not args.quiet)
-    save_tuned(args.out, model, {**meta, "ondevice": chip_out is not None}, deployment, chip.chip_id)
-    if chip_out is not None:
-        chip.save(chip_out)
+    test = {k: getattr(args, k) for k in ("miss_rate", "theta_noise") if getattr(args, k) is not None}
+    result = tolerate_files(args.model, args.chip, args.method, args.out, settings=settings, chip_out=args.chip_out,
+                            map_path=args.map, test=test, test_seed=args.test_seed, seed=args.seed,
+                            data_dir=args.data_dir, progress=not args.quiet)
+    chip_out = result.get("chip_out")
     text = (f"{args.method} on {args.chip}: software {100 * result['ideal_accuracy']:.2f}%, chip before "
             f"{100 * result['chip_accuracy_before']:.2f}%, after {100 * result['chip_accuracy']:.2f}% "
             f"({result['writes']} writes issued, {result['iterations']} on-device iterations, "
@@ -592,10 +463,9 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
                                       "writes", "writes_performed", "max_writes_per_cell", "cells_worn_out",
                                       "iterations", "forward_passes", "seconds")}
     if chip_out is not None:
-        payload["chip_out"] = str(chip_out)
+        payload["chip_out"] = chip_out
     _emit(args, text, {**payload, "version": result["version"], "out": str(args.out),
                        "val_accuracy": result["report"].get("val_accuracy")})
-
 
 def cmd_config_show(args: argparse.Namespace) -> None:
     from ittrna.config import ChipConfig

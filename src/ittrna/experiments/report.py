@@ -17,8 +17,8 @@ from typing import Any
 
 from ittrna._io import atomic_write, atomic_write_text
 
-__all__ = ["Pivot", "Report", "format_table", "pivot", "plot_collapse", "plot_curves", "plot_writes", "points",
-           "summarize", "write_csv", "write_report"]
+__all__ = ["Pivot", "Report", "format_table", "pivot", "plot_collapse", "plot_curves", "plot_fault_map", "plot_writes",
+           "points", "summarize", "write_csv", "write_report"]
 
 _PLOT_AXES = {"saf_rate": "stuck-at-fault rate", "sigma": "variation σ (log G)"}
 
@@ -528,3 +528,32 @@ def write_report(folder: str | Path, *, html: bool = False, title: str | None = 
         out.html = root / "report.html"
         atomic_write_text(out.html, _html(name, rows, shown, plots, len(records), pivots))
     return out
+
+
+def plot_fault_map(chip: Any, path: Path) -> None:
+    """A PNG of every layer's fault map per cell array (healthy, stuck_off, stuck_on), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from ittrna._io import atomic_write
+
+    layers = list(chip)
+    n_arr = max(len(layer.arrays) for layer in layers)
+    fig, axes = plt.subplots(len(layers), n_arr, figsize=(4 * n_arr, 2.6 * len(layers)), squeeze=False)
+    cmap = ListedColormap(["#f4f4f4", "#1f4e9c", "#d62728"])  # healthy, stuck_off, stuck_on
+    for i, layer in enumerate(layers):
+        for j, (aname, arr) in enumerate(layer.arrays.items()):
+            ax = axes[i][j]
+            ax.imshow(arr.fault.cpu().numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest", aspect="equal")
+            ax.set_title(f"{layer.name} / {aname}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for j in range(len(layer.arrays), n_arr):
+            axes[i][j].axis("off")
+    fig.suptitle("fault map: grey healthy, blue stuck_off (Gmin), red stuck_on (Gmax)")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)

@@ -1,0 +1,170 @@
+"""The library functions behind the file-level commands: each command of :mod:`ittrna.cli` parses its flags,
+calls one of these and prints what it returns.
+
+- :func:`train_checkpoint`: train a zoo model on a dataset and save the checkpoint (``ittrna train``).
+- :func:`evaluate_checkpoint`: accuracy of a checkpoint on fresh chips or of a tuned one on its own chip
+  (``ittrna evaluate``).
+- :func:`tolerate_files`: run a method for a saved chip and save the tuned checkpoint, and for an on-device
+  method the programmed chip (``ittrna tolerate``).
+
+Every output path is checked first (never an input, right suffix) and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ittrna._validate import check_device, check_output
+from ittrna.config import ChipConfig, TestConfig, TrainConfig
+from ittrna.data import Split, dataset_of, load
+from ittrna.errors import InputError
+
+__all__ = ["evaluate_checkpoint", "tolerate_files", "train_checkpoint"]
+
+
+def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *, recipe: str | None = None,
+                     device: str = "cpu", data_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train zoo model ``model`` on ``dataset`` and save it to ``out``.
+
+    With a ``recipe`` its epochs, learning rate and batch size replace ``train``'s and the best-validation
+    epoch is kept (as with ``train.patience``). Returns the checkpoint's metadata plus ``seconds`` and
+    ``seconds_per_epoch``.
+    """
+    import torch
+
+    from ittrna.data import DATASETS
+    from ittrna.models import MODELS, build, save_checkpoint
+    from ittrna.training import accuracy, fit, get_recipe
+
+    if model not in MODELS:
+        raise InputError(f"unknown model {model!r}; accepted one of {sorted(MODELS)}")
+    if dataset not in DATASETS:
+        raise InputError(f"unknown dataset {dataset!r}; accepted one of {sorted(DATASETS)}")
+    check_output(out, ".pt", {"--data-dir": data_dir}, what="a checkpoint")
+    dev = check_device(device)
+    if recipe is not None:
+        r = get_recipe(recipe, (), "--")
+        train = replace(train, epochs=r.epochs, lr=r.lr, batch_size=r.batch_size)
+    spec = DATASETS[dataset]
+    splits = {s: load(dataset, s, data_dir=data_dir) for s in ("train", "val", "test")}
+    keep_best = recipe is not None or train.patience is not None
+    net = build(model, spec.in_shape, spec.num_classes, seed=train.seed).to(dev)
+    t0 = time.perf_counter()
+    rep = fit(net, splits["train"], epochs=train.epochs, lr=train.lr, batch_size=train.batch_size, seed=train.seed,
+              val=splits["val"] if keep_best else None, patience=train.patience, progress=progress)
+    seconds = time.perf_counter() - t0
+    net = net.to("cpu")
+    val_acc, test_acc = accuracy(net, splits["val"]), accuracy(net, splits["test"])
+    meta = {"model": model, "dataset": dataset, "in_shape": list(spec.in_shape), "num_classes": spec.num_classes,
+            "seed": train.seed, "epochs": train.epochs, "lr": train.lr, "batch_size": train.batch_size,
+            "val_accuracy": val_acc, "test_accuracy": test_acc, "epochs_run": rep.epochs,
+            "best_epoch": rep.best_epoch + 1, "patience": train.patience, "recipe": recipe,
+            "torch": str(torch.__version__)}
+    save_checkpoint(out, net, meta)
+    return {**meta, "keep_best": keep_best, "seconds": seconds,
+            "seconds_per_epoch": seconds / rep.epochs if rep.epochs else 0.0}
+
+
+def _val_loader(meta: Mapping[str, Any], data_dir: Path | None) -> Callable[[], Split]:
+    """The checkpoint's validation split, loaded when called (ADC calibration needs it)."""
+    return lambda: load(meta["dataset"], "val", data_dir=data_dir)
+
+
+def evaluate_checkpoint(model_path: Path, *, chip_path: Path | None = None, config: ChipConfig | None = None,
+                        seed: int = 0, chips: int = 5, split: str = "test", data_dir: Path | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Accuracy of a checkpoint on chips: on the saved chip ``chip_path`` (a tuned checkpoint is programmed
+    as its method left it; only there), else on ``chips`` fresh chips of ``config`` from ``seed`` on.
+
+    Returns ``model``, ``dataset``, ``ideal_accuracy``, ``accuracy_mean``, ``accuracy_std``, ``accuracies``.
+    """
+    from ittrna.chip import Chip
+    from ittrna.chip.state import check_fabricate
+    from ittrna.experiments.tolerate import calibration_inputs, evaluate_tuned, load_tuned
+    from ittrna.nn import evaluate, monte_carlo
+    from ittrna.training import accuracy
+
+    model, meta, deployment = load_tuned(model_path)
+    if chip_path is not None:
+        chip = Chip.load(chip_path)
+        try:
+            chip.check_model(model)
+        except ValueError as exc:
+            raise InputError(f"--chip {chip_path} does not fit --model {model_path}: {exc}") from None
+        data = load(dataset_of(meta, str(model_path)), split, data_dir=data_dir)
+        ideal = accuracy(model, data)
+        if deployment is not None:
+            accs = [evaluate_tuned(model, meta, deployment, chip, data, _val_loader(meta, data_dir),
+                                   where=str(model_path))]
+        else:
+            accs = [evaluate(model, chip, data, calibration=calibration_inputs(chip.config,
+                                                                               _val_loader(meta, data_dir)))]
+    else:
+        cfg = config if config is not None else ChipConfig()
+        if deployment is not None:
+            raise InputError(f"{model_path} is tuned for one chip (its layouts and targets fit no other); give that "
+                             "chip with --chip CHIP.npz")
+        check_fabricate(model, cfg, seed)
+        data = load(dataset_of(meta, str(model_path)), split, data_dir=data_dir)
+        ideal = accuracy(model, data)
+        accs = monte_carlo(model, cfg, range(seed, seed + chips), data, progress=progress,
+                           calibration=calibration_inputs(cfg, _val_loader(meta, data_dir)))
+    return {"model": meta["model"], "dataset": meta["dataset"], "ideal_accuracy": ideal,
+            "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "accuracies": accs}
+
+
+def tolerate_files(model_path: Path, chip_path: Path, method: str, out: Path, *, settings: Mapping[str, Any],
+                   chip_out: Path | None = None, map_path: Path | None = None,
+                   test: Mapping[str, float] | None = None, test_seed: int | None = None, seed: int = 0,
+                   data_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run ``method`` for the saved chip ``chip_path`` (as fabricated) and save the tuned checkpoint ``out``.
+
+    Args:
+        settings: method settings (``method.FIELD`` or ``FIELD`` keys), validated before any work.
+        chip_out: for an on-device method, where the programmed chip goes (default: ``out`` with
+            ``.chip.npz``); refused for off-device methods (the tuned file reproduces them on the chip as is).
+        map_path: a measured map from an earlier test of this chip (else the chip is tested here).
+        test: test imperfections (``miss_rate``, ``theta_noise``) of a test run here, over the chip's own.
+        test_seed: seed of that test run (default 0).
+
+    Returns:
+        :func:`~ittrna.experiments.tolerate.tolerate`'s result, plus ``out`` and, on-device, ``chip_out``.
+    """
+    from ittrna.chip import Chip, MeasuredMap
+    from ittrna.experiments.tolerate import save_tuned, tolerate
+    from ittrna.methods import get_method
+    from ittrna.models import load_checkpoint
+
+    inputs = {"--model": model_path, "--chip": chip_path, "--map": map_path}
+    check_output(out, ".pt", inputs, what="a tuned checkpoint")
+    spec = get_method(method)
+    if spec.kind == "on-device":
+        given = chip_out is not None
+        chip_out = chip_out or out.with_suffix(".chip.npz")
+        check_output(chip_out, ".npz", {**inputs, "--out": out}, what="the programmed chip",
+                     flag="--chip-out" if given else "--chip-out (default: OUT with .chip.npz)")
+    elif chip_out is not None:
+        raise InputError(f"--chip-out is for on-device methods; {method!r} leaves the chip file as it is "
+                         "(its tuned file reproduces the result on it)")
+    spec.make_config(dict(settings))  # validate before any work
+    if map_path is not None and (test or test_seed is not None):
+        raise InputError("--miss-rate/--theta-noise/--test-seed describe a test run here; with --map the test is done")
+    model, meta = load_checkpoint(model_path)
+    chip = Chip.load(chip_path)
+    measured = MeasuredMap.load(map_path) if map_path is not None else None
+    test_config: TestConfig | None = replace(chip.config.test, **test) if test else None
+    dataset = dataset_of(meta, str(model_path))
+    splits = {s: load(dataset, s, data_dir=data_dir) for s in ("train", "val", "test")}
+    result, deployment = tolerate(model, chip, method, train=splits["train"], val=splits["val"], test=splits["test"],
+                                  settings=settings, measured=measured, test_seed=test_seed or 0,
+                                  test_config=test_config, seed=seed, progress=progress)
+    save_tuned(out, model, {**meta, "ondevice": chip_out is not None}, deployment, chip.chip_id)
+    if chip_out is not None:
+        chip.save(chip_out)
+    return {**result, "out": str(out), **({"chip_out": str(chip_out)} if chip_out is not None else {})}
