@@ -30,16 +30,16 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 if sys.version_info >= (3, 11):
     pass
 else:  # pragma: no cover - exercised on Python 3.10 only
     pass
 
-from ittrna.config import MAX_CONFIG_BYTES, MAX_SEED, ChipConfig, TrainConfig
+from ittrna.config import MAX_CONFIG_BYTES, MAX_SEED, ChipConfig, TrainConfig, _Section
 from ittrna.errors import ConfigError
 
 __all__ = [
@@ -100,17 +100,28 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
-class DataSettings:
-    """Which data the models train on and the points are judged on."""
+class DataSettings(_Section):
+    """Which data the models train on and the points are judged on (a sweep's ``[data]`` table)."""
+
+    _section: ClassVar[str] = "data"
 
     train_size: int | None = None
-    """First N training images (None: the whole training split)."""
+    """First N training images (None: the whole training split). Accepted None or [1, 1e9]."""
     val_size: int | None = None
+    """First N validation images (None: all). Accepted None or [1, 1e9]."""
     test_size: int | None = None
+    """First N test images (None: all). Accepted None or [1, 1e9]."""
     split: str = "test"
     """Split the chip accuracy is measured on: ``test`` (final numbers) or ``val``."""
     dir: str | None = None
     """Dataset folder (None: the cache; required for cifar10)."""
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "val_size", "test_size"):
+            self._int_range(name, 1, 10**9, optional=True)
+        self._choice("split", ("test", "val"))
+        if self.dir is not None and not isinstance(self.dir, str):
+            raise ConfigError(f"data.dir = {self.dir!r} is invalid; accepted a folder path (string)")
 
     def identity(self, dataset: str) -> dict[str, Any]:
         """What identifies the data of a point (the folder is where, not what: left out)."""
@@ -463,15 +474,6 @@ def _chip_columns(cfg: ChipConfig, extra: Sequence[str], values: Sequence[Any]) 
     return cols
 
 
-def _int(table: Mapping[str, Any], key: str, where: str, lo: int, hi: int, default: Any) -> Any:
-    value = table.get(key, default)
-    if value is None and default is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"{where}.{key} = {value!r} is invalid; accepted an integer in [{lo}, {hi}]")
-    return value
-
-
 def _train(table: Mapping[str, Any]) -> TrainSettings:
     _only(table, ("epochs", "seed", "lr", "batch_size", "patience", "recipe"), "train")
     if "recipe" in table:
@@ -491,16 +493,8 @@ def _train(table: Mapping[str, Any]) -> TrainSettings:
 
 def _data(table: Mapping[str, Any], base_dir: Path) -> DataSettings:
     _only(table, ("train_size", "val_size", "test_size", "split", "dir"), "data")
-    split = table.get("split", "test")
-    if split not in ("test", "val"):
-        raise ConfigError(f"data.split = {split!r} is invalid; accepted one of ['test', 'val']")
-    folder = table.get("dir")
-    if folder is not None and not isinstance(folder, str):
-        raise ConfigError(f"data.dir = {folder!r} is invalid; accepted a folder path (string)")
-    return DataSettings(train_size=_int(table, "train_size", "data", 1, 10**9, None),
-                        val_size=_int(table, "val_size", "data", 1, 10**9, None),
-                        test_size=_int(table, "test_size", "data", 1, 10**9, None), split=split,
-                        dir=str(base_dir / folder) if folder is not None else None)
+    data = DataSettings(**table)  # the ranges' owner
+    return replace(data, dir=str(base_dir / data.dir)) if data.dir is not None else data
 
 
 def _chip_base(table: Mapping[str, Any], base_dir: Path) -> ChipConfig:
