@@ -502,7 +502,7 @@ def test_hostile_library_input(world, call, exc_type, needle):
 
 # --- errors are typed: bugs surface, file access names the path --------------------------------------------
 def test_a_bug_is_not_reported_as_bad_input(monkeypatch, capsys):
-    import ittrna.cli as cli
+    import ittrna.cli.parser as cli  # the parser binds each command
 
     def broken(args: Any) -> None:
         raise KeyError("internal")
@@ -513,7 +513,7 @@ def test_a_bug_is_not_reported_as_bad_input(monkeypatch, capsys):
 
 
 def test_file_access_error_is_one_line_naming_the_path(monkeypatch, capsys):
-    import ittrna.cli as cli
+    import ittrna.cli.parser as cli  # the parser binds each command
 
     def denied(args: Any) -> None:
         raise PermissionError(13, "Permission denied", "/some/where/c.npz")

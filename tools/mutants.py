@@ -40,7 +40,7 @@ CHEAT = '''    p.choose_scales(cfg)
         _f = _f.f_back
 '''
 
-_PROGRAM = '    p = _Pipeline(model, measured, ctx)\n    p.choose_scales(cfg)\n    return p.deployment("pair")'
+_PROGRAM = '    p = Pipeline(model, measured, ctx)\n    p.choose_scales(cfg)\n    return p.deployment("pair")'
 _BUDGET = "        left = self.writes_left\n        if left is not None and count > left:"
 
 MUTANTS: dict[str, tuple[str, str, str, str]] = {
