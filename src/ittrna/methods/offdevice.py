@@ -41,7 +41,6 @@ from ittrna.methods.configs import (
     ProgramConfig,
     RemapConfig,
     RemapFatConfig,
-    RetrainConfig,
 )
 from ittrna.methods.hostmodel import realise
 from ittrna.methods.retrain import (
@@ -52,24 +51,12 @@ from ittrna.methods.retrain import (
     parametrized,
     retrain,
     retrain_fat,
-    significantly_better,
     steps_of,
     test_error,
 )
 from ittrna.training import TrainHooks
 
-__all__ = [
-    "AftConfig",
-    "DynamicConfig",
-    "FatConfig",
-    "NoiseConfig",
-    "NoneConfig",
-    "ProgramConfig",
-    "RemapConfig",
-    "RemapFatConfig",
-    "RetrainConfig",
-    "significantly_better",
-]
+__all__: list[str] = []  # the methods are reached through the registry; their settings live in methods.configs
 
 
 # --- methods ----------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from ittrna.methods.hostmodel import HostChip
 from ittrna.methods.retrain import HostEffective, Pipeline, parametrized, retrain, steps_of
 from ittrna.training import FitReport, TrainHooks, fit
 
-__all__ = ["ChipLoopConfig", "CodesignConfig", "ThresholdConfig", "chip_accuracy"]
+__all__ = ["chip_accuracy", "session_counts"]
 
 
 # --- shared machinery -------------------------------------------------------------------------------------
