@@ -31,8 +31,11 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 
 # dev extras include Ray (the sweep backend's tests) and Playwright, which drives the system's Chromium
 # (Debian package `chromium`; without it the browser test skips on a developer machine and fails on CI)
+# pytorchcv gives third-party model definitions for the tests; --no-deps, because its torchvision dependency
+# needs a CUDA torch build (the tests import its model modules directly)
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps pytorchcv==0.0.74
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "no chromium: the browser test skips here and fails on CI (CI=true)"
 	@touch $@

@@ -18,7 +18,7 @@ def test_registry_shapes(name, shape, layers):
 
 
 def test_registry_names_and_unknown():
-    assert set(MODELS) == {"mlp", "mlp-deep", "lenet5", "vgg-small"}
+    assert set(MODELS) == {"mlp", "mlp-deep", "lenet5", "vgg-small", "resnet20", "mobilenet-tiny"}
     with pytest.raises(KeyError, match="accepted"):
         build("resnet")
 

@@ -2,7 +2,9 @@
 and in which order data passes through them.
 
 - :func:`mapped_modules`: the ``Linear``/``Conv2d`` layers of any ``nn.Module`` (nested or not), in
-  definition order, optionally chosen by a ``filter_fn(module, name)`` (torchao's convention). Definition
+  definition order, optionally chosen by a ``filter_fn(module, name)`` (torchao's convention);
+  :func:`digital_modules` lists every weight or normalisation layer that stays digital and why (grouped
+  convolutions and attention projections are not mapped yet; nothing crashes on them). Definition
   order names the chip's layers and their random streams, so a chip stays the same die whatever a method
   learns about the graph.
 - :func:`dataflow_order`: the order in which one forward pass first calls those layers, traced on the
@@ -21,29 +23,63 @@ from torch import nn
 
 from ittrna.errors import InputError
 
-__all__ = ["FilterFn", "dataflow_order", "mapped_modules"]
+__all__ = ["FilterFn", "dataflow_order", "digital_modules", "mapped_modules"]
 
 FilterFn = Callable[[nn.Module, str], bool]
 """``filter_fn(module, name) -> bool``: True puts the layer on the chip."""
 
 
-def mapped_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> list[tuple[str, nn.Module]]:
-    """The ``Linear``/``Conv2d`` layers of ``model`` in definition order (grouped convs rejected), those
-    ``filter_fn`` accepts if given.
+def _not_mapped(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> str | None:
+    """Why a ``Linear``/``Conv2d`` stays digital (None: it maps onto crossbars)."""
+    parent = parents.get(name.rpartition(".")[0])
+    if isinstance(parent, nn.MultiheadAttention):  # its forward reads the projection weights itself
+        return "a projection inside nn.MultiheadAttention (its forward reads the weights directly)"
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        return f"grouped convolution (groups={module.groups}): not mapped yet"
+    return None
 
-    Raises:
-        InputError: a chosen ``Conv2d`` is grouped (``groups > 1``).
-    """
+
+def mapped_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> list[tuple[str, nn.Module]]:
+    """The ``Linear``/``Conv2d`` layers of ``model`` that go on crossbars, in definition order: those
+    ``filter_fn`` accepts (if given), less those that stay digital (see :func:`digital_modules`)."""
+    modules = dict(model.named_modules())
     found: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
+    for name, module in modules.items():
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         if filter_fn is not None and not filter_fn(module, name):
             continue
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            raise InputError(f"layer {name!r}: grouped Conv2d (groups={module.groups}) is not supported")
-        found.append((name, module))
+        if _not_mapped(name, module, modules) is None:
+            found.append((name, module))
     return found
+
+
+_DIGITAL_BY_DESIGN = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def digital_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> list[tuple[str, str, str]]:
+    """Every module with its own weights that stays digital, as (name, type, why): layers ``filter_fn``
+    declines, weight layers not mapped (grouped convolutions, attention projections, ``Conv1d``/``Conv3d``,
+    transposed convolutions, embeddings), and normalisation layers (digital by design)."""
+    modules = dict(model.named_modules())
+    out: list[tuple[str, str, str]] = []
+    for name, module in modules.items():
+        own = [p for p in module.parameters(recurse=False)]
+        if not own and not isinstance(module, _DIGITAL_BY_DESIGN):
+            continue
+        kind = type(module).__name__
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if filter_fn is not None and not filter_fn(module, name):
+                out.append((name, kind, "declined by filter_fn"))
+            elif (why := _not_mapped(name, module, modules)) is not None:
+                out.append((name, kind, why))
+        elif isinstance(module, _DIGITAL_BY_DESIGN):
+            out.append((name, kind, "normalisation: digital by design (its statistics and affine stay in software)"))
+        elif isinstance(module, nn.MultiheadAttention):
+            out.append((name, kind, "attention's fused input projection (in_proj_weight): digital"))
+        else:
+            out.append((name, kind, "no crossbar mapping for this layer type (digital)"))
+    return out
 
 
 def dataflow_order(model: nn.Module, example: torch.Tensor, names: Sequence[str]) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,27 @@ class _AnalogLayer(nn.Module):
         self._chip_layer = name
         cfg = chip.config
         self._ideal_periphery = cfg.mapping.dac_bits is None and cfg.mapping.adc_bits is None
+
+    _SHAPE_ATTRS = frozenset({"in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride",
+                              "padding", "dilation", "groups", "padding_mode"})
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight the chip realises (read-only): for code around the layer that reads ``.weight``, e.g.
+        ``nn.TransformerEncoderLayer``'s fused path (which then computes with it but without the layer's
+        DAC/ADC and registers: those act in :meth:`forward` only)."""
+        return self.effective_weight()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The digital bias of the original layer."""
+        bias = getattr(self.digital, "bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _AnalogLayer._SHAPE_ATTRS:  # the original layer's geometry (in_features, kernel_size, ...)
+            return getattr(self._modules["digital"], name)
+        return super().__getattr__(name)
 
     def effective_weight(self) -> torch.Tensor:
         """Weight as the chip realises it now (weight shape, on the chip's device): a fresh read-noise draw

@@ -101,7 +101,8 @@ class Registry(Mapping[str, T], Generic[T]):
 DATASETS: Registry = Registry("dataset", dict.fromkeys(("mnist", "fashion-mnist", "cifar10"), "ittrna.data"))
 """Datasets (:class:`ittrna.data.DatasetSpec`)."""
 
-MODELS: Registry = Registry("model", dict.fromkeys(("mlp", "mlp-deep", "lenet5", "vgg-small"), "ittrna.models.zoo"))
+MODELS: Registry = Registry("model", dict.fromkeys(("mlp", "mlp-deep", "lenet5", "vgg-small", "resnet20",
+                                                    "mobilenet-tiny"), "ittrna.models.zoo"))
 """Model definitions (:class:`ittrna.models.ModelSpec`)."""
 
 METHODS: Registry = Registry("method", {

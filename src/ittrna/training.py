@@ -93,6 +93,9 @@ class TrainHooks:
     """Called with the epoch index before each epoch (e.g. freeze the next group of weights)."""
     after_step: Callable[[int], None] | None = None
     """Called with the global step index after each optimiser step."""
+    frozen: tuple[type[nn.Module], ...] = ()
+    """Module types kept in eval mode while the rest trains (the chip-in-the-loop methods freeze BatchNorm's
+    statistics and Dropout, so the host model computes what the chip, run in eval mode, computes)."""
 
 
 @dataclass
@@ -190,6 +193,9 @@ def fit(
             if hooks.before_epoch is not None:
                 hooks.before_epoch(epoch)
             model.train()
+            for module in model.modules():
+                if hooks.frozen and isinstance(module, hooks.frozen):
+                    module.eval()
             for x, y in data.batches(batch_size, generator=gen):
                 opt.zero_grad(set_to_none=True)
                 xb = x.to(device)

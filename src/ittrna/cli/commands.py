@@ -19,6 +19,7 @@ from ittrna.cli.options import (
     _test_config,
 )
 from ittrna.config import TrainConfig
+from ittrna.errors import ConfigError
 
 
 # --- commands --------------------------------------------------------------------------------------------
@@ -41,10 +42,14 @@ def cmd_data_fetch(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from ittrna.data import DATASETS
     from ittrna.experiments.jobs import train_checkpoint
-    from ittrna.models import MODELS
+    from ittrna.models import MODELS, is_definition
 
-    if args.model not in MODELS:
-        raise CliError(f"unknown model {args.model!r}; accepted one of {sorted(MODELS)}")
+    if args.model not in MODELS and not is_definition(args.model):
+        raise CliError(f"unknown model {args.model!r}; accepted one of {sorted(MODELS)}, or a definition "
+                       "FILE.py:FUNCTION or package.module:FUNCTION")
+    model_args = _json_object(args.model_args, "--model-args") if args.model_args is not None else None
+    if model_args is not None and args.model in MODELS:
+        raise CliError(f"--model-args is for a definition; zoo model {args.model!r} takes none")
     if args.dataset not in DATASETS:
         raise CliError(f"unknown dataset {args.dataset!r}; accepted one of {sorted(DATASETS)}")
     if args.recipe is not None:
@@ -53,7 +58,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         get_recipe(args.recipe, [f for f in RECIPE_FIELDS if getattr(args, f) is not None], "--")  # no clash
     given = {f: getattr(args, f) for f in ("epochs", "lr", "batch_size", "patience") if getattr(args, f) is not None}
     res = train_checkpoint(args.model, args.dataset, args.out, TrainConfig(seed=args.seed, **given),
-                           recipe=args.recipe, device=args.device, data_dir=args.data_dir, progress=not args.quiet)
+                           recipe=args.recipe, device=args.device, data_dir=args.data_dir, progress=not args.quiet,
+                           model_args=model_args)
     stop = f", kept epoch {res['best_epoch']} (best validation accuracy)" if res["keep_best"] else ""
     text = (f"{args.model} on {args.dataset}: test accuracy {100 * res['test_accuracy']:.2f}% (val "
             f"{100 * res['val_accuracy']:.2f}%), {res['epochs_run']} epochs in {res['seconds']:.1f}s "
@@ -64,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_chip_make(args: argparse.Namespace) -> None:
     from ittrna._validate import check_output
     from ittrna.chip import Chip
+    from ittrna.graph import digital_modules
 
     check_output(args.out, ".npz", {"--model": args.model, "--config": args.config}, what="a chip")
     cfg = _chip_config(args)
@@ -71,9 +78,13 @@ def cmd_chip_make(args: argparse.Namespace) -> None:
     chip = Chip.fabricate(model, cfg, args.seed)
     chip.save(args.out)
     s = chip.summary()
-    text = (f"chip (seed {args.seed}): {s['cells']} cells on {s['tiles']} tiles, stuck_on "
+    digital = digital_modules(model)
+    text = (f"chip (seed {args.seed}): {len(chip.layers)} layers, {s['cells']} cells on {s['tiles']} tiles, stuck_on "
             f"{100 * s['stuck_on_fraction']:.2f}%, stuck_off {100 * s['stuck_off_fraction']:.2f}% -> {args.out}")
-    _emit(args, text, {**s, "seed": args.seed, "out": str(args.out)})
+    if digital:
+        text += "\nstays digital:" + "".join(f"\n  {n} ({kind}): {why}" for n, kind, why in digital)
+    _emit(args, text, {**s, "seed": args.seed, "out": str(args.out), "layers": list(chip.layers),
+                       "digital": [{"name": n, "type": kind, "why": why} for n, kind, why in digital]})
 
 
 def cmd_chip_show(args: argparse.Namespace) -> None:
@@ -292,3 +303,16 @@ def cmd_config_presets(args: argparse.Namespace) -> None:
 
     rows = {name: " ".join((f.__doc__ or "").split()) for name, f in PRESETS.items()}
     _emit(args, "\n".join(f"{n:<16} {d}" for n, d in rows.items()), {"presets": rows})
+
+
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    """A flag's JSON object (plain values only)."""
+    from ittrna._plain import check_plain
+
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        raise CliError(f"{flag} {text[:40]!r} is not JSON; accepted an object, e.g. '{{\"width\": 16}}'") from None
+    if not isinstance(value, dict):
+        raise CliError(f"{flag} {text[:40]!r} is not a JSON object; accepted e.g. '{{\"width\": 16}}'")
+    return dict(check_plain(value, flag, ConfigError))

@@ -70,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(subs, "train", "train a reference model in software (ideal weights)",
              "  ittrna train --model mlp --dataset mnist --recipe converged --out mlp.pt\n"
              "  ittrna train --model mlp --dataset mnist --epochs 5 --out mlp.pt\n"
-             "  ittrna train --model lenet5 --dataset fashion-mnist --epochs 10 --seed 1 --out lenet.pt --json\n",
+             "  ittrna train --model lenet5 --dataset fashion-mnist --epochs 10 --seed 1 --out lenet.pt --json\n"
+             "  ittrna train --model nets/my_net.py:build --model-args '{\"width\": 16}' --dataset mnist --out m.pt\n",
              cmd_train)
-    p.add_argument("--model", required=True, help=f"one of {sorted(MODELS)}")
+    p.add_argument("--model", required=True,
+                   help=f"one of {sorted(MODELS)}, or your own network: FILE.py:FUNCTION or package.module:FUNCTION "
+                        "(a function returning an nn.Module; given in_shape/num_classes if it takes them)")
+    p.add_argument("--model-args", default=None, metavar="JSON",
+                   help="keyword arguments of a definition, a JSON object, e.g. '{\"width\": 16}'")
     p.add_argument("--dataset", required=True, help=f"one of {sorted(DATASETS)}")
     p.add_argument("--recipe", default=None, metavar="NAME",
                    help="a named recipe: 'converged' = 30 epochs of cosine decay to zero, the best-validation "

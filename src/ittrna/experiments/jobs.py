@@ -28,8 +28,11 @@ __all__ = ["evaluate_checkpoint", "tolerate_files", "train_checkpoint"]
 
 
 def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *, recipe: str | None = None,
-                     device: str = "cpu", data_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train zoo model ``model`` on ``dataset`` and save it to ``out``.
+                     device: str = "cpu", data_dir: Path | None = None, progress: bool = True,
+                     model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``model`` — a zoo name or a user's definition ``FILE.py:FUNCTION`` / ``module:FUNCTION`` called
+    with ``model_args`` — on ``dataset`` and save it to ``out`` (a definition's checkpoint records it and its
+    file's sha256).
 
     With a ``recipe`` its epochs, learning rate and batch size replace ``train``'s and the best-validation
     epoch is kept (as with ``train.patience``). Returns the checkpoint's metadata plus ``seconds`` and
@@ -38,11 +41,12 @@ def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *,
     import torch
 
     from ittrna.data import DATASETS
-    from ittrna.models import MODELS, build, save_checkpoint
+    from ittrna.models import MODELS, as_definition, build, save_checkpoint
     from ittrna.training import accuracy, fit, get_recipe
 
-    if model not in MODELS:
-        raise InputError(f"unknown model {model!r}; accepted one of {sorted(MODELS)}")
+    defn = as_definition(model, model_args)
+    if defn is None and model not in MODELS:
+        raise InputError(f"unknown model {model!r}; accepted one of {sorted(MODELS)} or FILE.py:FUNCTION")
     if dataset not in DATASETS:
         raise InputError(f"unknown dataset {dataset!r}; accepted one of {sorted(DATASETS)}")
     check_output(out, ".pt", {"--data-dir": data_dir}, what="a checkpoint")
@@ -53,14 +57,15 @@ def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *,
     spec = DATASETS[dataset]
     splits = {s: load(dataset, s, data_dir=data_dir) for s in ("train", "val", "test")}
     keep_best = recipe is not None or train.patience is not None
-    net = build(model, spec.in_shape, spec.num_classes, seed=train.seed).to(dev)
+    net = build(defn or model, spec.in_shape, spec.num_classes, seed=train.seed, args=None).to(dev)
     t0 = time.perf_counter()
     rep = fit(net, splits["train"], epochs=train.epochs, lr=train.lr, batch_size=train.batch_size, seed=train.seed,
               val=splits["val"] if keep_best else None, patience=train.patience, progress=progress)
     seconds = time.perf_counter() - t0
     net = net.to("cpu")
     val_acc, test_acc = accuracy(net, splits["val"]), accuracy(net, splits["test"])
-    meta = {"model": model, "dataset": dataset, "in_shape": list(spec.in_shape), "num_classes": spec.num_classes,
+    meta = {"model": defn.name if defn else model, **({"definition": defn.to_dict()} if defn else {}),
+            "dataset": dataset, "in_shape": list(spec.in_shape), "num_classes": spec.num_classes,
             "seed": train.seed, "epochs": train.epochs, "lr": train.lr, "batch_size": train.batch_size,
             "val_accuracy": val_acc, "test_accuracy": test_acc, "epochs_run": rep.epochs,
             "best_epoch": rep.best_epoch + 1, "patience": train.patience, "recipe": recipe,

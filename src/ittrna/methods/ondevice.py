@@ -31,7 +31,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ittrna.data import Split
-from ittrna.errors import InputError
 from ittrna.graph import dataflow_order
 from ittrna.host import ChipAccess, Deployment, MeasuredMap
 from ittrna.mapping import conv_rows, matrix_to_weight, output_to_rows, weight_to_matrix
@@ -59,6 +58,11 @@ def _raw_weight(m: nn.Module) -> torch.Tensor:
     return m.weight  # type: ignore[return-value]
 
 
+FROZEN: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+"""Layers kept in eval mode while a chip-in-the-loop method trains: the chip runs the network in eval mode
+(BatchNorm's running statistics, no Dropout), so the host model does too."""
+
+
 class _ChipLoop(nn.Module):
     """The host model run with the chip in the loop: every crossbar layer's output is the chip's (recorded on
     the same batch), with the host model's gradient (straight-through), so the loss is the chip's loss and
@@ -66,10 +70,6 @@ class _ChipLoop(nn.Module):
 
     def __init__(self, model: nn.Module, session: ChipAccess, names: list[str]):
         super().__init__()
-        mixed = [type(m).__name__ for m in model.modules()
-                 if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))]
-        if mixed:  # the host trains in train mode while the chip runs in eval mode: their values would differ
-            raise InputError(f"chip-in-the-loop training does not support {sorted(set(mixed))} layers yet")
         self.model = model
         self.names = names
         self.__dict__["_session"] = session  # not a submodule
@@ -165,7 +165,7 @@ def _loop_steps(p: Pipeline, cfg: ChipLoopConfig, ctx: Context, session: ChipAcc
 
     history_base = session.writes_issued
     measure(0)
-    rep = retrain(loop, lambda: p.teacher, cfg, ctx, hooks=TrainHooks(after_step=after_step),
+    rep = retrain(loop, lambda: p.teacher, cfg, ctx, hooks=TrainHooks(after_step=after_step, frozen=FROZEN),
                   desc="ondevice" if threshold is None else "threshold")
     steps = steps_of(cfg, ctx.train)
     if not history or history[-1]["step"] != steps:
@@ -306,7 +306,7 @@ def _retrain_digital(model: nn.Module, names: list[str], est: dict[str, torch.Te
               *(p for p in model.parameters() if p.requires_grad)]
     try:
         fit(model, ctx.train, epochs=epochs, lr=lr, batch_size=batch_size, seed=ctx.seed + 7, params=params,
-            progress=ctx.progress, desc="digital")
+            progress=ctx.progress, desc="digital", hooks=TrainHooks(frozen=FROZEN))
     finally:
         for h in hooks:
             h.remove()

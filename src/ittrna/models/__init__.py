@@ -16,9 +16,12 @@ from ittrna.models.checkpoint import (
     check_state_fits,
     load_checkpoint,
     load_checkpoint_payload,
+    model_ref,
     save_checkpoint,
 )
-from ittrna.models.registry import MAX_CLASSES, MAX_IN_SIDE, MODELS, ModelSpec, build, register_model
+from ittrna.models.definitions import Definition, is_definition, parse_definition
+from ittrna.models.registry import MAX_CLASSES, MAX_IN_SIDE, MODELS, ModelSpec, as_definition, build, register_model
 
-__all__ = ["CHECKPOINT_FORMAT", "MAX_CLASSES", "MAX_IN_SIDE", "MODELS", "ModelSpec", "build", "check_checkpoint",
-           "check_state_fits", "load_checkpoint", "load_checkpoint_payload", "register_model", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "MAX_CLASSES", "MAX_IN_SIDE", "MODELS", "Definition", "ModelSpec", "as_definition",
+           "build", "check_checkpoint", "check_state_fits", "is_definition", "load_checkpoint",
+           "load_checkpoint_payload", "model_ref", "parse_definition", "register_model", "save_checkpoint"]

@@ -14,12 +14,16 @@ from torch import nn
 from ittrna._io import atomic_write
 from ittrna._validate import _fail, _is_int, _short, _want_int, check_memory
 from ittrna.errors import FileFormatError, InputError, ResourceError
+from ittrna.models.definitions import Definition
 from ittrna.models.registry import MAX_CLASSES, MAX_IN_SIDE, MODELS, build, check_shape
 
 __all__ = ["CHECKPOINT_FORMAT", "check_checkpoint", "check_state_fits", "load_checkpoint", "load_checkpoint_payload",
-           "save_checkpoint"]
+           "model_ref", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
+
+_INTEGER_BUFFERS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+"""Integer dtypes a state dict may hold (counters such as BatchNorm's ``num_batches_tracked``)."""
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -81,17 +85,30 @@ def load_checkpoint_payload(path: str | Path) -> tuple[nn.Module, dict[str, Any]
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FileFormatError(f"{p}: not an ittrna checkpoint ({first[:120]})") from None
     meta = check_checkpoint(p, payload, CHECKPOINT_FORMAT, MODELS)
+    ref = model_ref(meta, p)
     try:
-        check_shape(meta["model"], list(meta["in_shape"]), int(meta["num_classes"]))
+        check_shape(ref, list(meta["in_shape"]), int(meta["num_classes"]))
     except ResourceError as exc:
         raise ResourceError(f"{p}: {exc}") from None
     except InputError as exc:
         raise FileFormatError(f"{p}: field meta.in_shape/num_classes: {exc}") from None
-    model = build(meta["model"], tuple(meta["in_shape"]), int(meta["num_classes"]))
+    model = build(ref, tuple(meta["in_shape"]), int(meta["num_classes"]))
     check_state_fits(p, payload["state_dict"], model, meta["model"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, meta, payload
+
+
+def model_ref(meta: Mapping[str, Any], path: Path | None = None) -> str | Definition:
+    """What builds a checkpoint's network: its zoo name, or its recorded definition (whose file must be there
+    with the recorded sha256; a relative path is looked for from the working directory, then beside the
+    checkpoint)."""
+    if "definition" not in meta:
+        return str(meta["model"])
+    defn = Definition.from_dict(meta["definition"], str(path) if path else "checkpoint")
+    if defn.is_file and path is not None and not defn.resolve().is_file() and defn.resolve(path.parent).is_file():
+        defn = Definition(str(defn.resolve(path.parent)), defn.function, defn.args, defn.sha256)
+    return defn
 
 
 # --- checkpoint checks (field by field, before any model is built) --------------------------------------
@@ -116,8 +133,13 @@ def check_checkpoint(path: Any, payload: Any, version: int, models: Iterable[str
     names = sorted(models)
     if "model" not in meta:
         raise _fail(path, "meta.model", f"is missing; accepted one of {names}")
-    if not isinstance(meta["model"], str) or meta["model"] not in names:
-        raise _fail(path, "meta.model", f"= {_short(meta['model'])} is invalid; accepted one of {names}")
+    if "definition" in meta:  # a user's own network: its recorded definition (checked, nothing imported here)
+        Definition.from_dict(meta["definition"], str(path))
+        if not isinstance(meta["model"], str):
+            raise _fail(path, "meta.model", f"= {_short(meta['model'])} is invalid; accepted the definition's name")
+    elif not isinstance(meta["model"], str) or meta["model"] not in names:
+        raise _fail(path, "meta.model", f"= {_short(meta['model'])} is invalid; accepted one of {names} or a "
+                                        "recorded definition")
     shape = meta.get("in_shape")
     if (not isinstance(shape, (list, tuple)) or len(shape) != 3
             or not all(_is_int(d) and 1 <= d <= MAX_IN_SIDE for d in shape)):
@@ -134,9 +156,10 @@ def check_checkpoint(path: Any, payload: Any, version: int, models: Iterable[str
             raise _fail(path, f"state_dict[{key!r}]", f"has type {type(value).__name__}; accepted a tensor")
         if value.layout != torch.strided:
             raise _fail(path, f"state_dict[{key!r}]", f"is a {value.layout} tensor; accepted a dense tensor")
-        if not value.is_floating_point():
-            raise _fail(path, f"state_dict[{key!r}]", f"has dtype {value.dtype}; accepted a floating-point tensor")
-        if not bool(torch.isfinite(value).all()):
+        if not value.is_floating_point() and value.dtype not in _INTEGER_BUFFERS:
+            raise _fail(path, f"state_dict[{key!r}]", f"has dtype {value.dtype}; accepted a floating-point tensor "
+                                                      "(or an integer buffer such as BatchNorm's num_batches_tracked)")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise _fail(path, f"state_dict[{key!r}]", "holds NaN or inf; accepted finite weights")
     return meta
 

@@ -1,0 +1,186 @@
+"""A user's own network enters by its definition (``FILE.py:FUNCTION`` or ``module:FUNCTION``): built
+deterministically, checkpointed pickle-free with its file's hash, and run on a chip — also third-party
+definitions (pytorchcv's CIFAR ResNet-20, imported per module)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import import_or_fail
+from torch import nn
+
+from ittrna.chip import Chip
+from ittrna.config import ChipConfig
+from ittrna.errors import FileFormatError, InputError
+from ittrna.models import build, load_checkpoint, parse_definition, save_checkpoint
+from ittrna.nn import deploy
+
+NET = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding="same", bias=False)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn(self.conv(x)))
+
+
+def build(in_shape, num_classes, width=4):
+    return nn.Sequential(nn.Conv2d(in_shape[0], width, 3, padding=1), Block(width), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(4 * width, num_classes))
+'''
+
+
+@pytest.fixture
+def net_file(tmp_path):
+    path = tmp_path / "my_net.py"
+    path.write_text(NET)
+    return path
+
+
+def test_a_definition_builds_deterministically_and_leaves_global_random_state_alone(net_file):
+    state = torch.random.get_rng_state()
+    a = build(f"{net_file}:build", (1, 12, 12), 10, seed=3, args={"width": 6})
+    b = build(f"{net_file}:build", (1, 12, 12), 10, seed=3, args={"width": 6})
+    c = build(f"{net_file}:build", (1, 12, 12), 10, seed=4, args={"width": 6})
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert not torch.equal(a[0].weight, c[0].weight)
+    assert a[0].out_channels == 6
+
+
+def test_a_checkpoint_of_a_definition_loads_only_with_the_same_file(net_file, tmp_path):
+    defn = parse_definition(f"{net_file}:build", {"width": 5})
+    model = defn.build((1, 12, 12), 10, seed=1)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, {"model": defn.name, "definition": defn.to_dict(), "in_shape": [1, 12, 12],
+                                  "num_classes": 10, "dataset": "mnist"})
+    again, meta = load_checkpoint(path)
+    x = torch.rand(3, 1, 12, 12)
+    assert torch.equal(again.eval()(x), model.eval()(x)) and meta["definition"]["sha256"] == defn.sha256
+    net_file.write_text(NET.replace("width=4", "width=7"))  # the definition changed: not run, refused
+    with pytest.raises(InputError, match="has changed since the checkpoint was made"):
+        load_checkpoint(path)
+    net_file.unlink()
+    with pytest.raises(InputError, match="missing"):
+        load_checkpoint(path)
+
+
+def test_bad_definitions_are_one_line_errors(net_file):
+    for text, needle in ((f"{net_file}:nothing", "not a function"), ("no/such/file.py:build", "missing"),
+                         ("ittrna_no_such_module:build", "cannot be imported"), ("not a definition", "not a zoo")):
+        with pytest.raises(InputError, match=needle) as err:
+            build(text) if "not a zoo" not in needle else parse_definition(text)
+        assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="cannot be called"):
+        build(f"{net_file}:build", (1, 12, 12), 10, args={"depth": 3})
+    assert build(f"{net_file}:build", (1, 12, 12), 7, args={"width": 2})[-1].out_features == 7
+    with pytest.raises(FileFormatError):
+        from ittrna.models.definitions import Definition
+
+        Definition.from_dict({"source": "x.py", "function": "build", "sha256": "bad"}, "m.pt")
+
+
+def test_an_ideal_chip_computes_what_torch_computes_for_a_third_party_resnet():
+    import_or_fail("pytorchcv.models.resnet_cifar", "ITTRNA_REQUIRE_PYTORCHCV")
+    model = build("pytorchcv.models.resnet_cifar:resnet20_cifar10", (1, 32, 32), 10, seed=0,
+                  args={"in_channels": 1, "in_size": [32, 32]}).eval()  # its final pooling is fixed at 8x8
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 19 + 2 and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    chip = Chip.fabricate(model, ChipConfig(), 0)
+    assert len(chip.layers) == len(convs) + 1  # every conv and the classifier on crossbars
+    x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(x)
+        got = deploy(model, chip)(x)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_resnet20_and_mobilenet_tiny_deploy_and_an_ideal_chip_equals_torch():
+    """The zoo's BatchNorm networks: every Linear/Conv2d on crossbars but the depthwise convolutions, which
+    stay digital (reported); an ideal chip computes what torch computes (BatchNorm in eval mode)."""
+    from ittrna.graph import digital_modules, mapped_modules
+
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    for name, mapped, grouped in (("resnet20", 22, 0), ("mobilenet-tiny", 7, 5)):
+        model = build(name, (1, 28, 28), 10, seed=0).eval()
+        assert len(mapped_modules(model)) == mapped
+        why = [w for _, _, w in digital_modules(model)]
+        assert sum("grouped convolution" in w for w in why) == grouped
+        assert sum("normalisation" in w for w in why) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        chip = Chip.fabricate(model, ChipConfig(), 0)
+        with torch.no_grad():
+            assert torch.allclose(deploy(model, chip)(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_attention_keeps_working_its_projections_stay_digital_and_its_ffn_maps():
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, dropout=0.0, batch_first=True).eval()
+    from ittrna.graph import digital_modules, mapped_modules
+
+    assert [n for n, _ in mapped_modules(layer)] == ["linear1", "linear2"]
+    assert any(n == "self_attn.out_proj" for n, _, _ in digital_modules(layer))
+    chip = Chip.fabricate(layer, ChipConfig(), 0)
+    x = torch.rand(2, 5, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(deploy(layer, chip)(x), layer(x), rtol=1e-4, atol=1e-5)
+
+
+# --- every registered method on networks we did not write -------------------------------------------------
+SMALL = {"epochs": 1, "search_images": 100, "headroom_steps": 2, "search_passes": 1, "importance_images": 16,
+         "eval_every": 4, "eval_images": 32, "batch_size": 16, "iterations": 1, "calib_images": 16,
+         "write_budget": 4000, "digital_epochs": 1}
+
+
+def _settings(method: str) -> dict:
+    from ittrna.methods import METHODS
+
+    fields = METHODS[method].config().to_dict()
+    out = {k: v for k, v in SMALL.items() if k in fields}
+    if "base" in fields:  # codesign: its base (remap-fat for CNNs) with the same small settings
+        from ittrna.methods.configs import RemapFatConfig
+
+        base = RemapFatConfig().to_dict()
+        out["base"] = {"method": "remap-fat", **{k: v for k, v in SMALL.items() if k in base}}
+    if "program" in fields:
+        out["program"] = {k: v for k, v in SMALL.items() if k in fields["program"]}
+    return out
+
+
+def _small_data(model: nn.Module, shape: tuple[int, ...], n: int, seed: int):
+    from ittrna.data import Split
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, *shape), generator=g)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    return Split(x, y)
+
+
+def _own_networks():
+    yield "bn-residual", lambda d: build(f"{d}:build", (1, 12, 12), 10, seed=0, args={"width": 4}), (1, 12, 12)
+    yield "pytorchcv-resnet20", lambda d: build("pytorchcv.models.resnet_cifar:resnet20_cifar10", (1, 32, 32), 10,
+                                                  seed=0, args={"in_channels": 1, "in_size": [32, 32]}), (1, 32, 32)
+
+
+@pytest.mark.parametrize("network", ["bn-residual", "pytorchcv-resnet20"])
+def test_every_method_runs_on_a_network_we_did_not_write(network, net_file):
+    from ittrna.experiments.tolerate import tolerate
+    from ittrna.methods import METHODS
+
+    if network.startswith("pytorchcv"):
+        import_or_fail("pytorchcv.models.resnet_cifar", "ITTRNA_REQUIRE_PYTORCHCV")
+    (make, shape), = [(m, s) for n, m, s in _own_networks() if n == network]
+    model = make(net_file).eval()
+    train, val, test = (_small_data(model, shape, n, s) for n, s in ((64, 1), (100, 2), (32, 3)))
+    config = ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.3, "mapping.rows": 64,
+                                    "mapping.cols": 64})
+    for method in METHODS:
+        chip = Chip.fabricate(model, config, 5)
+        result, dep = tolerate(model, chip, method, train=train, val=val, test=test, settings=_settings(method))
+        assert 0.0 <= result["chip_accuracy"] <= 1.0, method
+        assert set(dep.state_dict) == set(model.state_dict()), method  # BatchNorm buffers included
