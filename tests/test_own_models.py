@@ -184,3 +184,74 @@ def test_every_method_runs_on_a_network_we_did_not_write(network, net_file):
         result, dep = tolerate(model, chip, method, train=train, val=val, test=test, settings=_settings(method))
         assert 0.0 <= result["chip_accuracy"] <= 1.0, method
         assert set(dep.state_dict) == set(model.state_dict()), method  # BatchNorm buffers included
+
+
+# --- BatchNorm re-estimation ---------------------------------------------------------------------------------
+def test_bn_reestimation_sets_each_layers_statistics_to_those_of_its_input_on_the_host_model(net_file):
+    """``bn`` changes the BatchNorm statistics and nothing else of ``program``'s deployment (zero writes more)."""
+    from ittrna.methods import Context, apply_method
+
+    model = build(f"{net_file}:build", (1, 12, 12), 10, seed=0, args={"width": 4}).eval()
+    train, val = _small_data(model, (1, 12, 12), 96, 1), _small_data(model, (1, 12, 12), 100, 2)
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.15, "variation.sigma": 0.5}), 3)
+    settings = {"images": 64, "batch_size": 16, "program": {"search_images": 100, "headroom_steps": 2}}
+    dep = apply_method("bn", model, chip.test(), Context(train, val, seed=4), settings)
+    base = apply_method("program", model, chip.test(), Context(train, val, seed=4), settings["program"])
+    assert dep.report["norm_layers"] == 1
+    for key in ("1.bn.running_mean", "1.bn.running_var"):
+        assert not torch.equal(dep.state_dict[key], model.state_dict()[key])
+    # every crossbar weight, scale and target is program's: re-estimation writes nothing more
+    assert all(torch.equal(dep.state_dict[k], base.state_dict[k]) for k in base.state_dict if "bn" not in k)
+    assert dep.scales == base.scales
+
+
+def test_bn_chip_costs_zero_writes_beyond_the_programming_and_reads_the_chip(net_file):
+    from ittrna.experiments.tolerate import tolerate
+
+    model = build(f"{net_file}:build", (1, 12, 12), 10, seed=0, args={"width": 4}).eval()
+    train, val, test = (_small_data(model, (1, 12, 12), n, s) for n, s in ((96, 1), (100, 2), (64, 3)))
+    cfg = ChipConfig().override({"faults.rate": 0.15, "variation.sigma": 0.5})
+    settings = {"images": 64, "batch_size": 16, "program": {"search_images": 100, "headroom_steps": 2}}
+    out, _ = tolerate(model, Chip.fabricate(model, cfg, 3), "bn-chip", train=train, val=val, test=test,
+                        settings=settings)
+    prog, _ = tolerate(model, Chip.fabricate(model, cfg, 3), "program", train=train, val=val, test=test,
+                       settings=settings["program"])
+    assert out["writes"] == prog["writes"] and out["ondevice_writes"] == 0 and out["evaluation_writes"] == 0
+    assert out["forward_passes"] >= 4  # 64 images in batches of 16 for the one BatchNorm, plus validation
+
+
+def test_bn_on_a_network_without_batchnorm_is_program():
+    from ittrna.methods import Context, apply_method
+
+    model = build("mlp", (1, 8, 8), 10, seed=0)
+    train, val = _small_data(model, (1, 8, 8), 64, 1), _small_data(model, (1, 8, 8), 100, 2)
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.1}), 1)
+    a = apply_method("bn", model, chip.test(), Context(train, val), {"program": {"search_images": 100}})
+    b = apply_method("program", model, chip.test(), Context(train, val), {"search_images": 100})
+    assert a.report["norm_layers"] == 0 and a.scales == b.scales
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in b.state_dict)
+
+
+def test_reestimate_takes_each_layers_input_with_the_earlier_layers_already_set():
+    """The step itself: running mean and unbiased variance of each layer's input, layer by layer (the second
+    layer's input is read only after the first layer's statistics are set)."""
+    from ittrna.methods.normalize import reestimate
+
+    a, b = nn.BatchNorm2d(2), nn.BatchNorm1d(3)
+    images = torch.arange(24.0).view(24, 1)
+    order: list[str] = []
+
+    def read_input(x: torch.Tensor, name: str) -> torch.Tensor:
+        if name == "a":
+            return torch.cat([x, 2 * x], 1).view(-1, 2, 1, 1).expand(-1, 2, 2, 2)  # (N, 2, 2, 2)
+        assert order == ["a"] and torch.allclose(a.running_mean, torch.tensor([11.5, 23.0]), atol=1e-5)
+        return torch.cat([x, -x, x + float(a.running_mean[0])], 1)  # (N, 3): uses a's new statistics
+
+    reestimate([("a", a), ("b", b)], images, 5, read_input, order.append)
+    assert order == ["a", "b"]
+    x = images.squeeze(1)
+    var = x.var(unbiased=False) * (24 * 4 / (24 * 4 - 1))  # 4 positions per image and channel in a
+    assert torch.allclose(a.running_var, torch.stack([var, 4 * var]), rtol=1e-5)
+    assert torch.allclose(b.running_mean, torch.tensor([11.5, -11.5, 23.0]), atol=1e-5)
+    assert torch.allclose(b.running_var, torch.full((3,), float(x.var())), rtol=1e-5)
+

@@ -21,7 +21,7 @@ Files are ``.npz`` with a JSON header (no pickle).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -201,9 +201,10 @@ class ChipAccess(Protocol):
         """Load the model's digital parameters and buffers (anything outside the crossbar weights)."""
         ...
 
-    def forward(self, x: torch.Tensor, *, record: bool = False
+    def forward(self, x: torch.Tensor, *, record: bool = False, taps: Sequence[str] = ()
                 ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-        """Run a batch on the chip (eval mode): (logits, {layer: (layer input, layer output)} if ``record``)."""
+        """Run a batch on the chip (eval mode): (logits, {layer: (layer input, layer output)} if ``record``,
+        plus ``taps:NAME`` -> (input, input) for each digital module named in ``taps``)."""
         ...
 
     def deploy(self, deployment: Deployment) -> int:

@@ -108,7 +108,9 @@ MODELS: Registry = Registry("model", dict.fromkeys(("mlp", "mlp-deep", "lenet5",
 METHODS: Registry = Registry("method", {
     **dict.fromkeys(("none", "noise", "program", "remap", "aft", "dynamic", "fat", "remap-fat"),
                     "ittrna.methods.offdevice"),
+    "bn": "ittrna.methods.normalize",
     **dict.fromkeys(("ondevice", "threshold", "codesign"), "ittrna.methods.ondevice"),
+    "bn-chip": "ittrna.methods.normalize",
 })
 """Tolerance methods (:class:`ittrna.methods.MethodSpec`), in the order they build on each other."""
 

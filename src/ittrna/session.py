@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -167,15 +167,28 @@ class ChipSession:
             for key, value in load.items():
                 own[key].copy_(value)
 
-    def forward(self, x: torch.Tensor, *, record: bool = False
+    def forward(self, x: torch.Tensor, *, record: bool = False, taps: Sequence[str] = ()
                 ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """Run a batch through the chip in eval mode; with ``record`` also each crossbar layer's (input,
-        output) as the layer's periphery delivers them (registers and bias applied)."""
+        output) as the layer's periphery delivers them (registers and bias applied).
+
+        ``taps`` names digital modules (e.g. BatchNorm layers, which the host computes itself) whose input the
+        host reads on this pass; each comes back under ``taps:NAME`` as (input, input) of the module's first
+        call."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 1:
             raise InputError("session.forward takes a non-empty float tensor batch (batch first)")
         net = self._net()
         seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         hooks = []
+        modules = dict(net.named_modules())
+        for name in taps:
+            target = modules.get(name)
+            if target is None or isinstance(target, _AnalogLayer) or name in self.__names:
+                raise InputError(f"session.forward: tap {name!r} is not a digital module of the model")
+            def tap(_m: nn.Module, inp: tuple[torch.Tensor, ...], name: str = name) -> None:
+                seen.setdefault(f"taps:{name}", (inp[0].detach(), inp[0].detach()))  # the first call's input
+
+            hooks.append(target.register_forward_pre_hook(tap))
         if record:
             for name, module in net.named_modules():
                 if isinstance(module, _AnalogLayer):

@@ -15,6 +15,7 @@ from torch import nn
 from ittrna.boundary import host_side
 from ittrna.errors import InputError
 from ittrna.host import ChipAccess, Deployment, MeasuredMap
+from ittrna.methods import normalize as _normalize  # noqa: F401  (registers bn and bn-chip)
 from ittrna.methods import offdevice as _offdevice  # noqa: F401  (registers the off-device methods)
 from ittrna.methods import ondevice as _ondevice  # noqa: F401  (registers the on-device methods)
 from ittrna.methods.base import BY_CONFIG, METHODS, Context, MethodConfig, MethodSpec, get_method, spec_for

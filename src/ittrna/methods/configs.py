@@ -18,6 +18,8 @@ from ittrna.methods.base import MethodConfig
 
 __all__ = [
     "AftConfig",
+    "BnChipConfig",
+    "BnConfig",
     "ChipLoopConfig",
     "CodesignConfig",
     "DynamicConfig",
@@ -342,3 +344,35 @@ class CodesignConfig(MethodConfig):
 
 
 CodesignConfig.BASES = (AftConfig, DynamicConfig, RemapFatConfig)
+
+
+@dataclass(frozen=True)
+class BnConfig(MethodConfig):
+    """BatchNorm re-estimation after ``program`` (zero writes): off-device through the host model of the
+    measured map (``bn``)."""
+
+    program: ProgramConfig = field(default_factory=ProgramConfig)
+    """The ``program`` run that gives the deployment whose BatchNorm statistics are re-estimated."""
+
+    images: int = 1024
+    """Training images the statistics are estimated on. Accepted [16, 1000000]."""
+
+    batch_size: int = 256
+    """Images per pass. Accepted [1, 65536]."""
+
+    _nested: ClassVar[dict[str, type[MethodConfig] | None]] = {"program": ProgramConfig}
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        if type(self.program) is not ProgramConfig:
+            raise ConfigError(f"method.program = {self.program!r}; accepted a ProgramConfig (a table of its settings)")
+        self._int_range("images", 16, 1_000_000)
+        self._int_range("batch_size", 1, 65536)
+
+
+@dataclass(frozen=True)
+class BnChipConfig(BnConfig):
+    """BatchNorm re-estimation after ``program`` from the chip's own forward passes (``bn-chip``, zero
+    writes): each normalisation layer's input is read on the chip, layer by layer along the data flow."""

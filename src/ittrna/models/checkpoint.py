@@ -178,6 +178,9 @@ def check_state_fits(path: Any, state: Mapping[str, torch.Tensor], model: nn.Mod
     if extra:
         raise _fail(path, f"state_dict[{extra[0]!r}]", f"is not a tensor of model {name!r}")
     for key, value in state.items():
+        if value.is_floating_point() != want[key].is_floating_point():  # an integer weight, or a float counter
+            raise _fail(path, f"state_dict[{key!r}]", f"has dtype {value.dtype}; model {name!r} holds "
+                                                      f"{want[key].dtype} there")
         if tuple(value.shape) != tuple(want[key].shape):
             raise _fail(path, f"state_dict[{key!r}]", f"has shape {tuple(value.shape)}; model {name!r} needs "
                                                       f"{tuple(want[key].shape)}")
