@@ -255,3 +255,27 @@ def test_reestimate_takes_each_layers_input_with_the_earlier_layers_already_set(
     assert torch.allclose(b.running_mean, torch.tensor([11.5, -11.5, 23.0]), atol=1e-5)
     assert torch.allclose(b.running_var, torch.full((3,), float(x.var())), rtol=1e-5)
 
+
+
+# --- sweeps ---------------------------------------------------------------------------------------------------
+def test_a_sweep_trains_and_evaluates_a_definition_and_an_edited_file_is_another_model(tmp_path, mnist_train):
+    from ittrna.experiments.grid import load_spec
+    from ittrna.experiments.sweep import run_spec
+
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "my_net.py").write_text(NET)
+    config = tmp_path / "sweep.toml"
+    config.write_text('[grid]\nmodel = ["nets/my_net.py:build"]\ndataset = ["mnist"]\nsaf_rate = [0.1]\n'
+                      'method = ["none"]\nchip_seed = [1]\n[train]\nepochs = 1\n'
+                      '[data]\ntrain_size = 256\nval_size = 128\ntest_size = 128\n')
+    spec = load_spec(config)
+    (point,) = spec.points
+    import json
+
+    assert json.loads(point.source.definition)["source"] == str((tmp_path / "nets" / "my_net.py").resolve())
+    outcome = run_spec(spec, tmp_path / "out", progress=False)
+    (record,) = outcome.records
+    assert 0 <= record["chip_accuracy"] <= 1 and record["model"] == "nets/my_net.py:build"
+    before = point.source.ref
+    (tmp_path / "nets" / "my_net.py").write_text(NET.replace("width=4", "width=5"))
+    assert load_spec(config).points[0].source.ref != before  # the edited definition is trained again

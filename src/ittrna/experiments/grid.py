@@ -139,14 +139,30 @@ class ModelSource:
     """Training settings (None for a checkpoint file)."""
     path: str | None = None
     """Checkpoint file (None for a model the sweep trains)."""
+    definition: str | None = None
+    """A user's own network (:class:`~ittrna.models.Definition` as canonical JSON, its file's sha256
+    included), for a ``model`` given as ``FILE.py:FUNCTION``; None for a zoo name."""
 
     @property
     def ref(self) -> str:
-        """A stable name for the cached checkpoint / the source."""
-        text = json.dumps({"model": self.model, "dataset": self.dataset,
-                           "train": self.train.to_dict() if self.train else None, "path": self.path},
-                          sort_keys=True)
-        return f"{self.model}-{self.dataset}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+        """A stable name for the cached checkpoint / the source (a definition's hash included: an edited
+        definition file is another model)."""
+        content: dict[str, Any] = {"model": self.model, "dataset": self.dataset,
+                                   "train": self.train.to_dict() if self.train else None, "path": self.path}
+        if self.definition is not None:
+            content["definition"] = self.definition
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+        if self.definition is not None:  # a file-name-safe label: the function's name
+            return f"def-{json.loads(self.definition)['function']}-{self.dataset}-{digest}"
+        return f"{self.model}-{self.dataset}-{digest}"
+
+    def build_ref(self) -> Any:
+        """What :func:`ittrna.models.build` builds this source from: the zoo name or the definition."""
+        if self.definition is None:
+            return self.model
+        from ittrna.models import Definition
+
+        return Definition.from_dict(json.loads(self.definition), f"model {self.model}")
 
 
 @dataclass(frozen=True)
@@ -287,7 +303,8 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
             if not values:
                 raise ConfigError(f"{where}.{name} is empty; accepted a non-empty list (an empty grid has no "
                                   "points)")
-        _check_names(axes["model"], MODELS, f"{where}.model", "model")
+        defs = _definitions(axes["model"], Path(base_dir), f"{where}.model")
+        _check_names([m for m in axes["model"] if m not in defs], MODELS, f"{where}.model", "model")
         _check_names(axes["dataset"], DATASETS, f"{where}.dataset", "dataset")
         _check_names(axes["method"], METHODS, f"{where}.method", "method")
         for seed in axes["chip_seed"]:
@@ -295,7 +312,7 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
                 raise ConfigError(f"{where}.chip_seed = {seed!r} is invalid; accepted integers in [0, 2**63 - 1]")
         for model in axes["model"]:
             for dataset in axes["dataset"]:
-                _check_fits(model, dataset)
+                _check_fits(defs.get(model, model), dataset)
         chip_names = [k for k in axes if k not in _NAMED_AXES]
         per_method = sum(len(method_axes.get(m, [None])) for m in axes["method"])  # a method's settings axes
         n_points = math.prod(len(v) for k, v in axes.items() if k != "method") * per_method
@@ -310,7 +327,9 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
             chip_columns = _chip_columns(cfg, chip_names, combo)
             for model, dataset, method, seed in itertools.product(axes["model"], axes["dataset"], axes["method"],
                                                                   axes["chip_seed"]):
-                source = ModelSource(model, dataset, train=train)
+                source = ModelSource(model, dataset, train=train,
+                                     definition=json.dumps(defs[model].to_dict(), sort_keys=True)
+                                     if model in defs else None)
                 for settings, columns in method_axes.get(method, [({}, {})]):
                     spec = METHODS[method]
                     full = spec.make_config(settings).to_dict()
@@ -341,7 +360,7 @@ def _check_chips(points: Iterable[Point]) -> None:
         if pair not in shapes:
             spec = DATASETS[pair[1]]
             with torch.device("meta"):
-                shapes[pair] = build(pair[0], spec.in_shape, spec.num_classes)
+                shapes[pair] = build(p.source.build_ref(), spec.in_shape, spec.num_classes)
         check_fabricate(shapes[pair], ChipConfig.from_dict(p.chip), p.chip_seed)
 
 
@@ -435,13 +454,35 @@ def _merge_axes(base: dict[str, list[Any]], part: dict[str, list[Any]]) -> dict[
     return {**{k: v for k, v in base.items() if _dotted(k) not in fields}, **part}
 
 
+def _definitions(values: Sequence[Any], base_dir: Path, where: str) -> dict[str, Any]:
+    """The ``FILE.py:FUNCTION`` / ``module:FUNCTION`` entries of a model axis (files relative to the config's
+    folder), each hashed now."""
+    from ittrna.errors import InputError
+    from ittrna.models import Definition, is_definition
+
+    out: dict[str, Any] = {}
+    for v in values:
+        if not isinstance(v, str) or not is_definition(v):
+            continue
+        source, _, function = v.rpartition(":")
+        if source.endswith(".py"):
+            path = Path(source).expanduser()
+            source = str(path if path.is_absolute() else (base_dir / path).resolve())
+        try:
+            out[v] = Definition(source, function).with_hash()
+        except InputError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return out
+
+
 def _check_names(values: Sequence[Any], registry: Mapping[str, Any], where: str, what: str) -> None:
     for v in values:
         if not isinstance(v, str) or v not in registry:
-            raise ConfigError(f"{where}: unknown {what} {v!r}; accepted one of {list(registry)}")
+            raise ConfigError(f"{where}: unknown {what} {v!r}; accepted one of {list(registry)}"
+                              + (" or FILE.py:FUNCTION" if what == "model" else ""))
 
 
-def _check_fits(model: str, dataset: str) -> None:
+def _check_fits(model: Any, dataset: str) -> None:
     from ittrna.data import DATASETS
     from ittrna.errors import InputError
     from ittrna.models import build
@@ -453,7 +494,8 @@ def _check_fits(model: str, dataset: str) -> None:
         with torch.device("meta"):
             build(model, spec.in_shape, spec.num_classes)
     except InputError as exc:
-        raise ConfigError(f"grid: model {model!r} does not fit dataset {dataset!r}: {exc}") from None
+        label = getattr(model, "name", model)
+        raise ConfigError(f"grid: model {label!r} does not fit dataset {dataset!r}: {exc}") from None
 
 
 def _override(base: ChipConfig, overrides: dict[str, Any], labels: dict[str, Any], where: str) -> ChipConfig:

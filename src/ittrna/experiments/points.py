@@ -5,6 +5,7 @@ runs them, and the same point gives the same record anywhere."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from typing import Any
 
@@ -65,11 +66,12 @@ def train_model(source: ModelSource, data: DataSettings, threads: int = 1) -> Mo
     torch.set_num_threads(threads)
     t = source.train
     spec = DATASETS[source.dataset]
-    model = build(source.model, spec.in_shape, spec.num_classes, seed=t.seed)
+    model = build(source.build_ref(), spec.in_shape, spec.num_classes, seed=t.seed)
     val = split(source.dataset, "val", data)
     rep = fit(model, split(source.dataset, "train", data), epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
               seed=t.seed, val=val if t.keep_best else None, patience=t.patience, progress=False)
-    meta = {"model": source.model, "dataset": source.dataset, "in_shape": list(spec.in_shape),
+    meta = {"model": source.model, **({"definition": json.loads(source.definition)} if source.definition else {}),
+            "dataset": source.dataset, "in_shape": list(spec.in_shape),
             "num_classes": spec.num_classes, **{k: v for k, v in t.to_dict().items()},
             "val_accuracy": accuracy(model, val), "epochs_run": rep.epochs, "best_epoch": rep.best_epoch + 1,
             "train_size": data.train_size, "torch": str(torch.__version__)}
@@ -79,12 +81,12 @@ def train_model(source: ModelSource, data: DataSettings, threads: int = 1) -> Mo
 
 def payload_model(payload: ModelPayload) -> torch.nn.Module:
     """The model of a payload (cached per process by its sha256)."""
-    from ittrna.models import build
+    from ittrna.models import build, model_ref
 
     sha = payload["sha256"]
     if sha not in _MODELS:
         meta = payload["meta"]
-        model = build(meta["model"], tuple(meta["in_shape"]), int(meta["num_classes"]))
+        model = build(model_ref(meta), tuple(meta["in_shape"]), int(meta["num_classes"]))
         model.load_state_dict(payload["state_dict"])
         model.eval()
         _MODELS[sha] = model

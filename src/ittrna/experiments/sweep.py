@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ittrna.errors import InputError
 from ittrna.experiments.backends import Backend, LocalBackend
 from ittrna.experiments.grid import DataSettings, ModelSource, SweepSpec, point_key
-from ittrna.experiments.points import ModelPayload, evaluate_point, train_model, weights_sha256
+from ittrna.experiments.points import ModelPayload, evaluate_point, payload_model, train_model, weights_sha256
 from ittrna.experiments.store import ResultStore
 
 __all__ = ["SweepOutcome", "collapse_rows", "run_spec"]
@@ -101,12 +101,7 @@ def _models(spec: SweepSpec, folder: Path, backend: Backend, progress: bool) -> 
         bar = tqdm(total=len(jobs), desc="train", unit="model", disable=None if progress else True)
         for i, payload in backend.run(train_model, jobs):
             path = model_file(folder, to_train[i], spec.data)
-            from ittrna.models import build
-
-            meta = payload["meta"]
-            model = build(meta["model"], tuple(meta["in_shape"]), int(meta["num_classes"]))
-            model.load_state_dict(payload["state_dict"])
-            save_checkpoint(path, model, meta)
+            save_checkpoint(path, payload_model(payload), payload["meta"])
             payloads[to_train[i].ref] = payload
             trained.append(str(path))
             bar.update(1)
