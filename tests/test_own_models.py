@@ -4,6 +4,8 @@ definitions (pytorchcv's CIFAR ResNet-20, imported per module)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from conftest import import_or_fail
@@ -16,6 +18,8 @@ from ittrna.models import build, load_checkpoint, parse_definition, save_checkpo
 from ittrna.nn import deploy
 
 NET = '''
+import contextlib
+
 import torch
 from torch import nn
 
@@ -279,3 +283,64 @@ def test_a_sweep_trains_and_evaluates_a_definition_and_an_edited_file_is_another
     before = point.source.ref
     (tmp_path / "nets" / "my_net.py").write_text(NET.replace("width=4", "width=5"))
     assert load_spec(config).points[0].source.ref != before  # the edited definition is trained again
+
+
+# --- weights trained elsewhere ---------------------------------------------------------------------------------
+def test_import_weights_makes_a_checkpoint_with_the_measured_accuracy(tmp_path, capsys, mnist_test):
+    import json
+
+    from ittrna.cli import main
+    from ittrna.training import accuracy
+
+    net = build("mlp", (1, 28, 28), 10, seed=5)
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    code = main(["import-weights", "--model", "mlp", "--state-dict", str(tmp_path / "w.pth"), "--dataset", "mnist",
+                 "--out", str(tmp_path / "m.pt"), "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and out["test_accuracy"] == accuracy(net.eval(), mnist_test)
+    model, meta = load_checkpoint(tmp_path / "m.pt")
+    assert meta["imported_from"] == str(tmp_path / "w.pth") and len(meta["imported_sha256"]) == 64
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), net.state_dict().values(), strict=True))
+    # another network's weights, and a file that is not a state_dict: one line each, nothing written
+    torch.save(build("lenet5", (1, 28, 28), 10).state_dict(), tmp_path / "other.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not torch")
+    for bad, needle in (("other.pth", "state_dict["), ("junk.pth", "not a torch state_dict")):
+        code = main(["import-weights", "--model", "mlp", "--state-dict", str(tmp_path / bad), "--dataset", "mnist",
+                     "--out", str(tmp_path / "x.pt")])
+        err = capsys.readouterr().err
+        assert code != 0 and needle in err and err.count("\n") == 1 and not (tmp_path / "x.pt").exists()
+
+
+def test_the_scale_search_skips_fixed_prefixes_of_any_graph_and_chooses_the_same(monkeypatch):
+    """program on a network whose root is not a Sequential (resnet20): recording the inputs of each searched
+    layer's Sequential ancestors and starting there gives the scales, headrooms and deployment of full passes."""
+    from ittrna.methods import Context, apply_method
+    from ittrna.methods.retrain import Pipeline
+
+    model = build("resnet20", (1, 16, 16), 10, seed=0).eval()
+    train, val = _small_data(model, (1, 16, 16), 64, 1), _small_data(model, (1, 16, 16), 200, 2)
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.5}), 2)
+    settings = {"search_images": 200, "headroom_steps": 3, "search_passes": 1}
+    used: list[bool] = []
+    original = Pipeline._skip_before
+
+    def spy(self, name, weights, batches):  # count the layers whose prefix was skipped
+        cm = original(self, name, weights, batches)
+        state = cm.__enter__()
+        used.append(state is not None)
+        try:
+            yield state
+        finally:
+            cm.__exit__(None, None, None)
+
+    monkeypatch.setattr(Pipeline, "_skip_before", contextlib.contextmanager(spy))
+    fast = apply_method("program", model, chip.test(), Context(train, val), settings)
+    assert sum(used) >= 15  # every layer past the first block of each stage
+
+    def never(self, name, weights, batches):
+        yield None
+
+    monkeypatch.setattr(Pipeline, "_skip_before", contextlib.contextmanager(never))
+    full = apply_method("program", model, chip.test(), Context(train, val), settings)
+    assert fast.scales == full.scales and fast.report["headroom"] == full.report["headroom"]
+    assert all(torch.equal(fast.targets[n][a], full.targets[n][a]) for n in full.targets for a in full.targets[n])

@@ -67,6 +67,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     _emit(args, text, {k: res[k] for k in ("test_accuracy", "val_accuracy", "seconds", "seconds_per_epoch")}
           | {"out": str(args.out)})
 
+def cmd_import_weights(args: argparse.Namespace) -> None:
+    from ittrna.experiments.jobs import import_weights
+
+    model_args = _json_object(args.model_args, "--model-args") if args.model_args is not None else None
+    meta = import_weights(args.model, args.state_dict, args.dataset, args.out, model_args=model_args,
+                          data_dir=args.data_dir)
+    text = (f"{meta['model']} on {meta['dataset']} from {args.state_dict}: test accuracy "
+            f"{100 * meta['test_accuracy']:.2f}% (val {100 * meta['val_accuracy']:.2f}%) -> {args.out}")
+    _emit(args, text, {k: meta[k] for k in ("model", "dataset", "val_accuracy", "test_accuracy")}
+          | {"out": str(args.out)})
+
+
 def cmd_chip_make(args: argparse.Namespace) -> None:
     from ittrna._validate import check_output
     from ittrna.chip import Chip

@@ -16,6 +16,7 @@ from ittrna.cli.commands import (
     cmd_data_fetch,
     cmd_data_list,
     cmd_evaluate,
+    cmd_import_weights,
     cmd_methods,
     cmd_report,
     cmd_sweep,
@@ -94,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None, help="dataset folder (required for cifar10)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = _sub(subs, "import-weights", "turn a state_dict trained elsewhere into a checkpoint (accuracy measured)",
+             "  ittrna import-weights --model resnet20 --state-dict r20.pth --dataset fashion-mnist --out r20.pt\n"
+             "  ittrna import-weights --model nets/my_net.py:build --state-dict w.pt --dataset mnist --out m.pt\n",
+             cmd_import_weights)
+    p.add_argument("--model", required=True, help="a zoo name or FILE.py:FUNCTION / package.module:FUNCTION")
+    p.add_argument("--model-args", default=None, metavar="JSON", help="keyword arguments of a definition (JSON)")
+    p.add_argument("--state-dict", type=Path, required=True,
+                   help="torch.save(model.state_dict(), FILE), loaded with weights_only (no code runs)")
+    p.add_argument("--dataset", required=True, help=f"one of {sorted(DATASETS)}")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
+    p.add_argument("--data-dir", type=Path, default=None, help="dataset folder (required for cifar10)")
 
     chip = subs.add_parser("chip", help="fabricate, inspect and test simulated chips")
     csubs = chip.add_subparsers(dest="chip_command", required=True)

@@ -4,6 +4,8 @@ calls one of these and prints what it returns.
 - :func:`train_checkpoint`: train a zoo model on a dataset and save the checkpoint (``ittrna train``).
 - :func:`evaluate_checkpoint`: accuracy of a checkpoint on fresh chips or of a tuned one on its own chip
   (``ittrna evaluate``).
+- :func:`import_weights`: a network trained elsewhere (its ``state_dict`` file) as a checkpoint, its accuracy
+  measured and recorded (``ittrna import-weights``).
 - :func:`tolerate_files`: run a method for a saved chip and save the tuned checkpoint, and for an on-device
   method the programmed chip (``ittrna tolerate``).
 
@@ -24,7 +26,7 @@ from ittrna.config import ChipConfig, TestConfig, TrainConfig
 from ittrna.data import Split, dataset_of, load
 from ittrna.errors import InputError
 
-__all__ = ["evaluate_checkpoint", "tolerate_files", "train_checkpoint"]
+__all__ = ["evaluate_checkpoint", "import_weights", "tolerate_files", "train_checkpoint"]
 
 
 def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *, recipe: str | None = None,
@@ -73,6 +75,57 @@ def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *,
     save_checkpoint(out, net, meta)
     return {**meta, "keep_best": keep_best, "seconds": seconds,
             "seconds_per_epoch": seconds / rep.epochs if rep.epochs else 0.0}
+
+
+def import_weights(model: str, state_path: Path, dataset: str, out: Path, *, model_args: dict[str, Any] | None = None,
+                   data_dir: Path | None = None) -> dict[str, Any]:
+    """Turn a ``state_dict`` saved elsewhere (``torch.save(model.state_dict(), FILE)``, loaded with
+    ``weights_only``: no code runs) into a checkpoint of ``model`` (a zoo name or a definition) for
+    ``dataset``, its validation and test accuracy measured and recorded, so it needs no retraining here.
+
+    Returns the checkpoint's metadata.
+    """
+    import hashlib
+
+    import torch
+
+    from ittrna.data import DATASETS
+    from ittrna.errors import FileFormatError
+    from ittrna.models import MODELS, as_definition, build, check_state_fits, save_checkpoint
+    from ittrna.training import accuracy
+
+    defn = as_definition(model, model_args)
+    if defn is None and model not in MODELS:
+        raise InputError(f"unknown model {model!r}; accepted one of {sorted(MODELS)} or FILE.py:FUNCTION")
+    if dataset not in DATASETS:
+        raise InputError(f"unknown dataset {dataset!r}; accepted one of {sorted(DATASETS)}")
+    check_output(out, ".pt", {"--state-dict": state_path, "--data-dir": data_dir}, what="a checkpoint")
+    if not state_path.is_file():
+        raise FileFormatError(f"{state_path}: no such file; accepted a state_dict saved with torch.save")
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign files
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise FileFormatError(f"{state_path}: not a torch state_dict ({first})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a training checkpoint that wraps it
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise FileFormatError(f"{state_path}: not a state_dict; accepted a dict of parameter names to tensors")
+    spec = DATASETS[dataset]
+    net = build(defn or model, spec.in_shape, spec.num_classes)
+    check_state_fits(state_path, state, net, defn.name if defn else model)
+    net.load_state_dict(state)
+    net.eval()
+    val = load(dataset, "val", data_dir=data_dir)
+    test = load(dataset, "test", data_dir=data_dir)
+    meta = {"model": defn.name if defn else model, **({"definition": defn.to_dict()} if defn else {}),
+            "dataset": dataset, "in_shape": list(spec.in_shape), "num_classes": spec.num_classes,
+            "val_accuracy": accuracy(net, val), "test_accuracy": accuracy(net, test),
+            "imported_from": str(state_path), "imported_sha256": hashlib.sha256(state_path.read_bytes()).hexdigest(),
+            "torch": str(torch.__version__)}
+    save_checkpoint(out, net, meta)
+    return meta
 
 
 def _val_loader(meta: Mapping[str, Any], data_dir: Path | None) -> Callable[[], Split]:

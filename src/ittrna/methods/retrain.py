@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils import parametrize
 
+from ittrna._resources import available_memory
 from ittrna.data import Split
 from ittrna.errors import InputError
 from ittrna.graph import dataflow_order
@@ -104,12 +105,16 @@ class Pipeline:
 
     @staticmethod
     def _score(module: nn.Module, weights: dict[str, torch.Tensor],
-               batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, float]:
-        """(per-image correctness (N,) bool, mean cross-entropy) of ``module`` with ``weights`` substituted."""
+               batches: list[tuple[torch.Tensor, torch.Tensor]],
+               skipping: dict[str, int] | None = None) -> tuple[torch.Tensor, float]:
+        """(per-image correctness (N,) bool, mean cross-entropy) of ``module`` with ``weights`` substituted
+        (``skipping``: the batch counter of :meth:`_skip_before`'s cached prefixes)."""
         own = {k: v for k, v in weights.items() if k.split(".")[0] in module._modules}
         right, loss, n = [], 0.0, 0
         with torch.no_grad():
-            for x, y in batches:
+            for b, (x, y) in enumerate(batches):
+                if skipping is not None:
+                    skipping["batch"] = b
                 out = functional_call(module, own, (x,))
                 right.append((out.argmax(1) == y).cpu())
                 loss += float(F.cross_entropy(out, y, reduction="sum"))
@@ -123,6 +128,66 @@ class Pipeline:
             i = list(self.model._modules).index(name)
             return (self.model[:i] if i else None), self.model[i:]
         return None, self.model
+
+    @contextmanager
+    def _skip_before(self, name: str, weights: dict[str, torch.Tensor],
+                     batches: list[tuple[torch.Tensor, torch.Tensor]] | None) -> Iterator[dict[str, int] | None]:
+        """While layer ``name``'s headroom is searched in a model of any graph, the modules that run before it
+        inside its ``Sequential`` ancestors are fixed: their outputs are recorded once per batch (one pass with
+        ``weights``) and each such ancestor then starts from its recorded input of the child holding ``name``
+        (the same values bit for bit, at a fraction of the cost). Yields the batch counter :meth:`_score`
+        sets, or None when nothing can be skipped (a top-level layer of a ``Sequential`` model, handled by
+        :meth:`_split`; no ``Sequential`` ancestor with a child before ``name``; a child called more than once
+        per pass; or caches larger than a quarter of the available memory)."""
+        if batches is None:
+            yield None
+            return
+        modules = dict(self.model.named_modules())
+        parts = name.split(".")
+        levels: list[tuple[nn.Sequential, int, str]] = []  # (Sequential ancestor, index of the child on the path)
+        for depth in range(1, len(parts)):
+            parent, child = ".".join(parts[: depth - 1]), parts[depth - 1]
+            anc = modules[parent] if parent else self.model
+            if isinstance(anc, nn.Sequential) and anc is not self.model:
+                keys = list(anc._modules)
+                if child in keys and keys.index(child) > 0:
+                    levels.append((anc, keys.index(child), f"{parent}.{child}" if parent else child))
+        if not levels:
+            yield None
+            return
+        cache: dict[str, list[torch.Tensor]] = {path: [] for _, _, path in levels}
+        calls: dict[str, int] = {}
+        hooks = []
+        for _anc, _i, path in levels:
+            def record(_m: nn.Module, inp: tuple[Any, ...], path: str = path) -> None:
+                calls[path] = calls.get(path, 0) + 1
+                cache[path].append(inp[0].detach())
+            hooks.append(modules[path].register_forward_pre_hook(record))
+        try:
+            with torch.no_grad():
+                for x, _ in batches:
+                    functional_call(self.model, weights, (x,))
+        finally:
+            for hk in hooks:
+                hk.remove()
+        size = sum(t.numel() * t.element_size() for ts in cache.values() for t in ts)
+        free = available_memory()
+        if any(calls.get(p, 0) != len(batches) for _, _, p in levels) or (free is not None and size > free // 4):
+            yield None
+            return
+        state = {"batch": 0}
+        for anc, i, path in levels:
+            def forward(_x: torch.Tensor, anc: nn.Sequential = anc, i: int = i, path: str = path) -> torch.Tensor:
+                out = cache[path][state["batch"]]
+                for child in list(anc)[i:]:
+                    out = child(out)
+                return out
+            anc.forward = forward  # type: ignore[method-assign]
+        try:
+            yield state
+        finally:
+            for anc, _, _ in levels:
+                del anc.forward
 
     def snapshot(self, rule: str = "pair") -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]:
         """(weights, scales, host-model per-image validation correctness) of the current state, to return to."""
@@ -175,14 +240,15 @@ class Pipeline:
                     own = {k: v for k, v in current.items() if k.split(".")[0] in head._modules}
                     with torch.no_grad():
                         inputs = [(functional_call(head, own, (x,)), y) for x, y in batches]
-                for h in grid:
-                    seen.add((n, h, others))
-                    trial = dict(current)
-                    trial[f"{n}.weight"] = self.effective(n, h * top[n], rule)
-                    right, loss = self._score(tail, trial, inputs)
-                    if significantly_better(right, best_right, cfg.search_z) or (
-                            cfg.search_z == 0 and bool((right == best_right).all()) and loss < best_loss):
-                        best_right, best_loss, current, self.scales[n] = right, loss, trial, h * top[n]
+                with self._skip_before(n, current, inputs if head is None else None) as skipping:
+                    for h in grid:
+                        seen.add((n, h, others))
+                        trial = dict(current)
+                        trial[f"{n}.weight"] = self.effective(n, h * top[n], rule)
+                        right, loss = self._score(tail, trial, inputs, skipping)
+                        if significantly_better(right, best_right, cfg.search_z) or (
+                                cfg.search_z == 0 and bool((right == best_right).all()) and loss < best_loss):
+                            best_right, best_loss, current, self.scales[n] = right, loss, trial, h * top[n]
         self.report["headroom"] = {n: self.scales[n] / top[n] for n in self.mods}
 
     def importance(self, images: int) -> dict[str, torch.Tensor]:
