@@ -344,3 +344,22 @@ def test_the_scale_search_skips_fixed_prefixes_of_any_graph_and_chooses_the_same
     full = apply_method("program", model, chip.test(), Context(train, val), settings)
     assert fast.scales == full.scales and fast.report["headroom"] == full.report["headroom"]
     assert all(torch.equal(fast.targets[n][a], full.targets[n][a]) for n in full.targets for a in full.targets[n])
+
+
+def test_conv1d_maps_onto_crossbars_and_an_ideal_chip_equals_torch():
+    """A 1-D CNN (any padding mode, "same" included): its Conv1d layers go on crossbars, tiled with ADC/DAC too."""
+    from ittrna.graph import mapped_modules
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 4, 5, padding="same", padding_mode="reflect"), nn.ReLU(),
+                          nn.Conv1d(4, 6, 3, stride=2, dilation=2), nn.Flatten(), nn.LazyLinear(3))
+    x = torch.rand(5, 2, 20, generator=torch.Generator().manual_seed(1))
+    model(x)  # materialise the lazy layer
+    model.eval()
+    assert [n for n, _ in mapped_modules(model)] == ["0", "2", "4"]
+    chip = Chip.fabricate(model, ChipConfig(), 0)
+    assert chip.layer("0").kind == "conv1d"
+    with torch.no_grad():
+        assert torch.allclose(deploy(model, chip)(x), model(x), rtol=1e-4, atol=1e-5)
+        tiled = ChipConfig().override({"mapping.dac_bits": 16, "mapping.adc_bits": 16, "mapping.rows": 8})
+        assert torch.allclose(deploy(model, Chip.fabricate(model, tiled, 0))(x), model(x), rtol=1e-2, atol=1e-3)

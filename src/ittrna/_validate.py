@@ -197,6 +197,10 @@ def _format(path: Any, header: Mapping[str, Any], versions: tuple[int, ...]) -> 
     return int(value)
 
 
+_KIND_DIMS = {"linear": 2, "conv1d": 3, "conv2d": 4}
+"""Layer kinds a chip or map may hold, with their weight's number of dimensions."""
+
+
 def _geometry(path: Any, field: str, meta: Any) -> tuple[str, tuple[int, ...], int, int]:
     """kind, weight_shape, k, n of one layer's header record, consistent with each other."""
     if not isinstance(meta, Mapping):
@@ -205,10 +209,10 @@ def _geometry(path: Any, field: str, meta: Any) -> tuple[str, tuple[int, ...], i
         if key not in meta:
             raise _fail(path, f"{field}.{key}", "is missing")
     kind = meta["kind"]
-    if kind not in ("linear", "conv2d"):
-        raise _fail(path, f"{field}.kind", f"= {_short(kind)} is invalid; accepted 'linear' or 'conv2d'")
+    if kind not in _KIND_DIMS:
+        raise _fail(path, f"{field}.kind", f"= {_short(kind)} is invalid; accepted one of {list(_KIND_DIMS)}")
     ws = meta["weight_shape"]
-    dims = 2 if kind == "linear" else 4
+    dims = _KIND_DIMS[kind]
     if (not isinstance(ws, list) or len(ws) != dims
             or not all(_is_int(d) and 1 <= d <= 2**31 for d in ws)):
         raise _fail(path, f"{field}.weight_shape", f"= {_short(ws)} is invalid; accepted {dims} positive "

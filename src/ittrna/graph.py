@@ -25,6 +25,9 @@ from ittrna.errors import InputError
 
 __all__ = ["FilterFn", "dataflow_order", "digital_modules", "mapped_modules"]
 
+MAPPED: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+"""The layer types that map onto crossbars (their weight as a matrix: :mod:`ittrna.mapping.unfold`)."""
+
 FilterFn = Callable[[nn.Module, str], bool]
 """``filter_fn(module, name) -> bool``: True puts the layer on the chip."""
 
@@ -34,7 +37,7 @@ def _not_mapped(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> 
     parent = parents.get(name.rpartition(".")[0])
     if isinstance(parent, nn.MultiheadAttention):  # its forward reads the projection weights itself
         return "a projection inside nn.MultiheadAttention (its forward reads the weights directly)"
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups != 1:
         return f"grouped convolution (groups={module.groups}): not mapped yet"
     return None
 
@@ -45,7 +48,7 @@ def mapped_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> list[
     modules = dict(model.named_modules())
     found: list[tuple[str, nn.Module]] = []
     for name, module in modules.items():
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        if not isinstance(module, MAPPED):
             continue
         if filter_fn is not None and not filter_fn(module, name):
             continue
@@ -68,7 +71,7 @@ def digital_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> list
         if not own and not isinstance(module, _DIGITAL_BY_DESIGN):
             continue
         kind = type(module).__name__
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, MAPPED):
             if filter_fn is not None and not filter_fn(module, name):
                 out.append((name, kind, "declined by filter_fn"))
             elif (why := _not_mapped(name, module, modules)) is not None:

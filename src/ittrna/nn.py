@@ -31,7 +31,7 @@ from ittrna.data import Split
 from ittrna.mapping import conv_rows, rows_to_output, tiled_matmul
 from ittrna.training import accuracy
 
-__all__ = ["AnalogConv2d", "AnalogLinear", "deploy", "evaluate", "monte_carlo", "undeploy"]
+__all__ = ["AnalogConv", "AnalogConv2d", "AnalogLinear", "deploy", "evaluate", "monte_carlo", "undeploy"]
 
 
 class _AnalogLayer(nn.Module):
@@ -122,22 +122,28 @@ class AnalogLinear(_AnalogLayer):
         return out + lin.bias if lin.bias is not None else out
 
 
-class AnalogConv2d(_AnalogLayer):
-    """A ``Conv2d`` layer computed on crossbar tiles (im2col unrolling); the bias is added digitally."""
+class AnalogConv(_AnalogLayer):
+    """A ``Conv1d``/``Conv2d`` layer computed on crossbar tiles (im2col unrolling); the bias is added
+    digitally."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.digital
-        assert isinstance(conv, nn.Conv2d)
+        assert isinstance(conv, (nn.Conv1d, nn.Conv2d))
+        spread = (1, -1) + (1,) * (x.dim() - 2)  # a per-channel vector against (B, C, *spatial)
         if self._ideal_periphery:
             # the layer's own convolution (any padding and padding mode) with the chip's weight
             if not self._has_registers():
                 return conv._conv_forward(x, self.effective_weight().to(x.dtype), conv.bias)
             out = self._registers(conv._conv_forward(x, self.effective_weight().to(x.dtype), None), 1)
-            return out + conv.bias.view(1, -1, 1, 1) if conv.bias is not None else out
-        rows, spatial = conv_rows(x, conv)  # (B*L, Cin*kh*kw)
-        out = rows_to_output(self._tiled(rows), x.shape[0], spatial)  # (B, Cout, oh, ow)
+            return out + conv.bias.view(spread) if conv.bias is not None else out
+        rows, spatial = conv_rows(x, conv)  # (B*L, Cin*prod(kernel))
+        out = rows_to_output(self._tiled(rows), x.shape[0], spatial)  # (B, Cout, *out_spatial)
         out = self._registers(out, 1)
-        return out + conv.bias.view(1, -1, 1, 1) if conv.bias is not None else out
+        return out + conv.bias.view(spread) if conv.bias is not None else out
+
+
+AnalogConv2d = AnalogConv
+"""The name the layer had when only ``Conv2d`` mapped."""
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -171,7 +177,7 @@ def deploy(model: nn.Module, chip: Chip, *, program: bool = True, inplace: bool 
         raise ValueError("the chip has never been programmed; deploy with program=True")
     for name in chip.layers:
         module = modules[name]
-        analog: nn.Module = (AnalogConv2d(module, chip, name) if isinstance(module, nn.Conv2d)
+        analog: nn.Module = (AnalogConv(module, chip, name) if isinstance(module, (nn.Conv1d, nn.Conv2d))
                              else AnalogLinear(module, chip, name))
         _set_module(target, name, analog)
     chip.forget_reads()  # a fresh deployment reads the chip as it is now

@@ -247,7 +247,7 @@ def fabricate(
             theta = sample_theta(shape, config.variation.sigma, _gen(seed, li, ai, 2), normal=normal)
             g = torch.full(shape, config.cell.g_min)
             arrays[aname] = CellArray(fault, theta, g, torch.zeros(shape), torch.zeros(shape, dtype=torch.int64))
-        kind = "conv2d" if isinstance(module, nn.Conv2d) else "linear"
+        kind = "conv2d" if isinstance(module, nn.Conv2d) else "conv1d" if isinstance(module, nn.Conv1d) else "linear"
         layers[name] = LayerTiles(name, kind, tuple(weight.shape), grid, arrays)
     if not layers:
         raise InputError("the model has no Linear/Conv2d layer to put on a chip")

@@ -186,8 +186,9 @@ def _dynamic(model: nn.Module, measured: MeasuredMap, cfg: DynamicConfig, ctx: C
         with torch.no_grad():
             w = m.weight.detach()
             w_eff = p.effective(name, p.scales[name], "pair")
-            y_sw = m._conv_forward(x, w, None) if isinstance(m, nn.Conv2d) else F.linear(x, w)
-            y_eff = m._conv_forward(x, w_eff, None) if isinstance(m, nn.Conv2d) else F.linear(x, w_eff)
+            conv = isinstance(m, (nn.Conv1d, nn.Conv2d))
+            y_sw = m._conv_forward(x, w, None) if conv else F.linear(x, w)
+            y_eff = m._conv_forward(x, w_eff, None) if conv else F.linear(x, w_eff)
         err = float((y_eff - y_sw).norm() / y_sw.norm().clamp_min(1e-12))
         tau = cfg.tau * max(1.0, err / cfg.error_ref)  # more error here: more weights left free to compensate
         taus[name], errors[name] = tau, err

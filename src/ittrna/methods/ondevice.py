@@ -296,7 +296,7 @@ def _retrain_digital(model: nn.Module, names: list[str], est: dict[str, torch.Te
             bias = getattr(mod, "bias", None)
             b: torch.Tensor | None = bias if isinstance(bias, torch.Tensor) else None
             shape = [1] * out.dim()
-            shape[1 if out.dim() == 4 else -1] = -1
+            shape[1 if isinstance(mod, (nn.Conv1d, nn.Conv2d)) else -1] = -1  # the channel dimension
             pre = out - (b.view(shape) if b is not None else 0)
             post = pre * gains[n].view(shape) + offsets[n].view(shape)
             return post + (b.view(shape) if b is not None else 0)
@@ -315,7 +315,7 @@ def _retrain_digital(model: nn.Module, names: list[str], est: dict[str, torch.Te
 
 def _codesign_base(model: nn.Module, measured: MeasuredMap, cfg: CodesignConfig, ctx: Context) -> Deployment:
     """The off-device start, run through the registry with its own config."""
-    base = cfg.base_for(any(isinstance(m, nn.Conv2d) for m in model.modules()))
+    base = cfg.base_for(any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.modules()))
     dep = run(base, model, measured, ctx)
     dep.report["base"] = config_name(type(base))
     return dep

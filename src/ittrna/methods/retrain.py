@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 from ittrna._resources import available_memory
 from ittrna.data import Split
 from ittrna.errors import InputError
-from ittrna.graph import dataflow_order
+from ittrna.graph import MAPPED, dataflow_order
 from ittrna.host import Deployment, MeasuredMap
 from ittrna.mapping import conv_columns, matrix_to_weight, weight_scale, weight_to_matrix
 from ittrna.methods.base import Context
@@ -74,7 +74,8 @@ class Pipeline:
         for name in dataflow_order(self.model, ctx.train.x[:1].to(ctx.device), self.host.names):
             m = modules.get(name)
             shape = self.host.weight_shape(name)
-            if not isinstance(m, (nn.Linear, nn.Conv2d)) or tuple(m.weight.shape) != shape:
+            weight = getattr(m, "weight", None) if isinstance(m, MAPPED) else None
+            if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != shape:
                 raise InputError(f"the measured map's layer {name!r} (weight shape {shape}) does not match the "
                                  "model: a map from another model")
             self.mods[name] = m
@@ -260,7 +261,7 @@ class Pipeline:
         def hook(name: str, module: nn.Module) -> Any:
             def fn(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
                 x = inputs[0].detach()
-                if isinstance(module, nn.Conv2d):
+                if isinstance(module, (nn.Conv1d, nn.Conv2d)):
                     cols, _ = conv_columns(x, module)  # (B, K, L)
                     sq, cnt = (cols**2).sum(dim=(0, 2)), cols.shape[0] * cols.shape[2]
                 else:
