@@ -399,3 +399,17 @@ def test_ondevice_wears_cells_out_mid_training_and_codesign_does_not(small):
                                   test=test, settings=settings)
     assert out["ondevice"]["cells_worn_out"] > 0 and out["ondevice"]["max_writes_per_cell"] > 5
     assert out["codesign"]["cells_worn_out"] == 0
+
+
+def test_codesign_checks_the_memory_of_its_normal_equations_before_allocating(small, monkeypatch):
+    """The chip estimate's (K, K) float64 matrices are refused with a ResourceError when they would not fit."""
+    import ittrna._resources as resources
+    from ittrna.errors import ResourceError
+    from ittrna.methods.ondevice import _estimate
+
+    model, tr, _, _ = small
+    chip = Chip.fabricate(model, ChipConfig(), 1)
+    session = ChipSession(chip, model)
+    monkeypatch.setattr(resources, "available_memory", lambda: 10_000)  # 784 x 784 float64 is 4.9 MB
+    with pytest.raises(ResourceError, match="codesign's chip estimate"):
+        _estimate(session, model, session.layer_names, {}, tr.x[:8], 1e-3)

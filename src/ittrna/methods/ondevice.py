@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ittrna._resources import check_memory
 from ittrna.data import Split
 from ittrna.graph import dataflow_order
 from ittrna.host import ChipAccess, Deployment, MeasuredMap
@@ -253,6 +254,12 @@ def _estimate(session: ChipAccess, model: nn.Module, names: list[str], prior: di
     toward ``prior``), and each row's mean input power (K,); zero writes."""
     modules = dict(model.named_modules())
     io = {n: _LayerIO(modules[n]) for n in names}
+    # the normal equations hold a (K, K) and a (K, N) float64 matrix per layer, all layers at once, and the
+    # solve needs about as much again for the largest layer
+    ks = {n: int(modules[n].weight[0].numel()) for n in names}
+    ns = {n: int(modules[n].weight.shape[0]) for n in names}
+    need = sum(8 * ks[n] * (ks[n] + ns[n]) for n in names) + max(16 * ks[n] * (ks[n] + ns[n]) for n in names)
+    check_memory(need, f"codesign's chip estimate ({len(names)} layers, largest K = {max(ks.values())})")
     xtx: dict[str, torch.Tensor] = {}
     xty: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
