@@ -440,9 +440,12 @@ def test_a_write_that_cannot_start_names_the_file_asked_for(tmp_path, capsys):
 
     save_checkpoint(tmp_path / "m.pt", build("mlp"), {"model": "mlp", "dataset": "mnist", "in_shape": [1, 28, 28],
                                                        "num_classes": 10})
-    out = tmp_path / ("b" * 250 + ".npz")
+    out = tmp_path / ("b" * 300 + ".npz")  # longer than any file system takes
     code, err = _cli(capsys, "chip", "make", "--model", str(tmp_path / "m.pt"), "--out", str(out))
     assert code != 0 and str(out) in err and ".tmp" not in err and len(err.strip().splitlines()) == 1
+    ok = tmp_path / ("b" * 250 + ".npz")  # a valid name, however long its temporary file's would be
+    code, err = _cli(capsys, "chip", "make", "--model", str(tmp_path / "m.pt"), "--out", str(ok))
+    assert code == 0 and ok.is_file()
 
 
 def test_a_recipe_fixes_its_settings_in_configs_and_on_the_command_line(capsys):
@@ -460,3 +463,19 @@ def test_a_recipe_fixes_its_settings_in_configs_and_on_the_command_line(capsys):
         code = int(exc.code or 0)
     err = capsys.readouterr().err
     assert code != 0 and "--lr is set by recipe 'converged'" in err
+
+
+# --- long names ------------------------------------------------------------------------------------------------
+def test_a_valid_long_name_is_written_and_a_too_long_one_leaves_no_new_folders(tmp_path):
+    from ittrna._io import atomic_write_text
+
+    long = tmp_path / ("r" * 245 + ".txt")  # 249 bytes: valid, though .NAME.PID-RANDOM.tmp would not be
+    atomic_write_text(long, "ok")
+    assert long.read_text() == "ok" and sorted(p.name for p in tmp_path.iterdir()) == [long.name]
+    atomic_write_text(long, "again")  # stale-temporary clearing and rewriting work with the hashed stem too
+    assert long.read_text() == "again"
+    too_long = tmp_path / "new" / "deeper" / ("x" * 300 + ".txt")
+    with pytest.raises(OSError) as err:
+        atomic_write_text(too_long, "no")
+    assert str(too_long) in str(err.value)
+    assert not (tmp_path / "new").exists()  # the folders made for it are gone again

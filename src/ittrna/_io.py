@@ -1,7 +1,9 @@
 """Small file helpers shared by every layer: atomic writes and pickle-free ``.npz`` archives.
 
-Writes go to a temporary file beside the target (``.NAME.PID-RANDOM.tmp``), are flushed to disk, then
-renamed over the target, so a reader sees the old file or the new one, never a partial one. The temporary
+Writes go to a temporary file beside the target (``.NAME.PID-RANDOM.tmp``, NAME hashed for a name near the
+file system's 255-byte limit), are flushed to disk, then renamed over the target, so a reader sees the old
+file or the new one, never a partial one. Folders made for the target are removed again when the write
+cannot start. The temporary
 file is removed when the write fails, when the process gets SIGTERM during the write, and, if a crash
 (SIGKILL, power loss) left one behind, by the next write of the same target. Files are created with the
 usual permissions (0666 minus the umask, e.g. 0644), like ``open(path, "w")``.
@@ -9,6 +11,8 @@ usual permissions (0666 minus the umask, e.g. 0644), like ``open(path, "w")``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -50,9 +54,21 @@ def _on_sigterm(previous: Any) -> Callable[[int, FrameType | None], None]:
     return handler
 
 
+_NAME_MAX = 255
+"""Longest file name (bytes) of the common Linux file systems."""
+
+
+def _tmp_stem(target: Path) -> str:
+    """The name part of ``target``'s temporary files: its own name, or a hash of it where the temporary
+    file's name (``.NAME.PID-RANDOM.tmp``, up to 30 bytes more) would exceed the file system's limit."""
+    if len(target.name.encode()) + 32 <= _NAME_MAX:
+        return target.name
+    return "~" + hashlib.sha256(target.name.encode()).hexdigest()[:24]
+
+
 def _clear_stale(target: Path) -> None:
     """Remove temporary files of earlier writes of ``target`` whose writing process no longer exists."""
-    prefix = f".{target.name}."
+    prefix = f".{_tmp_stem(target)}."
     try:
         entries = list(target.parent.iterdir())
     except OSError:
@@ -86,7 +102,7 @@ def _alive(pid: int) -> bool:
 
 def _create_tmp(target: Path) -> Path:
     for _ in range(100):
-        tmp = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        tmp = target.parent / f".{_tmp_stem(target)}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
         except FileExistsError:
@@ -96,6 +112,13 @@ def _create_tmp(target: Path) -> Path:
     raise FileExistsError(f"cannot create a temporary file beside {target}")
 
 
+def _remove_folders(created: list[Path]) -> None:
+    """Remove the folders a failed write made (deepest first), where they are still empty."""
+    for folder in created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
 
@@ -103,13 +126,15 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
     on failure and on SIGTERM (in the main thread), and stale ones of earlier crashed writes are cleared.
     """
     target = Path(path)
+    created = [d for d in (target.parent, *target.parent.parents) if not d.exists()]  # deepest first
     target.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(target)
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if in_main else None
     try:
         tmp_path = _create_tmp(target)
-    except OSError as exc:  # name the file asked for, not the temporary one beside it
+    except OSError as exc:  # name the file asked for, not the temporary one beside it; leave no new folders
+        _remove_folders(created)
         raise OSError(exc.errno, f"{exc.strerror or exc} (writing it through a temporary file beside it)",
                       str(target)) from None
     with _LOCK:
@@ -121,6 +146,17 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        _remove_folders(created)
+        if exc.filename == str(tmp_path) or getattr(exc, "filename2", None) == str(target):  # the rename
+            raise OSError(exc.errno, f"{exc.strerror or exc} (writing it through a temporary file beside it)",
+                          str(target)) from None
+        raise
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        _remove_folders(created)
+        raise
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
