@@ -536,3 +536,18 @@ def test_paper_order_configs_are_subsets_of_the_full_studies(part, full):
     whole_points = {p.content() for p in whole.points}
     assert sub.points and all(p.content() in whole_points for p in sub.points)
     assert len(sub.points) < len(whole.points)
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
+    """A write cut just before its newline, or a file whose editor dropped the last newline: the record is
+    whole, so it is read, and the writer completes the line (nothing set aside, nothing recomputed)."""
+    store = ResultStore(tmp_path)
+    first, last = json.dumps(_record(key="a" * 64)), json.dumps(_record(key="b" * 64))
+    store.path.write_text(first + "\n" + last)
+    assert [r["key"] for r in store.read()] == ["a" * 64, "b" * 64]
+    with store.open_writer():
+        assert store.set_aside is None and store.path.read_text() == first + "\n" + last + "\n"
+        store.append(_record(key="c" * 64))
+    assert [r["key"] for r in ResultStore(tmp_path).read()] == ["a" * 64, "b" * 64, "c" * 64]
+    store.path.write_text(first + "\n" + first)  # the same point again, unterminated: not a new record
+    assert [r["key"] for r in store.read()] == ["a" * 64]

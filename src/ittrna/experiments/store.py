@@ -6,7 +6,9 @@ mirrored to ``DIR/results.csv``.
   writer never leaves it held.
 - A record is one ``write`` of one line, flushed and fsynced before the point counts as done; a crash can
   cut only the last line. The writer sets such a partial last line (no newline at the end of the file) aside
-  in ``results.jsonl.partial-N`` and truncates the store to its last whole line; it is never merged.
+  in ``results.jsonl.partial-N`` and truncates the store to its last whole line; it is never merged. A last
+  line that is a whole valid record of a new point but for its newline (a write cut just before it, a file
+  edited by hand) is read and kept: the writer adds the newline.
 - Every record is validated on reading and before writing (:func:`check_record`): a record with a wrong type
   (a string for a number, a list, an accuracy outside [0, 1]) or repeating another's key is an error naming
   the file and the line.
@@ -161,6 +163,18 @@ def _parse_lines(path: Path, data: bytes) -> list[dict[str, Any]]:
     return records
 
 
+def _complete_record(path: Path, tail: bytes, keys: set[str]) -> dict[str, Any] | None:
+    """The last line without its newline, when it is a whole valid record of a new point (a write cut just
+    before its newline, or a file edited by hand); None for a partial line (a write in progress or cut)."""
+    if not tail.strip():
+        return None
+    try:
+        (record,) = _parse_lines(path, tail)
+    except (FileFormatError, ValueError):
+        return None
+    return record if record["key"] not in keys else None
+
+
 class ResultStore:
     """``DIR/results.jsonl`` + ``DIR/results.csv``. Read with :meth:`read`; write through
     :meth:`open_writer` (a context manager holding the lock)."""
@@ -179,7 +193,7 @@ class ResultStore:
     # --- reading ---------------------------------------------------------------------------------------------
     def read(self) -> list[dict[str, Any]]:
         """The stored records, validated. A partial last line (a write in progress or cut by a crash) is
-        skipped, not read.
+        skipped, not read; a whole record without its newline is read.
 
         Raises:
             FileFormatError: a whole line is not a valid record, or repeats another's key (names the line).
@@ -187,8 +201,10 @@ class ResultStore:
         if not self.path.exists():
             return []
         data = self._read_bytes()
-        whole = data[: data.rfind(b"\n") + 1]
-        return _parse_lines(self.path, whole)
+        cut = data.rfind(b"\n") + 1
+        records = _parse_lines(self.path, data[:cut])
+        last = _complete_record(self.path, data[cut:], {r["key"] for r in records})
+        return records + ([last] if last is not None else [])
 
     def _read_bytes(self) -> bytes:
         """The store file's bytes, once it is known to be a regular file that fits in memory (a named pipe would
@@ -265,6 +281,13 @@ class ResultStore:
         if not data or data.endswith(b"\n"):
             return
         cut = data.rfind(b"\n") + 1
+        whole = {r["key"] for r in _parse_lines(self.path, data[:cut])}
+        if _complete_record(self.path, data[cut:], whole) is not None:  # whole but for its newline: keep it
+            with open(self.path, "ab") as fh:
+                fh.write(b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            return
         n = 1
         while (self.folder / f"results.jsonl.partial-{n}").exists():
             n += 1
