@@ -551,3 +551,15 @@ def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
     assert [r["key"] for r in ResultStore(tmp_path).read()] == ["a" * 64, "b" * 64, "c" * 64]
     store.path.write_text(first + "\n" + first)  # the same point again, unterminated: not a new record
     assert [r["key"] for r in store.read()] == ["a" * 64]
+
+
+def test_a_file_where_the_sweep_keeps_its_models_is_refused_before_any_write(tmp_path):
+    from ittrna.errors import InputError
+    from ittrna.experiments.grid import parse_spec
+    from ittrna.experiments.sweep import run_spec
+
+    spec = parse_spec({"grid": {"model": ["mlp"], "dataset": ["mnist"], "chip_seed": [1]}})
+    (tmp_path / "models").write_text("mine")
+    with pytest.raises(InputError, match="models is a file"):
+        run_spec(spec, tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]  # nothing written beside it

@@ -119,6 +119,10 @@ def run_spec(spec: SweepSpec, out: str | Path, *, backend: Backend | None = None
     if not spec.points:
         raise InputError("the sweep has no points; accepted a grid with at least one value per axis")
     folder = Path(out)
+    models = folder / "models"  # where the sweep keeps its trained models: a file there is refused first
+    if models.exists() and not models.is_dir():
+        raise InputError(f"{models} is a file; the sweep keeps its trained models in a folder there (move the file "
+                         "or choose another --out)")
     store = ResultStore(folder)
     store.read()  # a broken store is refused before anything is written
     _check_data(spec)
