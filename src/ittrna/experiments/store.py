@@ -283,10 +283,10 @@ class ResultStore:
         cut = data.rfind(b"\n") + 1
         whole = {r["key"] for r in _parse_lines(self.path, data[:cut])}
         if _complete_record(self.path, data[cut:], whole) is not None:  # whole but for its newline: keep it
-            with open(self.path, "ab") as fh:
-                fh.write(b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            with open(self.path, "ab") as end:
+                end.write(b"\n")
+                end.flush()
+                os.fsync(end.fileno())
             return
         n = 1
         while (self.folder / f"results.jsonl.partial-{n}").exists():
