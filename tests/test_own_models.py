@@ -5,6 +5,7 @@ definitions (pytorchcv's CIFAR ResNet-20, imported per module)."""
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from ittrna.chip import Chip
 from ittrna.config import ChipConfig
 from ittrna.errors import FileFormatError, InputError
-from ittrna.models import build, load_checkpoint, parse_definition, save_checkpoint
+from ittrna.models import build, load_checkpoint, parse_definition, save_checkpoint, trust_definition
 from ittrna.nn import deploy
 
 NET = '''
@@ -64,6 +65,9 @@ def test_a_checkpoint_of_a_definition_loads_only_with_the_same_file(net_file, tm
     path = tmp_path / "m.pt"
     save_checkpoint(path, model, {"model": defn.name, "definition": defn.to_dict(), "in_shape": [1, 12, 12],
                                   "num_classes": 10, "dataset": "mnist"})
+    with pytest.raises(InputError, match="--definition"):  # a checkpoint never runs code by itself
+        load_checkpoint(path)
+    trust_definition(f"{net_file}:build")  # the user names it (the CLI's --definition)
     again, meta = load_checkpoint(path)
     x = torch.rand(3, 1, 12, 12)
     assert torch.equal(again.eval()(x), model.eval()(x)) and meta["definition"]["sha256"] == defn.sha256
@@ -363,3 +367,62 @@ def test_conv1d_maps_onto_crossbars_and_an_ideal_chip_equals_torch():
         assert torch.allclose(deploy(model, chip)(x), model(x), rtol=1e-4, atol=1e-5)
         tiled = ChipConfig().override({"mapping.dac_bits": 16, "mapping.adc_bits": 16, "mapping.rows": 8})
         assert torch.allclose(deploy(model, Chip.fabricate(model, tiled, 0))(x), model(x), rtol=1e-2, atol=1e-3)
+
+
+def test_a_crafted_checkpoint_runs_no_code_it_names(tmp_path):
+    """A checkpoint naming any function (a module's, or a file on disk with its true hash) runs nothing: only a
+    definition the user named loads."""
+    import hashlib
+    import shutil
+
+    marker = tmp_path / "ran"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    state = build("mlp", (1, 8, 8), 10).state_dict()
+    shutil_file = Path(shutil.__file__)
+    crafted = {
+        "module.pt": {"source": "os", "function": "system", "args": {"command": f"touch {marker}"}, "sha256": None},
+        "file.pt": {"source": str(shutil_file), "function": "rmtree", "args": {"path": str(victim)},
+                    "sha256": hashlib.sha256(shutil_file.read_bytes()).hexdigest()},
+    }
+    for name, definition in crafted.items():
+        torch.save({"format": 1, "meta": {"model": "x", "definition": definition, "in_shape": [1, 8, 8],
+                                          "num_classes": 10}, "state_dict": state}, tmp_path / name)
+        with pytest.raises(InputError, match="--definition"):
+            load_checkpoint(tmp_path / name)
+    assert not marker.exists() and victim.is_dir()
+
+
+
+class _InPlaceAndTwice(nn.Module):
+    """A root that is not a Sequential, an in-place op first in a nested Sequential, and a layer called twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 12), nn.Sequential(nn.LeakyReLU(0.1, inplace=True),
+                                                                   nn.Linear(12, 12)))
+        self.head = nn.Linear(12, 10)
+        self.twice = nn.Linear(16, 16)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.head(self.body(self.twice(self.twice(x))))
+
+
+def test_skipped_prefixes_survive_in_place_ops_and_layers_called_twice(monkeypatch):
+    from ittrna.methods import Context, apply_method
+    from ittrna.methods.retrain import Pipeline
+
+    torch.manual_seed(0)
+    model = _InPlaceAndTwice().eval()
+    train, val = _small_data(model, (1, 4, 4), 64, 1), _small_data(model, (1, 4, 4), 300, 2)
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.15, "variation.sigma": 0.5}), 4)
+    settings = {"search_images": 300, "headroom_steps": 5, "search_passes": 2, "search_z": 0.0}
+    fast = apply_method("program", model, chip.test(), Context(train, val), settings)
+
+    def never(self, name, weights, batches):
+        yield None
+
+    monkeypatch.setattr(Pipeline, "_skip_before", contextlib.contextmanager(never))
+    full = apply_method("program", model, chip.test(), Context(train, val), settings)
+    assert fast.scales == full.scales and fast.report["headroom"] == full.report["headroom"]

@@ -92,3 +92,23 @@ def test_filter_fn_chooses_layers():
     model = Branchy()
     names = [n for n, _ in mapped_modules(model, lambda m, n: isinstance(m, nn.Linear) and n != "unused")]
     assert names == ["head", "tail", "skip", "mid.2"]
+
+
+def test_the_real_pass_fallback_restores_every_modules_own_mode():
+    class Frozen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.bn = nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            if float(x.detach().sum()) > 1e9:  # needs real values
+                x = x * 0
+            return self.bn(self.fc(x))
+
+    model = Frozen().train()
+    model.bn.eval()  # a fine-tuning pattern: statistics frozen
+    assert dataflow_order(model, torch.zeros(2, 4), ["fc"]) == ["fc"]
+    assert model.training and model.fc.training and not model.bn.training
+    model.extra = nn.BatchNorm1d(4)  # defined, never called
+    assert dataflow_order(model, torch.zeros(2, 4), ["extra", "bn"], uncalled=False) == ["bn"]

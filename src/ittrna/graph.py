@@ -62,8 +62,8 @@ _DIGITAL_BY_DESIGN = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm
 
 def digital_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> list[tuple[str, str, str]]:
     """Every module with its own weights that stays digital, as (name, type, why): layers ``filter_fn``
-    declines, weight layers not mapped (grouped convolutions, attention projections, ``Conv1d``/``Conv3d``,
-    transposed convolutions, embeddings), and normalisation layers (digital by design)."""
+    declines, weight layers not mapped (grouped convolutions, attention projections, ``Conv3d``, transposed
+    convolutions, embeddings), and normalisation layers (digital by design)."""
     modules = dict(model.named_modules())
     out: list[tuple[str, str, str]] = []
     for name, module in modules.items():
@@ -85,7 +85,8 @@ def digital_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> list
     return out
 
 
-def dataflow_order(model: nn.Module, example: torch.Tensor, names: Sequence[str]) -> list[str]:
+def dataflow_order(model: nn.Module, example: torch.Tensor, names: Sequence[str], *,
+                   uncalled: bool = True) -> list[str]:
     """``names`` (modules of ``model``) in the order one forward pass first calls them.
 
     Args:
@@ -95,23 +96,25 @@ def dataflow_order(model: nn.Module, example: torch.Tensor, names: Sequence[str]
         names: the layers to order (e.g. the chip's).
 
     Returns:
-        The names in first-call order; layers the pass never calls follow in their given order.
+        The names in first-call order; layers the pass never calls follow in their given order (left out
+        with ``uncalled=False``).
     """
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:
         raise InputError(f"layer {missing[0]!r} is not a module of the model; it has {len(modules)} modules")
     try:
-        order = _trace(copy.deepcopy(model).to("meta"), torch.empty_like(example[:1], device="meta"), names)
+        order = _trace(copy.deepcopy(model).to("meta").eval(), torch.empty_like(example[:1], device="meta"), names)
     except (NotImplementedError, RuntimeError, TypeError, ValueError):
-        was_training = model.training
+        modes = {m: m.training for m in model.modules()}  # each module's own mode, restored after
         model.eval()
         try:
             with torch.no_grad():
                 order = _trace(model, example[:1], names)
         finally:
-            model.train(was_training)
-    return order + [n for n in names if n not in order]
+            for module, training in modes.items():
+                module.training = training
+    return order + ([n for n in names if n not in order] if uncalled else [])
 
 
 def _trace(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> list[str]:

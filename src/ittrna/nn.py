@@ -28,6 +28,7 @@ from ittrna._validate import check_seeds
 from ittrna.chip import Chip
 from ittrna.config import ChipConfig
 from ittrna.data import Split
+from ittrna.errors import InputError
 from ittrna.mapping import conv_rows, rows_to_output, tiled_matmul
 from ittrna.training import accuracy
 
@@ -55,10 +56,15 @@ class _AnalogLayer(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The weight the chip realises (read-only): for code around the layer that reads ``.weight``, e.g.
-        ``nn.TransformerEncoderLayer``'s fused path (which then computes with it but without the layer's
-        DAC/ADC and registers: those act in :meth:`forward` only)."""
-        return self.effective_weight()
+        """A copy of the weight the chip realises, for code around the layer that reads ``.weight`` (e.g.
+        ``nn.TransformerEncoderLayer``'s fused path, which then computes with it and never calls
+        :meth:`forward`). Only where that is what the chip computes: with DAC/ADC or per-column registers the
+        layer's output is not ``x @ weight``, so reading it is refused rather than silently wrong."""
+        if not self._ideal_periphery or self._has_registers():
+            raise InputError(f"chip layer {self._chip_layer!r} computes with DAC/ADC quantisation or per-column "
+                             "registers: code that reads its .weight to compute (e.g. a fused attention path) would "
+                             "skip them; run that module in training mode or without converters")
+        return self.effective_weight().detach().clone()
 
     @property
     def bias(self) -> torch.Tensor | None:

@@ -181,9 +181,12 @@ class ChipSession:
         seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         hooks = []
         modules = dict(net.named_modules())
+        if isinstance(taps, str):
+            raise InputError(f"session.forward: taps = {taps!r}; accepted a list of module names")
         for name in taps:
             target = modules.get(name)
-            if target is None or isinstance(target, _AnalogLayer) or name in self.__names:
+            inside = any(name == n or name.startswith(f"{n}.") for n in self.__names)  # a crossbar layer's own
+            if target is None or isinstance(target, _AnalogLayer) or inside:
                 raise InputError(f"session.forward: tap {name!r} is not a digital module of the model")
             def tap(_m: nn.Module, inp: tuple[torch.Tensor, ...], name: str = name) -> None:
                 seen.setdefault(f"taps:{name}", (inp[0].detach(), inp[0].detach()))  # the first call's input
@@ -198,7 +201,7 @@ class ChipSession:
         try:
             with _gate(), torch.no_grad():
                 logits = net(x.detach().cpu())
-        except (RuntimeError, ValueError) as exc:  # e.g. a wrong input shape: a fresh error, no chip in its frames
+        except (RuntimeError, ValueError, IndexError) as exc:  # e.g. a wrong input shape: no chip in its frames
             failed = f"session.forward failed on an input of shape {tuple(x.shape)}: {str(exc).splitlines()[0]}"
         finally:
             for h in hooks:

@@ -26,6 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "(redirect it to a file or /dev/null instead)\n")
         return EXIT_ERROR
     try:
+        if getattr(args, "definition", None):
+            from ittrna.models import trust_definition
+
+            for named in args.definition:  # the user's own networks whose checkpoints may run their code
+                trust_definition(named)
         args.func(args)
         sys.stdout.flush()
     except (CliError, InputError) as exc:

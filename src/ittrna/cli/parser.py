@@ -48,6 +48,14 @@ def _sub(subs: Any, name: str, help_: str, examples: str, func: Callable[[argpar
     return p
 
 
+def _add_definition(p: argparse.ArgumentParser) -> None:
+    """``--definition``: a user's own network whose checkpoints this command may run (a checkpoint never runs
+    code by itself)."""
+    p.add_argument("--definition", action="append", default=None, metavar="FILE.py:FUNCTION",
+                   help="the definition a checkpoint of your own network was made from (its code runs only when "
+                        "named here, the file unchanged); repeat for several")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``ittrna`` argument parser (built without importing torch: names come from
     :mod:`ittrna.registry` and the config's choices)."""
@@ -114,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
              "  ittrna chip make --model mlp.pt --saf-rate 0.1 --sigma 0.5 --seed 3 --out chip.npz\n"
              "  ittrna chip make --model mlp.pt --preset date17 --pattern lines --crossbar 64x64 --out c.npz\n",
              cmd_chip_make)
+    _add_definition(p)
     p.add_argument("--model", type=Path, required=True, help="checkpoint from `ittrna train`")
     p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0, help="fabrication seed")
     p.add_argument("--out", type=Path, required=True, help="chip file to write (.npz)")
@@ -135,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(subs, "evaluate", "accuracy of a trained model on one saved chip or on K fabricated chips",
              "  ittrna evaluate --model mlp.pt --chip chip.npz\n"
              "  ittrna evaluate --model mlp.pt --chips 5 --saf-rate 0.2 --seed 100 --json\n", cmd_evaluate)
+    _add_definition(p)
     p.add_argument("--model", type=Path, required=True)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--chip", type=Path, default=None, help="a saved chip (.npz)")
@@ -153,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
              "  ittrna sweep study.toml --out runs/s --backend ray --address auto\n"
              "  ittrna sweep --model mlp.pt --saf-rates 0,0.1,0.2,0.3 --sigmas 0,0.5,1,1.5 --chips 5 --out out/\n"
              "  ittrna report runs/quick --html\n", cmd_sweep)
+    _add_definition(p)
     p.add_argument("config_file", nargs="?", type=Path, default=None, metavar="CONFIG.toml",
                    help="sweep config (docs/experiments.md); omit for the flag form (--model ...)")
     p.add_argument("--out", type=Path, required=True,
@@ -192,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
              "  ittrna tolerate --method codesign --model lenet5.pt --chip chip.npz --iterations 5 "
              "--write-budget 20000 --out c.pt   # also writes c.chip.npz, the programmed chip\n"
              "  ittrna evaluate --model c.pt --chip c.chip.npz    # reproduces an on-device result\n", cmd_tolerate)
+    _add_definition(p)
     p.add_argument("--method", required=True, choices=list(METHODS), help="tolerance method (`ittrna methods`)")
     p.add_argument("--model", type=Path, required=True, help="software checkpoint from `ittrna train`")
     p.add_argument("--chip", type=Path, required=True, help="fabricated chip from `ittrna chip make`")

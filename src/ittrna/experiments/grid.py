@@ -458,7 +458,7 @@ def _definitions(values: Sequence[Any], base_dir: Path, where: str) -> dict[str,
     """The ``FILE.py:FUNCTION`` / ``module:FUNCTION`` entries of a model axis (files relative to the config's
     folder), each hashed now."""
     from ittrna.errors import InputError
-    from ittrna.models import Definition, is_definition
+    from ittrna.models import Definition, is_definition, trust_definition
 
     out: dict[str, Any] = {}
     for v in values:
@@ -469,7 +469,7 @@ def _definitions(values: Sequence[Any], base_dir: Path, where: str) -> dict[str,
             path = Path(source).expanduser()
             source = str(path if path.is_absolute() else (base_dir / path).resolve())
         try:
-            out[v] = Definition(source, function).with_hash()
+            out[v] = trust_definition(Definition(source, function))  # the config names it: its checkpoints load
         except InputError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return out

@@ -86,7 +86,8 @@ def payload_model(payload: ModelPayload) -> torch.nn.Module:
     sha = payload["sha256"]
     if sha not in _MODELS:
         meta = payload["meta"]
-        model = build(model_ref(meta), tuple(meta["in_shape"]), int(meta["num_classes"]))
+        # a payload is the sweep's own training, or a checkpoint loaded (and its definition vetted) by the parent
+        model = build(model_ref(meta, vetted=True), tuple(meta["in_shape"]), int(meta["num_classes"]))
         model.load_state_dict(payload["state_dict"])
         model.eval()
         _MODELS[sha] = model

@@ -36,11 +36,12 @@ __all__ = ["norm_layers", "reestimate"]
 
 
 def norm_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
-    """The model's BatchNorm layers that track running statistics, in data-flow order."""
+    """The model's BatchNorm layers that track running statistics and that a forward pass calls, in data-flow
+    order (a layer the pass never calls has no input to estimate from)."""
     found = {n: m for n, m in model.named_modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
              and m.running_mean is not None}
-    order = dataflow_order(model, example, list(found)) if found else []
+    order = dataflow_order(model, example, list(found), uncalled=False) if found else []
     return [(n, found[n]) for n in order]
 
 

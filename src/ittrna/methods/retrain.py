@@ -146,7 +146,7 @@ class Pipeline:
         modules = dict(self.model.named_modules())
         parts = name.split(".")
         levels: list[tuple[nn.Sequential, int, str]] = []  # (Sequential ancestor, index of the child on the path)
-        for depth in range(1, len(parts)):
+        for depth in range(1, len(parts) + 1):
             parent, child = ".".join(parts[: depth - 1]), parts[depth - 1]
             anc = modules[parent] if parent else self.model
             if isinstance(anc, nn.Sequential) and anc is not self.model:
@@ -162,8 +162,12 @@ class Pipeline:
         for _anc, _i, path in levels:
             def record(_m: nn.Module, inp: tuple[Any, ...], path: str = path) -> None:
                 calls[path] = calls.get(path, 0) + 1
-                cache[path].append(inp[0].detach())
+                cache[path].append(inp[0].detach().clone())  # a copy: an in-place op downstream cannot touch it
             hooks.append(modules[path].register_forward_pre_hook(record))
+
+        def searched(_m: nn.Module, _inp: tuple[Any, ...]) -> None:
+            calls[name] = calls.get(name, 0) + 1
+        hooks.append(modules[name].register_forward_pre_hook(searched))
         try:
             with torch.no_grad():
                 for x, _ in batches:
@@ -173,13 +177,14 @@ class Pipeline:
                 hk.remove()
         size = sum(t.numel() * t.element_size() for ts in cache.values() for t in ts)
         free = available_memory()
-        if any(calls.get(p, 0) != len(batches) for _, _, p in levels) or (free is not None and size > free // 4):
+        once = all(calls.get(p, 0) == len(batches) for p in [name, *(p for _, _, p in levels)])
+        if not once or (free is not None and size > free // 4):  # a layer called twice: its prefix is not fixed
             yield None
             return
         state = {"batch": 0}
         for anc, i, path in levels:
             def forward(_x: torch.Tensor, anc: nn.Sequential = anc, i: int = i, path: str = path) -> torch.Tensor:
-                out = cache[path][state["batch"]]
+                out = cache[path][state["batch"]].clone()  # each candidate gets the recorded values afresh
                 for child in list(anc)[i:]:
                     out = child(out)
                 return out

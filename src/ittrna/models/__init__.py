@@ -19,9 +19,10 @@ from ittrna.models.checkpoint import (
     model_ref,
     save_checkpoint,
 )
-from ittrna.models.definitions import Definition, is_definition, parse_definition
+from ittrna.models.definitions import Definition, is_definition, parse_definition, trust_definition
 from ittrna.models.registry import MAX_CLASSES, MAX_IN_SIDE, MODELS, ModelSpec, as_definition, build, register_model
 
 __all__ = ["CHECKPOINT_FORMAT", "MAX_CLASSES", "MAX_IN_SIDE", "MODELS", "Definition", "ModelSpec", "as_definition",
            "build", "check_checkpoint", "check_state_fits", "is_definition", "load_checkpoint",
-           "load_checkpoint_payload", "model_ref", "parse_definition", "register_model", "save_checkpoint"]
+           "load_checkpoint_payload", "model_ref", "parse_definition", "register_model", "save_checkpoint",
+           "trust_definition"]

@@ -14,7 +14,7 @@ from torch import nn
 from ittrna._io import atomic_write
 from ittrna._validate import _fail, _is_int, _short, _want_int, check_memory
 from ittrna.errors import FileFormatError, InputError, ResourceError
-from ittrna.models.definitions import Definition
+from ittrna.models.definitions import Definition, trusted
 from ittrna.models.registry import MAX_CLASSES, MAX_IN_SIDE, MODELS, build, check_shape
 
 __all__ = ["CHECKPOINT_FORMAT", "check_checkpoint", "check_state_fits", "load_checkpoint", "load_checkpoint_payload",
@@ -99,16 +99,16 @@ def load_checkpoint_payload(path: str | Path) -> tuple[nn.Module, dict[str, Any]
     return model, meta, payload
 
 
-def model_ref(meta: Mapping[str, Any], path: Path | None = None) -> str | Definition:
-    """What builds a checkpoint's network: its zoo name, or its recorded definition (whose file must be there
-    with the recorded sha256; a relative path is looked for from the working directory, then beside the
-    checkpoint)."""
+def model_ref(meta: Mapping[str, Any], path: Path | None = None, *, vetted: bool = False) -> str | Definition:
+    """What builds a checkpoint's network: its zoo name, or the definition the user named for its recorded
+    one (:func:`~ittrna.models.definitions.trusted`: same function and file hash; a checkpoint never runs
+    code by itself). ``vetted``: the metadata comes from a checkpoint already loaded that way, or from the
+    caller's own training (a sweep's payload in memory): its recorded definition is used as it is."""
     if "definition" not in meta:
         return str(meta["model"])
-    defn = Definition.from_dict(meta["definition"], str(path) if path else "checkpoint")
-    if defn.is_file and path is not None and not defn.resolve().is_file() and defn.resolve(path.parent).is_file():
-        defn = Definition(str(defn.resolve(path.parent)), defn.function, defn.args, defn.sha256)
-    return defn
+    where = str(path) if path else "checkpoint"
+    recorded = Definition.from_dict(meta["definition"], where)
+    return recorded if vetted else trusted(recorded, where)
 
 
 # --- checkpoint checks (field by field, before any model is built) --------------------------------------

@@ -5,20 +5,22 @@ The function returns an ``nn.Module``; it is called with the keyword arguments g
 and seeded from the build seed (restored after), so the same seed builds the same network and nothing of
 the caller's random state changes.
 
-A checkpoint of such a model stays pickle-free: it records the definition (the file's path as given and its
-absolute path, or the module; the function; the arguments) and, for a file, its sha256. Loading imports the
-definition only if the file is there with the same hash; a different or missing file is a one-line error
-naming it (code is never run from a file the checkpoint does not vouch for).
+A checkpoint of such a model stays pickle-free: it records the definition (the file's path as given, or the
+module; the function; the arguments) and, for a file, its sha256. A checkpoint never runs code by itself:
+loading one runs only a definition the user has named in this process (:func:`trust_definition`; on the
+command line ``--definition FILE.py:FUNCTION``, and a sweep config's own model names), with the same function
+and the same file hash; anything else is a one-line error saying what to name. The file's bytes are read once,
+hashed and run from those bytes (no cached bytecode, no second read).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import inspect
 import re
 import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from torch import nn
 from ittrna._plain import check_plain
 from ittrna.errors import FileFormatError, InputError
 
-__all__ = ["Definition", "is_definition", "parse_definition"]
+__all__ = ["Definition", "is_definition", "parse_definition", "trust_definition", "trusted"]
 
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _FUNCTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -121,20 +123,19 @@ class Definition:
     def _load(self, base: Path | None) -> Any:
         if self.is_file:
             path = self.resolve(base)
-            digest = _sha256(path)
+            data = _read(path)  # read once: the bytes hashed are the bytes run (no cached bytecode, no race)
+            digest = hashlib.sha256(data).hexdigest()
             if self.sha256 is not None and digest != self.sha256:
                 raise InputError(f"model definition {path} has changed since the checkpoint was made (sha256 "
                                  f"{digest[:12]}..., recorded {self.sha256[:12]}...); accepted the same file")
-            module_name = f"ittrna_user_model_{digest[:16]}"
+            module_name = f"ittrna_user_model_{digest[:16]}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
             module = sys.modules.get(module_name)
             if module is None:
-                spec = importlib.util.spec_from_file_location(module_name, path)
-                if spec is None or spec.loader is None:
-                    raise InputError(f"model definition {path} cannot be imported as a Python file")
-                module = importlib.util.module_from_spec(spec)
+                module = types.ModuleType(module_name)
+                module.__file__ = str(path)
                 sys.modules[module_name] = module
                 try:
-                    spec.loader.exec_module(module)
+                    exec(compile(data, str(path), "exec"), module.__dict__)
                 except Exception:
                     del sys.modules[module_name]
                     raise
@@ -168,13 +169,17 @@ def parse_definition(text: str, args: Any = None) -> Definition:
     return Definition(source, function, dict(args)).with_hash()
 
 
-def _sha256(path: Path) -> str:
+def _read(path: Path) -> bytes:
     if not path.is_file():
         raise InputError(f"model definition file {path} is missing or not a file")
     size = path.stat().st_size
     if size > MAX_SOURCE_BYTES:
         raise InputError(f"model definition file {path} has {size} bytes; accepted at most {MAX_SOURCE_BYTES}")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return path.read_bytes()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(_read(path)).hexdigest()
 
 
 def _parameters(fn: Any) -> set[str]:
@@ -182,3 +187,34 @@ def _parameters(fn: Any) -> set[str]:
         return set(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         return set()
+
+
+_TRUSTED: dict[tuple[str, str], Definition] = {}
+"""Definitions the user named in this process: (function, file sha256 or module name) -> the definition."""
+
+
+def _trust_key(defn: Definition) -> tuple[str, str]:
+    return defn.function, (defn.sha256 or "") if defn.is_file else defn.source
+
+
+def trust_definition(defn: Definition | str, args: Any = None) -> Definition:
+    """Name a definition whose code checkpoints of it may run in this process (hashed now); returns it."""
+    named = defn.with_hash() if isinstance(defn, Definition) else parse_definition(defn, args)
+    _TRUSTED[_trust_key(named)] = named
+    return named
+
+
+def trusted(recorded: Definition, where: str) -> Definition:
+    """The user-named definition a checkpoint's recorded one stands for (same function, same file hash or
+    module), with the checkpoint's recorded arguments.
+
+    Raises:
+        InputError: no such definition was named (a checkpoint never runs code by itself).
+    """
+    named = _TRUSTED.get(_trust_key(recorded))
+    if named is None:
+        raise InputError(f"{where} is a checkpoint of your own network {recorded.name}; loading it runs that "
+                         f"definition's code, so it loads only with the definition named: --definition "
+                         f"{recorded.name} (library: ittrna.models.trust_definition), the file unchanged")
+    return Definition(named.source, recorded.function, dict(recorded.args), recorded.sha256)
+
