@@ -563,3 +563,17 @@ def test_a_file_where_the_sweep_keeps_its_models_is_refused_before_any_write(tmp
     with pytest.raises(InputError, match="models is a file"):
         run_spec(spec, tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]  # nothing written beside it
+
+
+def test_an_unreachable_ray_address_is_a_one_line_error_not_a_hang():
+    import socket
+
+    from ittrna.errors import InputError
+    from ittrna.experiments.backends import _check_reachable
+
+    with socket.socket() as s:  # a port nobody listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with pytest.raises(InputError, match=f"--address 127.0.0.1:{port}: no Ray cluster answers"):
+            _check_reachable(f"127.0.0.1:{port}", timeout=2)
+    _check_reachable("auto")  # left to Ray

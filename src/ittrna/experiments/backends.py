@@ -107,6 +107,8 @@ class RayBackend(Backend):
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "logging_level": "ERROR",
                                       "log_to_driver": False, "include_dashboard": False}
+            if address:
+                _check_reachable(address)  # ray.init retries an unreachable address for minutes
             try:
                 if address:
                     ray.init(address=address, **kwargs)
@@ -153,6 +155,22 @@ class RayBackend(Backend):
         if self._started:
             self._ray.shutdown()
             self._started = False
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a ``host:port`` (or ``ray://host:port``) Ray address that accepts no connection within
+    ``timeout`` seconds; ``auto`` and other forms are left to Ray."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except OSError as exc:
+        raise InputError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); accepted "
+                         "the address of a running cluster (ray start --head), or no --address") from None
 
 
 def make_backend(name: str, workers: int | None = None, address: str | None = None) -> Backend:
