@@ -426,3 +426,33 @@ def test_skipped_prefixes_survive_in_place_ops_and_layers_called_twice(monkeypat
     monkeypatch.setattr(Pipeline, "_skip_before", contextlib.contextmanager(never))
     full = apply_method("program", model, chip.test(), Context(train, val), settings)
     assert fast.scales == full.scales and fast.report["headroom"] == full.report["headroom"]
+
+
+# --- long trainings outlive a session ------------------------------------------------------------------------
+def test_an_interrupted_training_resumes_bit_for_bit(tmp_path, mnist_train):
+    from ittrna.training import TrainHooks, fit
+
+    data, val = mnist_train.subset(600), mnist_train.subset(700).subset(200)
+    straight = build("mlp", seed=3)
+    fit(straight, data, epochs=3, seed=5, val=val, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_epoch_2(epoch: int) -> None:
+        if epoch == 2:
+            raise Killed
+
+    partial = tmp_path / "m.pt.partial"
+    again = build("mlp", seed=3)
+    with pytest.raises(Killed):
+        fit(again, data, epochs=3, seed=5, val=val, progress=False, resume=partial,
+            hooks=TrainHooks(before_epoch=kill_at_epoch_2))
+    assert partial.exists()
+    resumed = build("mlp", seed=3)  # a fresh process: only the file carries the state
+    rep = fit(resumed, data, epochs=3, seed=5, val=val, progress=False, resume=partial)
+    assert rep.epochs == 3 and len(rep.val_history) == 4
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), straight.state_dict().values(),
+                                                 strict=True))
+    with pytest.raises(InputError, match="lr"):  # other settings: refused, nothing changed
+        fit(build("mlp", seed=3), data, epochs=3, lr=0.01, seed=5, val=val, progress=False, resume=partial)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,7 +15,7 @@ from tqdm.auto import tqdm
 from ittrna._validate import check_nonempty_split
 from ittrna.config import TrainConfig
 from ittrna.data import Split
-from ittrna.errors import InputError
+from ittrna.errors import FileFormatError, InputError
 
 __all__ = ["RECIPES", "FitReport", "Recipe", "TrainHooks", "accuracy", "fit", "get_recipe", "train"]
 
@@ -128,6 +130,7 @@ def fit(
     teacher: nn.Module | None = None,
     distill: float = 0.0,
     temperature: float = 1.0,
+    resume: Path | None = None,
 ) -> FitReport:
     """Train ``model`` in place with Adam (cosine-annealed learning rate) and cross-entropy; deterministic
     for a given seed on CPU. Methods reuse this loop with parametrizations (e.g. a chip model in the forward
@@ -150,6 +153,10 @@ def fit(
         distill: weight of the distillation term in [0, 1]; the loss is (1 - distill) * cross-entropy on the
             labels + distill * T^2 * KL(teacher || model) at temperature T. Needs ``teacher`` when > 0.
         temperature: T, accepted (0, 100].
+        resume: a file where the loop's whole state (weights, optimiser, schedule, shuffling and global random
+            state, best epoch) is written atomically after every epoch; when it exists at the start, training
+            continues from it, and the result is bit for bit that of an uninterrupted run. The caller removes
+            it when done. Its settings must be this call's (else an error naming the first that differs).
 
     Raises:
         InputError: a hyper-parameter outside its accepted range, or empty training data.
@@ -187,9 +194,23 @@ def fit(
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     since_best = 0
     step = 0
+    start = 0
+    settings = {"epochs": epochs, "lr": float(lr), "batch_size": batch_size, "seed": seed, "examples": len(data),
+                "patience": patience, "validated": val is not None}
+    if resume is not None and resume.exists():
+        saved = _load_resume(resume, settings)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["schedule"])
+        gen.set_state(saved["generator"])
+        torch.random.set_rng_state(saved["global_rng"])
+        start, step, best, since_best = saved["epoch"], saved["step"], saved["best"], saved["since_best"]
+        best_state = saved["best_state"] or None
+        report.val_history, report.best_epoch, report.epochs = list(saved["val_history"]), saved["best_epoch"], start
     model.train()
-    with tqdm(total=steps, desc=desc, unit="batch", disable=None if progress else True, leave=False) as bar:
-        for epoch in range(epochs):
+    with tqdm(total=steps, initial=step, desc=desc, unit="batch", disable=None if progress else True,
+              leave=False) as bar:
+        for epoch in range(start, epochs):
             if hooks.before_epoch is not None:
                 hooks.before_epoch(epoch)
             model.train()
@@ -219,13 +240,43 @@ def fit(
                 else:
                     since_best += 1
             bar.set_postfix(postfix)
-            if patience is not None and since_best >= patience:
+            stop = patience is not None and since_best >= patience
+            if resume is not None:
+                _save_resume(resume, {"settings": settings, "epoch": epochs if stop else epoch + 1, "step": step,
+                                      "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                      "schedule": sched.state_dict(), "generator": gen.get_state(),
+                                      "global_rng": torch.random.get_rng_state(), "best": best,
+                                      "since_best": since_best, "best_state": best_state or {},
+                                      "val_history": list(report.val_history), "best_epoch": report.best_epoch})
+            if stop:
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _save_resume(path: Path, state: dict[str, Any]) -> None:
+    from ittrna._io import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save({"format": 1, **state}, tmp))
+
+
+def _load_resume(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """An interrupted run's state (pickle-free: loaded with ``weights_only``), its settings checked."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign files
+        raise FileFormatError(f"{path}: not an interrupted training of ittrna ({str(exc).splitlines()[0][:100]})"
+                              ) from None
+    if not isinstance(saved, dict) or saved.get("format") != 1 or not isinstance(saved.get("settings"), dict):
+        raise FileFormatError(f"{path}: not an interrupted training of ittrna")
+    for key, value in settings.items():
+        if saved["settings"].get(key) != value:
+            raise InputError(f"{path} is an interrupted training with {key} = {saved['settings'].get(key)!r}, "
+                             f"this one has {value!r}; resume it with the same settings or remove it")
+    return saved
 
 
 def _loss(teacher: nn.Module | None, distill: float, temperature: float

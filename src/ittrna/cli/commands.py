@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     given = {f: getattr(args, f) for f in ("epochs", "lr", "batch_size", "patience") if getattr(args, f) is not None}
     res = train_checkpoint(args.model, args.dataset, args.out, TrainConfig(seed=args.seed, **given),
                            recipe=args.recipe, device=args.device, data_dir=args.data_dir, progress=not args.quiet,
-                           model_args=model_args)
+                           model_args=model_args, resume=args.resume)
     stop = f", kept epoch {res['best_epoch']} (best validation accuracy)" if res["keep_best"] else ""
     text = (f"{args.model} on {args.dataset}: test accuracy {100 * res['test_accuracy']:.2f}% (val "
             f"{100 * res['val_accuracy']:.2f}%), {res['epochs_run']} epochs in {res['seconds']:.1f}s "

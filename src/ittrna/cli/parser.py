@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset folder (required for cifar10)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted training from OUT.partial (kept after every epoch), bit for bit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = _sub(subs, "import-weights", "turn a state_dict trained elsewhere into a checkpoint (accuracy measured)",

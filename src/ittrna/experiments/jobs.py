@@ -31,10 +31,14 @@ __all__ = ["evaluate_checkpoint", "import_weights", "tolerate_files", "train_che
 
 def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *, recipe: str | None = None,
                      device: str = "cpu", data_dir: Path | None = None, progress: bool = True,
-                     model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+                     model_args: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
     """Train ``model`` — a zoo name or a user's definition ``FILE.py:FUNCTION`` / ``module:FUNCTION`` called
     with ``model_args`` — on ``dataset`` and save it to ``out`` (a definition's checkpoint records it and its
     file's sha256).
+
+    The loop's state is kept after every epoch in ``OUT.partial`` (removed when done): with ``resume`` an
+    interrupted run continues from it, bit for bit as if never interrupted; without, an existing one is an
+    error (nothing is overwritten).
 
     With a ``recipe`` its epochs, learning rate and batch size replace ``train``'s and the best-validation
     epoch is kept (as with ``train.patience``). Returns the checkpoint's metadata plus ``seconds`` and
@@ -52,6 +56,10 @@ def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *,
     if dataset not in DATASETS:
         raise InputError(f"unknown dataset {dataset!r}; accepted one of {sorted(DATASETS)}")
     check_output(out, ".pt", {"--data-dir": data_dir}, what="a checkpoint")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists() and not resume:
+        raise InputError(f"{partial} holds an interrupted training of {out}; give --resume to continue it, or "
+                         "remove it to start again")
     dev = check_device(device)
     if recipe is not None:
         r = get_recipe(recipe, (), "--")
@@ -62,7 +70,7 @@ def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *,
     net = build(defn or model, spec.in_shape, spec.num_classes, seed=train.seed, args=None).to(dev)
     t0 = time.perf_counter()
     rep = fit(net, splits["train"], epochs=train.epochs, lr=train.lr, batch_size=train.batch_size, seed=train.seed,
-              val=splits["val"] if keep_best else None, patience=train.patience, progress=progress)
+              val=splits["val"] if keep_best else None, patience=train.patience, progress=progress, resume=partial)
     seconds = time.perf_counter() - t0
     net = net.to("cpu")
     val_acc, test_acc = accuracy(net, splits["val"]), accuracy(net, splits["test"])
@@ -73,6 +81,7 @@ def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *,
             "best_epoch": rep.best_epoch + 1, "patience": train.patience, "recipe": recipe,
             "torch": str(torch.__version__)}
     save_checkpoint(out, net, meta)
+    partial.unlink(missing_ok=True)
     return {**meta, "keep_best": keep_best, "seconds": seconds,
             "seconds_per_epoch": seconds / rep.epochs if rep.epochs else 0.0}
 
