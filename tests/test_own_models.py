@@ -456,3 +456,35 @@ def test_an_interrupted_training_resumes_bit_for_bit(tmp_path, mnist_train):
                                                  strict=True))
     with pytest.raises(InputError, match="lr"):  # other settings: refused, nothing changed
         fit(build("mlp", seed=3), data, epochs=3, lr=0.01, seed=5, val=val, progress=False, resume=partial)
+
+
+class _Shared(nn.Module):
+    """One Linear applied twice in a pass (weight sharing, as in a recurrent cell unrolled)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(16, 8)
+        self.shared = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x.flatten(1)))
+        h = torch.relu(self.shared(h))
+        return self.out(torch.relu(self.shared(h)))
+
+
+def test_a_layer_called_twice_keeps_every_calls_recording_and_the_chip_loop_follows_the_chip():
+    from ittrna.host import Deployment
+    from ittrna.methods.ondevice import _ChipLoop
+    from ittrna.session import ChipSession
+
+    torch.manual_seed(0)
+    model = _Shared().eval()
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.5}), 3)
+    session = ChipSession(chip, model)
+    session.deploy(Deployment({k: v.clone() for k, v in model.state_dict().items()}))
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    logits, rec = session.forward(x, record=True)
+    assert rec["shared"][0].shape == (10, 8) and rec["inp"][0].shape == (5, 16)  # two calls of 5 rows each
+    loop = _ChipLoop(model, session, session.layer_names)
+    assert torch.allclose(loop(x), logits, atol=1e-5)  # each call takes its own part of the recording

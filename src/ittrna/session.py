@@ -170,7 +170,8 @@ class ChipSession:
     def forward(self, x: torch.Tensor, *, record: bool = False, taps: Sequence[str] = ()
                 ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """Run a batch through the chip in eval mode; with ``record`` also each crossbar layer's (input,
-        output) as the layer's periphery delivers them (registers and bias applied).
+        output) as the layer's periphery delivers them (registers and bias applied); a layer called k times in
+        the pass gives its k calls' inputs and outputs stacked along the batch dimension, in call order.
 
         ``taps`` names digital modules (e.g. BatchNorm layers, which the host computes itself) whose input the
         host reads on this pass; each comes back under ``taps:NAME`` as (input, input) of the module's first
@@ -179,6 +180,7 @@ class ChipSession:
             raise InputError("session.forward takes a non-empty float tensor batch (batch first)")
         net = self._net()
         seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # every call of each crossbar layer
         hooks = []
         modules = dict(net.named_modules())
         if isinstance(taps, str):
@@ -196,7 +198,8 @@ class ChipSession:
             for name, module in net.named_modules():
                 if isinstance(module, _AnalogLayer):
                     hooks.append(module.register_forward_hook(
-                        lambda _m, inp, out, name=name: seen.__setitem__(name, (inp[0].detach(), out.detach()))))
+                        lambda _m, inp, out, name=name: calls.setdefault(name, []).append(
+                            (inp[0].detach(), out.detach()))))
         failed = None
         try:
             with _gate(), torch.no_grad():
@@ -208,6 +211,14 @@ class ChipSession:
                 h.remove()
         if failed is not None:
             raise InputError(failed)
+        for name, recorded in calls.items():  # a layer called k times: its k calls stacked along the batch
+            if len(recorded) == 1:
+                seen[name] = recorded[0]
+            elif any(i.shape[1:] != recorded[0][0].shape[1:] for i, _ in recorded):
+                raise InputError(f"session.forward: layer {name!r} is called {len(recorded)} times with inputs of "
+                                 "different shapes; accepted one shape per layer")
+            else:
+                seen[name] = (torch.cat([i for i, _ in recorded]), torch.cat([o for _, o in recorded]))
         self.__forward_passes += 1
         self.__images += int(x.shape[0])
         self.__round_open = False

@@ -80,8 +80,16 @@ class _ChipLoop(nn.Module):
         session.set_digital(_digital_state(self.model, self.names))
         _, rec = session.forward(x, record=True)
         modules = dict(self.model.named_modules())
+        taken = dict.fromkeys(self.names, 0)  # rows of each layer's recording used by its earlier calls
+
+        def chip_output(_m: nn.Module, _i: Any, out: torch.Tensor, n: str) -> torch.Tensor:
+            rows = out.shape[0]
+            chip = rec[n][1][taken[n]: taken[n] + rows]  # this call's part of the chip's recording
+            taken[n] += rows
+            return out + (chip.to(out) - out).detach()
+
         hooks = [modules[n].register_forward_hook(
-            lambda _m, _i, out, n=n: out + (rec[n][1].to(out) - out).detach()) for n in self.names]
+            lambda m, i, out, n=n: chip_output(m, i, out, n)) for n in self.names]
         try:
             out: torch.Tensor = self.model(x)
             return out
