@@ -165,6 +165,18 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
         tmp_path.unlink(missing_ok=True)
 
 
+def load_torch(path: Path, what: str) -> Any:
+    """A file written with ``torch.save``, loaded pickle-free (``weights_only``: tensors and plain values, no
+    code runs); a foreign or damaged file is a one-line :class:`FileFormatError` "PATH: not WHAT (why)"."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileFormatError(f"{path}: not {what} ({first[:120]})") from None
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     def write(tmp: Path) -> None:

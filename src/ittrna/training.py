@@ -265,11 +265,9 @@ def _save_resume(path: Path, state: dict[str, Any]) -> None:
 
 def _load_resume(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """An interrupted run's state (pickle-free: loaded with ``weights_only``), its settings checked."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign files
-        raise FileFormatError(f"{path}: not an interrupted training of ittrna ({str(exc).splitlines()[0][:100]})"
-                              ) from None
+    from ittrna._io import load_torch
+
+    saved = load_torch(path, "an interrupted training of ittrna")
     if not isinstance(saved, dict) or saved.get("format") != 1 or not isinstance(saved.get("settings"), dict):
         raise FileFormatError(f"{path}: not an interrupted training of ittrna")
     for key, value in settings.items():

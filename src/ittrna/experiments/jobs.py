@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ittrna._io import load_torch
 from ittrna._validate import check_device, check_output
 from ittrna.config import ChipConfig, TestConfig, TrainConfig
 from ittrna.data import Split, dataset_of, load
@@ -111,11 +112,7 @@ def import_weights(model: str, state_path: Path, dataset: str, out: Path, *, mod
     check_output(out, ".pt", {"--state-dict": state_path, "--data-dir": data_dir}, what="a checkpoint")
     if not state_path.is_file():
         raise FileFormatError(f"{state_path}: no such file; accepted a state_dict saved with torch.save")
-    try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign files
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise FileFormatError(f"{state_path}: not a torch state_dict ({first})") from None
+    state = load_torch(state_path, "a torch state_dict")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a training checkpoint that wraps it
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)

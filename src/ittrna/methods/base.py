@@ -65,6 +65,13 @@ class MethodConfig(_Section):
                 values[k] = _coerce(v, hints[k], f"{where}.{k}")
         return cls(**values)
 
+    def _check_nested(self) -> None:
+        """Every nested field of a fixed config class holds exactly that class (see ``_nested``)."""
+        for name, kind in self._nested.items():
+            value = getattr(self, name)
+            if kind is not None and type(value) is not kind:
+                raise ConfigError(f"method.{name} = {value!r}; accepted a {kind.__name__} (a table of its settings)")
+
     @classmethod
     def _sub_config(cls, field: str, value: Any, where: str) -> MethodConfig | None:
         """A nested config field from a table (or a method name, for its defaults; None where allowed)."""

@@ -260,8 +260,7 @@ class ChipLoopConfig(RetrainConfig):
 
     def _validate(self) -> None:
         super()._validate()
-        if type(self.program) is not ProgramConfig:
-            raise ConfigError(f"method.program = {self.program!r}; accepted a ProgramConfig (a table of its settings)")
+        self._check_nested()
         self._int_range("eval_every", 1, 1_000_000)
         self._int_range("eval_images", 10, 1_000_000)
         self._int_range("write_budget", 0, 10**15, optional=True)
@@ -366,8 +365,7 @@ class BnConfig(MethodConfig):
         self._validate()
 
     def _validate(self) -> None:
-        if type(self.program) is not ProgramConfig:
-            raise ConfigError(f"method.program = {self.program!r}; accepted a ProgramConfig (a table of its settings)")
+        self._check_nested()
         self._int_range("images", 16, 1_000_000)
         self._int_range("batch_size", 1, 65536)
 

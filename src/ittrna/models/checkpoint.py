@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ittrna._io import atomic_write
+from ittrna._io import atomic_write, load_torch
 from ittrna._validate import _fail, _is_int, _short, _want_int, check_memory
 from ittrna.errors import FileFormatError, InputError, ResourceError
 from ittrna.models.definitions import Definition, trusted
@@ -79,11 +79,7 @@ def load_checkpoint_payload(path: str | Path) -> tuple[nn.Module, dict[str, Any]
     with zipfile.ZipFile(p) as zf:
         if "__header__.npy" in zf.namelist():
             raise FileFormatError(f"{p}: not an ittrna checkpoint (an ittrna .npz archive: a chip or a map)")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileFormatError(f"{p}: not an ittrna checkpoint ({first[:120]})") from None
+    payload = load_torch(p, "an ittrna checkpoint")
     meta = check_checkpoint(p, payload, CHECKPOINT_FORMAT, MODELS)
     ref = model_ref(meta, p)
     try:
