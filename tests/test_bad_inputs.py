@@ -110,7 +110,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "tiles": lambda h, a: h["config"]["mapping"].update(rows=64),
         "seedfloat": lambda h, a: h.update(seed=1.5),
         "seedhuge": lambda h, a: h.update(seed=2**64),
-        "format3": lambda h, a: h.update(format=3),
+        "format9": lambda h, a: h.update(format=9),
         "layersnull": lambda h, a: h.update(layers=None),
         "layersints": lambda h, a: h.update(layers=[1, 2, 3]),
         "layersempty": lambda h, a: h.update(layers=[]),
@@ -317,7 +317,7 @@ CLI_CASES: list[tuple[str, list[str], str]] = [
     ("show-no-header", ["chip", "show", "{d}/noheader.npz"], "no header"),
     *[(f"show-{n}", ["chip", "show", f"{{d}}/{n}.npz"], need) for n, need in [
         ("noconfig", "config"), ("configlist", "config"), ("badconfig", "faults.rate"), ("scheme", "arrays"),
-        ("tiles", "shape"), ("seedfloat", "seed"), ("seedhuge", "seed"), ("format3", "format"),
+        ("tiles", "shape"), ("seedfloat", "seed"), ("seedhuge", "seed"), ("format9", "format"),
         ("layersnull", "layers"), ("layersints", "layers[0]"), ("layersempty", "layers"),
         ("kindbad", "kind"), ("kmismatch", "k/n"), ("scalenan", "scale"), ("dupname", "name"),
         ("short", "shape"), ("faultcode", "fault code 7"), ("faultfloat", "dtype float32"),

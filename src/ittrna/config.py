@@ -45,9 +45,11 @@ __all__ = [
     "EnduranceConfig",
     "FaultConfig",
     "MappingConfig",
+    "RelaxationConfig",
     "TestConfig",
     "TrainConfig",
     "VariationConfig",
+    "WireConfig",
 ]
 
 #: Stuck-on share of all stuck-at faults measured on a 4-Mb HfO2 RRAM test chip: 1.75 % of cells stuck-on
@@ -184,6 +186,147 @@ class VariationConfig(_Section):
     def __post_init__(self) -> None:
         for name in ("sigma", "program_noise", "read_noise"):
             self._range(name, 0.0, 3.0)
+
+
+RELAXATION_MODELS = _registry.RELAXATION_MODELS
+"""The relaxation-model names (one list, :mod:`ittrna.registry`; the models are in :mod:`ittrna.device.relaxation`)."""
+
+YEAR_S = 365.25 * 86400.0
+"""One year in seconds."""
+TIME_MAX_S = 10 * YEAR_S
+"""Longest accepted time after programming (10 years, in seconds): past it no relaxation model was fitted."""
+
+TIME_UNITS: dict[str, float] = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0,
+                                "month": YEAR_S / 12, "y": YEAR_S}
+"""Units a time may be written in (``1s``, ``30min``, ``1h``, ``1d``, ``1w``, ``1month``, ``1y``)."""
+
+
+def parse_time(value: Any, what: str = "time") -> float:
+    """A time after programming in seconds, from a number (seconds) or a number with a unit of
+    :data:`TIME_UNITS` (``"1h"``, ``"2.5d"``, ``"1y"``); accepted [0, 10 years].
+
+    Raises:
+        ConfigError: one line naming ``what``, the value and what is accepted.
+    """
+    accepted = f"accepted seconds in [0, {TIME_MAX_S:g}] (10 years), or a number with a unit {list(TIME_UNITS)}"
+    seconds: float
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} = {value!r} is not a time; {accepted}")
+    if isinstance(value, (int, float)):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            bits = int(value).bit_length()
+            raise ConfigError(f"{what} = an integer of {bits} bits is out of range; {accepted}") from None
+    elif isinstance(value, str):
+        text = value.strip()
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number):] or "s"
+        if unit not in TIME_UNITS or not number.strip() or len(text) > 64:
+            raise ConfigError(f"{what} = {value!r} is not a time; {accepted}")
+        try:
+            seconds = float(number.strip().replace("_", "x")) * TIME_UNITS[unit]
+        except ValueError:
+            raise ConfigError(f"{what} = {value!r} is not a time; {accepted}") from None
+    else:
+        raise ConfigError(f"{what} = {value!r} is not a time; {accepted}")
+    if not (math.isfinite(seconds) and 0.0 <= seconds <= TIME_MAX_S):
+        raise ConfigError(f"{what} = {value!r} is out of range; {accepted}")
+    return seconds + 0.0  # -0.0 is 0.0
+
+
+@dataclass(frozen=True)
+class RelaxationConfig(_Section):
+    """Conductance relaxation after programming: a healthy cell written at time t_w reads, at time t, a
+    conductance moved from the one it presented right after its write, by the model's law at age t - t_w.
+
+    The per-cell random part of every model is one N(0, 1) draw per cell from a stream of the chip's seed of its
+    own (fixed per chip: the same chip at the same age reads the same, and a later age continues the same
+    trajectory). Stuck cells do not relax. The additive models keep a relaxed conductance within [Gmin, Gmax]
+    (one that variation left outside the range is not pushed further out). Units: seconds, siemens. Models
+    (:mod:`ittrna.device.relaxation`, each with its source and range):
+
+    - ``none``: no relaxation (the chip of earlier versions, bit for bit);
+    - ``cmo-hfox``: IBM's CMO/HfOx ReRAM (aihwkit ``ReRamCMONoiseModel``, Falcone et al.): mean shift
+      -0.089 ln(t) uS and spread 0.042 ln(t) + 0.412 uS, independent of G, at aihwkit's Gmax of 88.2 uS
+      (scaled by this chip's Gmax / 88.2 uS);
+    - ``wan2022``: NeuRRAM (Wan et al., Nature 2022; aihwkit ``ReRamWan2022NoiseModel``): spread a 4th-order
+      polynomial of G/Gmax fitted at 1 s, 1 day and 2 days at Gmax = 40 uS (scaled likewise), interpolated
+      in ln t; past 2 days only with ``extrapolate``;
+    - ``power-law``: G(t) = G0 (t/t0)^-nu, nu ~ N(nu_mean, nu_std^2) per cell, clipped to [0, 1] (MemTorch's
+      ``conductance_drift``, Boybat et al. 2018; aihwkit's PCM model for the nu statistics).
+    """
+
+    _section: ClassVar[str] = "relaxation"
+
+    model: str = "none"
+    """Relaxation law: ``none``, ``cmo-hfox``, ``wan2022`` or ``power-law``."""
+
+    scale: float = 1.0
+    """Factor on the model's shift and spread (``power-law``: on nu). Accepted [0, 10]."""
+
+    extrapolate: bool = False
+    """``wan2022`` only: continue the last fitted segment (1 to 2 days, linear in ln t) past 2 days; without
+    it a later time is refused."""
+
+    nu_mean: float = 0.05
+    """``power-law`` only: mean drift exponent (aihwkit's PCM model spans 0.049-0.1). Accepted [0, 1]."""
+
+    nu_std: float = 0.01
+    """``power-law`` only: spread of the drift exponent between cells (aihwkit's PCM: 0.008-0.045).
+    Accepted [0, 1]."""
+
+    t0: float = 20.0
+    """``power-law`` only: the age (s) of the reference read G0 (aihwkit's PCM t0 = 20 s); younger cells read
+    G0. Accepted [1e-3, 1e6] s."""
+
+    compensation: str = "none"
+    """Zero-write drift compensation in each layer's periphery: ``none``, or ``global`` (aihwkit's
+    ``GlobalDriftCompensation``, ``inference/compensation/drift.py``): right after a layer is programmed it
+    reads a reference (the summed magnitude of its columns' outputs for an all-ones input); whenever the clock
+    has moved it reads it again and scales the layer's outputs by the ratio, digitally. No cell is written."""
+
+    def __post_init__(self) -> None:
+        self._choice("model", RELAXATION_MODELS.names())
+        self._choice("compensation", ("none", "global"))
+        self._range("scale", 0.0, 10.0)
+        if not isinstance(self.extrapolate, bool):
+            raise ConfigError(f"relaxation.extrapolate = {self.extrapolate!r}; accepted true/false")
+        self._range("nu_mean", 0.0, 1.0)
+        self._range("nu_std", 0.0, 1.0)
+        self._range("t0", 1e-3, 1e6)
+
+
+WIRE_SOLVERS = _registry.WIRE_SOLVERS
+"""The wire-solver names (one list, :mod:`ittrna.registry`; the solvers are in :mod:`ittrna.device.ir_drop`)."""
+
+
+@dataclass(frozen=True)
+class WireConfig(_Section):
+    """Line resistance of the crossbar wires (IR drop).
+
+    Each tile: rows driven at their input voltage, columns read at virtual ground. One wire segment of
+    ``r_wire`` ohm lies between a row's driver and its first cell and between neighbouring cells along a row;
+    along a column, one between neighbouring cells and one between its last cell and the sense amplifier (held
+    at 0 V). The column currents are the nodal solution of that network (:mod:`ittrna.device.ir_drop`). Since
+    the network is linear, each tile computes with a transfer matrix solved once per programming. Source:
+    the crossbar parasitics of MemTorch (``solve_passive``) and CrossSim; copper/tungsten lines of a
+    sub-100 nm node are about 0.1-10 ohm per cell pitch.
+    """
+
+    _section: ClassVar[str] = "wires"
+
+    r_wire: float = 0.0
+    """Resistance of one wire segment in ohm; 0 = ideal wires (no IR drop, bit for bit the chip without this
+    section). Accepted [0, 1000] ohm."""
+
+    solver: str = "exact"
+    """How a tile's transfer matrix is solved: ``exact``, a sparse direct solve of the nodal equations in
+    float64 (:func:`ittrna.device.ir_drop.transfer`)."""
+
+    def __post_init__(self) -> None:
+        self._range("r_wire", 0.0, 1000.0)
+        self._choice("solver", WIRE_SOLVERS.names())
 
 
 FAULT_PATTERNS = _registry.FAULT_PATTERNS
@@ -388,6 +531,12 @@ class ChipConfig(_Section):
     test: TestConfig = field(default_factory=TestConfig)
     """Imperfections of the post-fabrication test."""
 
+    relaxation: RelaxationConfig = field(default_factory=RelaxationConfig)
+    """Conductance relaxation after programming."""
+
+    wires: WireConfig = field(default_factory=WireConfig)
+    """Line resistance (IR drop)."""
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -411,6 +560,15 @@ class ChipConfig(_Section):
     def to_json_dict(self) -> dict[str, Any]:
         """Nested dict safe for strict JSON (``inf`` as the string ``"inf"``); :meth:`from_dict` reads it."""
         return dict(_encode_inf(self.to_dict()))
+
+    def identity_dict(self) -> dict[str, Any]:
+        """:meth:`to_json_dict` without the sections added later that are at their defaults: what identifies
+        a chip's settings in store keys and chip ids (unchanged by sections a config does not use)."""
+        out = self.to_json_dict()
+        for name in _LATER_SECTIONS:
+            if getattr(self, name) == _SECTION_TYPES[name]():
+                del out[name]
+        return out
 
     def to_json(self) -> str:
         """JSON text (``inf`` written as the string ``"inf"``)."""
@@ -500,7 +658,13 @@ _SECTION_TYPES: dict[str, type] = {
     "endurance": EnduranceConfig,
     "mapping": MappingConfig,
     "test": TestConfig,
+    "relaxation": RelaxationConfig,
+    "wires": WireConfig,
 }
+
+#: Sections added after records were stored: left out of every identity (store keys, chip ids) while at their
+#: defaults, so a config that does not use them keeps the identity it had before they existed.
+_LATER_SECTIONS: tuple[str, ...] = ("relaxation", "wires")
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -598,10 +762,27 @@ def _preset_hfo2_4mb() -> ChipConfig:
     return ChipConfig(faults=FaultConfig(rate=0.1079, stuck_on_share=HFO2_STUCK_ON_SHARE))
 
 
+def _preset_cmo_hfox() -> ChipConfig:
+    """IBM's analog CMO/HfOx ReRAM as fitted in aihwkit (``ReRamCMONoiseModel``, Falcone et al.): conductances
+    9-88.2 uS (r_on 11.34 kOhm, r_off 111.1 kOhm, aihwkit's ``SingleDeviceConductanceConverter`` range) and
+    its relaxation (mean shift and spread growing with ln t), with global drift compensation in the periphery."""
+    return ChipConfig(cell=CellConfig(r_on=1 / 88.199997e-6, r_off=1 / 9e-6),
+                      relaxation=RelaxationConfig(model="cmo-hfox", compensation="global"))
+
+
+def _preset_neurram() -> ChipConfig:
+    """NeuRRAM (Wan et al., Nature 2022) as fitted in aihwkit (``ReRamWan2022NoiseModel``): Gmax 40 uS (r_on
+    25 kOhm), Gmin 1 uS (r_off 1 MOhm), and the conductance-dependent spread of the fit at 1 s, 1 day and
+    2 days (it includes the programming error, so ``variation.program_noise`` stays 0)."""
+    return ChipConfig(cell=CellConfig(r_on=25e3, r_off=1e6), relaxation=RelaxationConfig(model="wan2022"))
+
+
 #: Named presets, each a factory whose docstring cites its source.
 PRESETS: dict[str, Callable[[], ChipConfig]] = {
     "default": _preset_default,
     "date17": _preset_date17,
     "quantized-4bit": _preset_quantized4,
     "hfo2-4mb": _preset_hfo2_4mb,
+    "cmo-hfox": _preset_cmo_hfox,
+    "neurram": _preset_neurram,
 }

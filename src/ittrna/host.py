@@ -31,7 +31,7 @@ import torch
 
 from ittrna._io import load_npz, save_npz
 from ittrna._validate import MAP_FIELDS, _check_cells, _check_keys, _config, _fail, _format, _geometry, _short
-from ittrna.config import ChipConfig, FaultConfig
+from ittrna.config import TIME_MAX_S, ChipConfig, FaultConfig
 from ittrna.errors import FileFormatError
 from ittrna.mapping import CONVERTERS, LayerLayout, TileGrid
 
@@ -70,6 +70,10 @@ class MeasuredMap:
     """layer -> array -> {"fault": int8 codes, "theta": float32}, each of the physical array's shape."""
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     """layer -> {"kind", "weight_shape", "k", "n"} (geometry of the chip it came from)."""
+    taken_at: float = 0.0
+    """When the test ran, on the chip's clock (seconds since fabrication): a map older than the last
+    programming says nothing of how the cells have relaxed since (the design's ``relaxation`` section is the
+    datasheet a host may use for that)."""
 
     def __post_init__(self) -> None:
         # whatever config it is built or loaded with, a map carries only the design part
@@ -88,7 +92,7 @@ class MeasuredMap:
 
     def for_method(self) -> MeasuredMap:
         """The copy a method receives: without the chip id (the evaluator matches maps to chips)."""
-        return MeasuredMap(self.design, "", self.layers, self.meta)
+        return MeasuredMap(self.design, "", self.layers, self.meta, self.taken_at)
 
     def save(self, path: str | Path) -> None:
         """Write to ``.npz`` (JSON header, no pickle), atomically."""
@@ -99,7 +103,7 @@ class MeasuredMap:
             for fname, t in fields.items()
         }
         header = {"kind": "measured-map", "format": MAP_FORMAT, "config": self.design.to_json_dict(),
-                  "chip_id": self.chip_id, "meta": self.meta}
+                  "chip_id": self.chip_id, "meta": self.meta, "taken_at": self.taken_at}
         save_npz(path, header, arrays)
 
     @classmethod
@@ -115,7 +119,8 @@ class MeasuredMap:
         for key, value in arrays.items():
             lname, aname, fname = key.split("|")
             layers.setdefault(lname, {}).setdefault(aname, {})[fname] = torch.from_numpy(value)
-        return cls(design, str(header.get("chip_id", "")), layers, dict(header.get("meta", {})))
+        return cls(design, str(header.get("chip_id", "")), layers, dict(header.get("meta", {})),
+                   float(header.get("taken_at", 0.0)))
 
 
 @dataclass
@@ -284,6 +289,9 @@ def check_measured_map(path: Any, header: Mapping[str, Any], arrays: Mapping[str
     config = _config(path, header)
     if not isinstance(header.get("chip_id"), str):
         raise _fail(path, "chip_id", f"= {_short(header.get('chip_id'))} is invalid; accepted a string")
+    taken_at = header.get("taken_at", 0.0)  # absent in older files: tested at fabrication
+    if isinstance(taken_at, bool) or not isinstance(taken_at, (int, float)) or not 0 <= taken_at <= TIME_MAX_S:
+        raise _fail(path, "taken_at", f"= {_short(taken_at)} is invalid; accepted seconds in [0, {TIME_MAX_S:g}]")
     meta = header.get("meta")
     if not isinstance(meta, Mapping) or not meta:
         raise _fail(path, "meta", f"= {_short(meta)} is invalid; accepted an object of layer records")

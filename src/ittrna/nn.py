@@ -235,10 +235,14 @@ def _copy_without_chip(model: nn.Module) -> nn.Module:
 
 
 def evaluate(model: nn.Module, chip: Chip, data: Split, *, program: bool = True, batch_size: int = 2000,
-             calibration: torch.Tensor | None = None) -> float:
-    """Accuracy (fraction in [0, 1]) of ``model`` deployed on ``chip``, measured on ``data`` (ADCs calibrated
-    on ``calibration`` inputs, see :func:`deploy`)."""
-    return accuracy(deploy(model, chip, program=program, calibration=calibration), data, batch_size=batch_size)
+             calibration: torch.Tensor | None = None, time: float = 0.0) -> float:
+    """Accuracy (fraction in [0, 1]) of ``model`` deployed on ``chip``, measured on ``data`` ``time`` seconds
+    after deploying (ADCs calibrated on ``calibration`` inputs at deployment, see :func:`deploy`; the chip then
+    waits, its cells relaxing, :meth:`Chip.wait <ittrna.chip.Chip.wait>`)."""
+    deployed = deploy(model, chip, program=program, calibration=calibration)
+    if time:
+        chip.wait(time)
+    return accuracy(deployed, data, batch_size=batch_size)
 
 
 def monte_carlo(
@@ -252,9 +256,10 @@ def monte_carlo(
     device: torch.device | str | None = None,
     progress: bool = True,
     calibration: torch.Tensor | None = None,
+    time: float = 0.0,
 ) -> list[float]:
     """Accuracy of ``model`` on one freshly fabricated chip per seed (same order as ``seeds``); ADCs, if any,
-    calibrated on ``calibration`` inputs (see :func:`deploy`)."""
+    calibrated on ``calibration`` inputs (see :func:`deploy`); measured ``time`` seconds after programming."""
     seeds = check_seeds(seeds)  # a non-empty list of seeds in [0, 2**63 - 1]
     work = copy.deepcopy(model)  # one working copy, deployed in place on each chip and undeployed after
     if device is not None:
@@ -263,6 +268,8 @@ def monte_carlo(
     for seed in tqdm(seeds, desc="chips", unit="chip", disable=None if progress else True, leave=False):
         chip = Chip.fabricate(work, config, seed, filter_fn=filter_fn, device=device)
         deployed = deploy(work, chip, inplace=True, calibration=calibration)
+        if time:
+            chip.wait(time)
         try:
             accs.append(accuracy(deployed, data, batch_size=batch_size))
         finally:

@@ -16,7 +16,8 @@ import importlib
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
-__all__ = ["DATASETS", "FAULT_PATTERNS", "METHODS", "MODELS", "SCHEMES", "Registry"]
+__all__ = ["DATASETS", "FAULT_PATTERNS", "METHODS", "MODELS", "RELAXATION_MODELS", "SCHEMES", "WIRE_SOLVERS",
+           "Registry"]
 
 T = TypeVar("T")
 
@@ -121,3 +122,10 @@ FAULT_PATTERNS: Registry = Registry("fault pattern", dict.fromkeys(("uniform", "
 SCHEMES: Registry = Registry("mapping scheme", dict.fromkeys(("differential", "offset"), "ittrna.mapping.converters"))
 """Mapping schemes (``mapping.scheme``): one :class:`ittrna.mapping.Converter` each."""
 
+
+RELAXATION_MODELS: Registry = Registry("relaxation model", dict.fromkeys(("none", "cmo-hfox", "wan2022", "power-law"),
+                                                                         "ittrna.device.relaxation"))
+"""Conductance relaxation after programming (``relaxation.model``), filled by :mod:`ittrna.device.relaxation`."""
+
+WIRE_SOLVERS: Registry = Registry("wire solver", dict.fromkeys(("exact",), "ittrna.device.ir_drop"))
+"""Solvers of a tile's resistive network under IR drop (``wires.solver``), filled by :mod:`ittrna.device.ir_drop`."""

@@ -1,9 +1,10 @@
 """The chip file: ``.npz`` with a JSON header, no pickle (:func:`save`, :func:`load`), and its field-by-field
 validation (:func:`check_chip_archive`).
 
-Format 2 (:data:`FORMAT_VERSION`) holds, per layer, a header record (geometry, scale, version, array names,
-ADC calibration, registers) and the arrays ``layer|array|field`` for every cell field (:data:`_FIELDS`)
-plus the layout ``layer|_layout|row_map`` / ``layer|_layout|col_sign``. Format 1 files (no layouts, no
+Format 3 (:data:`FORMAT_VERSION`) holds, per layer, a header record (geometry, scale, version, array names,
+ADC calibration, registers) and the arrays ``layer|array|field`` for every cell field (:data:`CHIP_FIELDS`)
+plus the layout ``layer|_layout|row_map`` / ``layer|_layout|col_sign``, and the chip's clock ``now``. Format
+2 files (no write times: every cell written at 0, the clock at 0) and format 1 files (no layouts either, no
 issued-write count) are read too.
 """
 
@@ -30,20 +31,28 @@ from ittrna._validate import (
     _want_int,
 )
 from ittrna.chip.state import CellArray, ChipState, LayerTiles
-from ittrna.config import ChipConfig, ConfigError
+from ittrna.config import TIME_MAX_S, ChipConfig, ConfigError
 from ittrna.errors import FileFormatError, InputError
 from ittrna.mapping import CONVERTERS, LayerLayout, TileGrid
 
 __all__ = ["FORMAT_VERSION", "check_chip_archive", "load", "save"]
 
-FORMAT_VERSION = 2
-_READABLE_FORMATS = (1, 2)  # format 1 chips have no layouts (identity) and no issued-write count
+FORMAT_VERSION = 3
+_READABLE_FORMATS = (1, 2, 3)  # 2: no write times (all 0); 1: no layouts (identity), no issued-write count
 
 #: (field, numpy dtype) of every per-cell array of a chip, in :class:`~ittrna.chip.CellArray` order.
 CHIP_FIELDS: tuple[tuple[str, str], ...] = (
     ("fault", "int8"), ("theta", "float32"), ("g", "float32"), ("eps", "float32"), ("writes", "int64"),
+    ("written_at", "float64"),
 )
 _FIELDS = tuple(f for f, _ in CHIP_FIELDS)
+_LATER_FIELDS = {"written_at": 3}
+"""Cell fields added in a format version: absent from older files (zeros there)."""
+
+
+def _fields(version: int) -> tuple[tuple[str, str], ...]:
+    """The cell fields a file of format ``version`` holds."""
+    return tuple((f, d) for f, d in CHIP_FIELDS if version >= _LATER_FIELDS.get(f, 1))
 
 
 # --- writing -----------------------------------------------------------------------------------------------
@@ -54,6 +63,7 @@ def save(chip: ChipState, path: str | Path) -> None:
     for layer in chip.layers.values():
         adc = layer.adc_fs.cpu().tolist() if layer.adc_fs is not None else None
         meta.append({"name": layer.name, **layer.shape_meta(), "scale": layer.scale, "version": layer.version,
+                     "drift_ref": list(layer.drift_ref) if layer.drift_ref is not None else None,
                      "arrays": list(layer.arrays), "adc_fs": adc, "adc_version": layer.adc_version,
                      "gain": layer.gain.cpu().tolist() if layer.gain is not None else None,
                      "offset": layer.offset.cpu().tolist() if layer.offset is not None else None})
@@ -65,7 +75,7 @@ def save(chip: ChipState, path: str | Path) -> None:
         arrays[f"{layer.name}|_layout|col_sign"] = lay.col_sign.cpu().numpy()
     header = {"kind": "chip", "format": FORMAT_VERSION, "config": chip.config.to_json_dict(),
               "seed": chip.seed, "write_epoch": chip.write_epoch, "writes_issued": chip.writes_issued,
-              "writes_performed": chip.writes_performed,
+              "writes_performed": chip.writes_performed, "now": chip.now,
               "layers": meta}
     save_npz(path, header, arrays)
 
@@ -88,6 +98,7 @@ def load(cls: type[S], path: str | Path) -> S:
         config = ChipConfig.from_dict(header["config"])
     except ConfigError as exc:
         raise FileFormatError(f"{path}: invalid chip config: {exc}") from None
+    present = {f for f, _ in _fields(int(header["format"]))}
     layers = {}
     for m in header["layers"]:
         grid = TileGrid(int(m["k"]), int(m["n"]), config.mapping.rows, config.mapping.cols,
@@ -95,9 +106,12 @@ def load(cls: type[S], path: str | Path) -> S:
         arrs = {}
         for aname in m["arrays"]:
             try:
-                arrs[aname] = CellArray(*(torch.from_numpy(arrays[f"{m['name']}|{aname}|{f}"]) for f in _FIELDS))
+                fields = {f: torch.from_numpy(arrays[f"{m['name']}|{aname}|{f}"]) for f in _FIELDS if f in present}
             except KeyError as exc:
                 raise FileFormatError(f"{path}: missing array {exc.args[0]!r}") from None
+            if "written_at" not in fields:  # an older file: every cell written at 0
+                fields["written_at"] = torch.zeros(fields["g"].shape, dtype=torch.float64)
+            arrs[aname] = CellArray(**fields)
         layout = None
         if f"{m['name']}|_layout|row_map" in arrays:
             layout = LayerLayout(torch.from_numpy(arrays[f"{m['name']}|_layout|row_map"]),
@@ -108,9 +122,10 @@ def load(cls: type[S], path: str | Path) -> S:
                 raise FileFormatError(str(exc)) from None
         layers[m["name"]] = LayerTiles(m["name"], m["kind"], tuple(m["weight_shape"]), grid, arrs,
                                        float(m["scale"]), int(m["version"]), layout,
-                                       *_adc_calibration(path, m, grid), *_registers(path, m, grid.n))
+                                       *_adc_calibration(path, m, grid), *_registers(path, m, grid.n),
+                                       _drift_ref(path, m))
     return cls(config, int(header["seed"]), layers, int(header["write_epoch"]), int(header.get("writes_issued", 0)),
-               int(header.get("writes_performed", 0)))
+               int(header.get("writes_performed", 0)), float(header.get("now", 0.0)))
 
 
 def _adc_calibration(path: str | Path, rec: dict[str, Any], grid: TileGrid) -> tuple[torch.Tensor | None, int]:
@@ -127,6 +142,19 @@ def _adc_calibration(path: str | Path, rec: dict[str, Any], grid: TileGrid) -> t
     if isinstance(version, bool) or not isinstance(version, int):
         raise FileFormatError(f"{path}: layer {rec['name']!r} field adc_version = {version!r}; accepted an integer")
     return t, version
+
+
+def _drift_ref(path: str | Path, rec: dict[str, Any]) -> tuple[int, float] | None:
+    """A layer record's drift-compensation reference (absent in older files): [version, finite value >= 0]."""
+    value = rec.get("drift_ref")
+    if value is None:
+        return None
+    ok = (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int) and not isinstance(value[0], bool)
+          and isinstance(value[1], (int, float)) and not isinstance(value[1], bool) and 0 <= value[1] < 1e30)
+    if not ok:
+        raise FileFormatError(f"{path}: layer {rec['name']!r} field drift_ref = {_short(value)} is invalid; accepted "
+                              "[version, a number >= 0] or null")
+    return int(value[0]), float(value[1])
 
 
 def _registers(path: str | Path, rec: dict[str, Any], n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -174,6 +202,9 @@ def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str
     config = _config(path, header)
     _want_int(path, "seed", header.get("seed"), 0, MAX_SEED)
     _want_int(path, "write_epoch", header.get("write_epoch"), 0, MAX_SEED)
+    now = 0.0
+    if version >= 3:
+        now = _want_number(path, "now", header.get("now"), 0.0, TIME_MAX_S)
     if version >= 2:
         _want_int(path, "writes_issued", header.get("writes_issued"), 0, MAX_SEED)
         if "writes_performed" in header:
@@ -201,7 +232,7 @@ def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str
             raise _fail(path, f"{field}.arrays", f"= {_short(anames)} is invalid; accepted {sorted(shapes)} for "
                                                  f"mapping.scheme {m.scheme!r}")
         for aname, shape in shapes.items():
-            for fname, dtype in CHIP_FIELDS:
+            for fname, dtype in _fields(version):
                 key = f"{name}|{aname}|{fname}"
                 expected.add(key)
                 planned.append((key, shape, dtype))
@@ -219,5 +250,16 @@ def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str
             if arr.dtype != np.dtype(dtype) or arr.shape != pshape:
                 raise FileFormatError(f"{path}: array {key!r} has {arr.dtype} {arr.shape}; accepted {dtype} {pshape}")
             continue
+        if key.endswith("|written_at"):
+            _check_write_times(path, key, arrays[key], (pshape[0], pshape[1]), now)
+            continue
         _check_cells(path, key, arrays[key], dtype, (pshape[0], pshape[1]), config)
     return config
+
+
+def _check_write_times(path: Any, key: str, arr: np.ndarray, shape: tuple[int, int], now: float) -> None:
+    """A cell array's write times: float64 of the array's shape, finite, in [0, now] (no write in the future)."""
+    if arr.dtype != np.float64 or arr.shape != shape:
+        raise FileFormatError(f"{path}: array {key!r} has {arr.dtype} {arr.shape}; accepted float64 {shape}")
+    if arr.size and (not np.isfinite(arr).all() or float(arr.min()) < 0 or float(arr.max()) > now):
+        raise FileFormatError(f"{path}: array {key!r} holds write times outside [0, now = {now:g}] s")

@@ -172,6 +172,11 @@ class Chip(ChipState):
         one read kept until the layer is reprogrammed (the chip's own tensor: read only)."""
         return readout.read_weight(self, name)
 
+    def wait(self, seconds: float) -> None:
+        """Let ``seconds`` pass (in [0, 10 years]): the chip's clock :attr:`now` advances and every cell reads
+        at its new age (``relaxation``); nothing is written, the periphery stays as it is."""
+        readout.wait(self, seconds)
+
     def forget_reads(self, name: str | None = None) -> None:
         """Drop the reads :meth:`read_weight` keeps (one layer's, or all): the next call reads the cells."""
         readout.forget_reads(self, name)

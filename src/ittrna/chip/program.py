@@ -48,6 +48,7 @@ def program(chip: ChipState, name: str, targets: dict[str, torch.Tensor], *, cou
             noise = lognormal_factor_log(tuple(arr.g.shape), cfg.variation.program_noise, gen,
                                          device=arr.g.device)
             arr.eps = torch.where(write, noise, arr.eps)
+        arr.written_at = arr.written_at.masked_fill(write, chip.now)  # each performed write: the chip's clock
         if count_wear:
             arr.writes = arr.writes + write.to(arr.writes.dtype)
             arr.fault = wear_out(arr.writes, arr.fault, cfg.endurance)

@@ -7,18 +7,22 @@ per-column gain/offset registers. This module is its only writer; everything els
 :func:`set_layout`, :func:`set_registers`, :func:`calibrate_adc`, :func:`reset_adc`.
 
 Reads: :func:`conductances` / :func:`effective_matrix` / :func:`effective_weight` read the cells afresh
-(with ``read_noise``, one draw from the chip's read-noise stream, :func:`restart_reads`). :func:`read_weight`
-is the weight a deployed layer computes with: one fresh noisy read per call when the chip has read noise,
-else one read cached until the layer is reprogrammed (so an ideal chip costs one ``F.linear``/``F.conv2d``
-per layer per forward pass).
+(with ``read_noise``, one draw from the chip's read-noise stream, :func:`restart_reads`), each healthy cell at
+its age on the chip's clock (relaxation, :mod:`ittrna.device.relaxation`); with wire resistance the matrix
+is that of the tiles' column currents under IR drop (:mod:`ittrna.device.ir_drop`). :func:`read_weight` is
+the weight a deployed layer computes with: one fresh noisy read per call when the chip has read noise, else
+one read cached until the layer is reprogrammed or the clock moves (so an ideal chip costs one
+``F.linear``/``F.conv2d`` per layer per forward pass).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ittrna.chip.state import ChipState, _read_stream
-from ittrna.device import lognormal_factor_log
+from ittrna.chip.state import ChipState, _read_stream, relaxation_draw
+from ittrna.device import HEALTHY, STUCK_OFF, STUCK_ON, lognormal_factor_log
+from ittrna.device.ir_drop import transfer_tiles
+from ittrna.device.relaxation import relax
 from ittrna.errors import InputError
 from ittrna.mapping import LayerLayout, adc_full_scale, quantize_signed, tile_partials, to_logical
 
@@ -27,6 +31,7 @@ __all__ = [
     "calibrate_adc",
     "check_registers",
     "conductances",
+    "drift_factor",
     "effective_matrix",
     "effective_weight",
     "forget_reads",
@@ -37,6 +42,7 @@ __all__ = [
     "restart_reads",
     "set_layout",
     "set_registers",
+    "wait",
 ]
 
 
@@ -54,22 +60,42 @@ def conductances(chip: ChipState, name: str, *, read_noise: bool = False, used_o
     ``used_only`` with the identity layout reads only the corner of each array that holds weights (the
     rest is padding), the same values as the full read's corner."""
     layer = chip.layer(name)
-    sigma = chip.config.variation.read_noise
+    cfg = chip.config
+    sigma = cfg.variation.read_noise
     region = None
     if used_only and layer.grid.spare == 0 and layer.get_layout().is_identity(layer.grid):
         region = (layer.grid.k, layer.grid.n)
+    relaxing = cfg.relaxation.model != "none" and cfg.relaxation.scale > 0
     out = {}
     for aname, arr in layer.arrays.items():
         noise = (lognormal_factor_log(tuple(arr.g.shape), sigma, chip._read_gen, device=arr.g.device)
                  if read_noise and sigma > 0 else None)
-        out[aname] = arr.conductance(chip.config, noise, region)
+        if not relaxing:
+            out[aname] = arr.conductance(cfg, noise, region)
+            continue
+        sl = (slice(0, region[0]), slice(0, region[1])) if region is not None else (slice(None), slice(None))
+        g0 = arr.conductance(cfg, None, region)  # right after each cell's write
+        age = (chip.now - arr.written_at[sl]).clamp(min=0.0)  # (rows, cols) seconds
+        g = relax(g0, arr.g[sl], age, relaxation_draw(chip, name, aname)[sl], cfg.relaxation, cfg.cell)
+        fault = arr.fault[sl]
+        g = torch.where(fault == HEALTHY, g, g0)  # stuck cells do not relax
+        if noise is not None:  # the read's own noise on top, stuck cells exact as without relaxation
+            g = g * torch.exp(noise[sl])
+            g = g.masked_fill(fault == STUCK_OFF, cfg.cell.g_min).masked_fill(fault == STUCK_ON, cfg.cell.g_max)
+        out[aname] = g
     return out
 
 
 def effective_matrix(chip: ChipState, name: str, *, read_noise: bool = False) -> torch.Tensor:
     """(K, N) matrix the layer really computes (weight units)."""
     layer = chip.layer(name)
-    g = conductances(chip, name, read_noise=read_noise, used_only=True)
+    wires = chip.config.wires
+    if wires.r_wire == 0:
+        g = conductances(chip, name, read_noise=read_noise, used_only=True)
+    else:  # IR drop: every cell of a tile loads its wires, padding included; each tile's transfer matrix
+        g = conductances(chip, name, read_noise=read_noise)
+        tiles = chip.converter.array_tiles(layer.grid)
+        g = {a: transfer_tiles(t, tiles[a], wires.r_wire, wires.solver) for a, t in g.items()}
     physical = chip.converter.to_matrix(g, layer.scale, chip.config.cell, layer.grid)  # (Kph, Np)
     return to_logical(physical, layer.grid, layer.get_layout())
 
@@ -82,16 +108,65 @@ def effective_weight(chip: ChipState, name: str, *, read_noise: bool = False) ->
 
 def read_weight(chip: ChipState, name: str) -> torch.Tensor:
     """The weight a deployed layer computes with now: with read noise a fresh draw per call, else the
-    effective weight read once and kept until the layer is reprogrammed (or its layout changes). The tensor
-    is the chip's own: read it, never modify it."""
+    effective weight read once and kept until the layer is reprogrammed, its layout changes or the clock
+    moves; with global drift compensation, scaled by the layer's drift factor (:func:`drift_factor`). The
+    tensor is the chip's own: read it, never modify it."""
     layer = chip.layer(name)
     if chip.config.variation.read_noise > 0:
-        return effective_weight(chip, name, read_noise=True)
+        return _compensated(chip, name, effective_weight(chip, name, read_noise=True))
+    stamp = (layer.version, chip.now)  # a read holds until the layer is reprogrammed or the clock moves
     cached = chip._reads.get(name)
-    if cached is None or cached[0] != layer.version:
-        cached = (layer.version, effective_weight(chip, name))
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, _compensated(chip, name, effective_weight(chip, name)))
         chip._reads[name] = cached
     return cached[1]
+
+
+def _reference_read(chip: ChipState, name: str) -> float:
+    """The global drift compensation's reference: the summed magnitude of the layer's column outputs for an
+    all-ones input, sum_j |sum_i M[i, j]| (weight units), from a noiseless read of the cells as they are now."""
+    return float(effective_matrix(chip, name).sum(dim=0).abs().sum())
+
+
+def take_drift_references(chip: ChipState) -> None:
+    """Take the reference read of every layer programmed since its last one (global drift compensation only):
+    called before the clock moves, so a reference is always the layer right after its programming."""
+    if chip.config.relaxation.compensation != "global":
+        return
+    for layer in chip.layers.values():
+        if layer.scale != 0.0 and (layer.drift_ref is None or layer.drift_ref[0] != layer.version):
+            layer.drift_ref = (layer.version, _reference_read(chip, layer.name))
+
+
+def drift_factor(chip: ChipState, name: str) -> float:
+    """The factor global drift compensation applies to a layer's outputs now: its reference read right after
+    programming over the same read now (1 without compensation, at the time of programming, or for a layer
+    whose read is 0)."""
+    if chip.config.relaxation.compensation != "global":
+        return 1.0
+    take_drift_references(chip)
+    layer = chip.layer(name)
+    assert layer.drift_ref is not None or layer.scale == 0.0
+    if layer.drift_ref is None:
+        return 1.0
+    now = _reference_read(chip, name)
+    return layer.drift_ref[1] / now if now > 0 else 1.0
+
+
+def _compensated(chip: ChipState, name: str, weight: torch.Tensor) -> torch.Tensor:
+    factor = drift_factor(chip, name)
+    return weight if factor == 1.0 else weight * factor
+
+
+def wait(chip: ChipState, seconds: float) -> None:
+    """Advance the chip's clock by ``seconds`` (in [0, 10 years]): every cell ages; nothing is written and the
+    periphery (layouts, ADC calibration, registers) stays as it is, as on a chip left powered between uses."""
+    from ittrna.device.relaxation import check_time
+
+    seconds = check_time(seconds, "wait")
+    check_time(chip.now + seconds, "the chip's clock after the wait")
+    take_drift_references(chip)  # the compensation's references are those right after programming
+    chip.now = chip.now + seconds
 
 
 def forget_reads(chip: ChipState, name: str | None = None) -> None:

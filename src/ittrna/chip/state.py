@@ -2,7 +2,9 @@
 
 Each mapped layer owns named cell arrays (``pos``/``neg`` for differential pairs, ``main``/``ref`` for the
 offset scheme), and each array holds, per cell: its fault code, its device-to-device log factor theta, its
-programmed target conductance, the programming-noise log factor of its last write, and its write count.
+programmed target conductance, the programming-noise log factor of its last write, its write count and the
+time of its last write on the chip's clock (``ChipState.now``, seconds since fabrication: relaxation acts on
+each cell's age).
 
 :func:`fabricate` draws faults and theta for a model's layers from one seed (bit-identical per seed). Each
 layer/array/quantity has its own random stream (:func:`_gen`), so one seed is one die at every setting: with
@@ -16,6 +18,7 @@ write counters only :mod:`ittrna.chip.program`; the periphery (``layout``, ADC c
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +36,7 @@ from ittrna.errors import InputError, UnknownNameError
 from ittrna.mapping import CONVERTERS, Converter, LayerLayout, TileGrid, mapped_modules, weight_to_matrix
 from ittrna.mapping.footprint import check_fits
 
-__all__ = ["CellArray", "ChipState", "LayerTiles", "check_fabricate", "fabricate"]
+__all__ = ["CellArray", "ChipState", "LayerTiles", "check_fabricate", "fabricate", "relaxation_draw"]
 
 
 def _derive_seed(*parts: int) -> int:
@@ -68,6 +71,9 @@ class CellArray(Guarded):
     """float32 programming-noise log factor drawn at the cell's last write."""
     writes: torch.Tensor
     """int64 writes the cell has received."""
+    written_at: torch.Tensor
+    """float64 time of the cell's last performed write on the chip's clock (seconds since fabrication; 0 for a
+    cell never written)."""
 
     def conductance(self, chip_cfg: ChipConfig, read_log: torch.Tensor | None = None,
                     region: tuple[int, int] | None = None) -> torch.Tensor:
@@ -83,7 +89,7 @@ class CellArray(Guarded):
 
     def to(self, device: torch.device | str) -> CellArray:
         return CellArray(self.fault.to(device), self.theta.to(device), self.g.to(device), self.eps.to(device),
-                         self.writes.to(device))
+                         self.writes.to(device), self.written_at.to(device))
 
 
 @dataclass
@@ -116,6 +122,9 @@ class LayerTiles(Guarded):
     """Digital per-column gain register (N,) applied to each output column; None = 1 (costs no writes)."""
     offset: torch.Tensor | None = None
     """Digital per-column offset register (N,) added after the gain, before the bias; None = 0."""
+    drift_ref: tuple[int, float] | None = None
+    """Global drift compensation (``relaxation.compensation = "global"``): the layer ``version`` and the
+    reference read taken right after that programming; None = not taken yet."""
 
     def get_layout(self) -> LayerLayout:
         """The layer's layout (identity when none was set)."""
@@ -138,10 +147,14 @@ class ChipState(Guarded):
     :class:`~ittrna.chip.Chip` is this state with the operations of the chip's submodules as methods."""
 
     def __init__(self, config: ChipConfig, seed: int, layers: dict[str, LayerTiles], write_epoch: int = 0,
-                 writes_issued: int = 0, writes_performed: int = 0):
+                 writes_issued: int = 0, writes_performed: int = 0, now: float = 0.0):
         self.config = config
         self.seed = seed
         self.layers = layers
+        self.now = float(now)
+        """The chip's clock: seconds since fabrication. Writes are stamped with it; reads see each cell at its
+        age ``now - written_at`` (:class:`~ittrna.config.RelaxationConfig`). Advanced only by
+        :meth:`Chip.wait <ittrna.chip.Chip.wait>`."""
         self.write_epoch = write_epoch
         """Number of programming operations so far (seeds each one's programming noise)."""
         self.writes_issued = writes_issued
@@ -151,8 +164,9 @@ class ChipState(Guarded):
         """Cell writes performed (healthy cells whose target changed), counted whether or not as wear."""
         self._read_gen = _read_stream(seed)
         """The read-noise stream (owned by :mod:`ittrna.chip.readout`)."""
-        self._reads: dict[str, tuple[int, torch.Tensor]] = {}
-        """Per layer, the effective weight read at a layer ``version`` (owned by :mod:`ittrna.chip.readout`)."""
+        self._reads: dict[str, tuple[tuple[int, float], torch.Tensor]] = {}
+        """Per layer, the effective weight read at a layer ``version`` and clock time (owned by
+        :mod:`ittrna.chip.readout`)."""
 
     @property
     def converter(self) -> Converter:
@@ -246,12 +260,26 @@ def fabricate(
             fault = sample_faults(shape, tiles[aname], config.faults, _gen(seed, li, ai, 1), uniform=uniform)
             theta = sample_theta(shape, config.variation.sigma, _gen(seed, li, ai, 2), normal=normal)
             g = torch.full(shape, config.cell.g_min)
-            arrays[aname] = CellArray(fault, theta, g, torch.zeros(shape), torch.zeros(shape, dtype=torch.int64))
+            arrays[aname] = CellArray(fault, theta, g, torch.zeros(shape), torch.zeros(shape, dtype=torch.int64),
+                                      torch.zeros(shape, dtype=torch.float64))
         kind = "conv2d" if isinstance(module, nn.Conv2d) else "conv1d" if isinstance(module, nn.Conv1d) else "linear"
         layers[name] = LayerTiles(name, kind, tuple(weight.shape), grid, arrays)
     if not layers:
         raise InputError("the model has no Linear/Conv2d layer to put on a chip")
     return cls(config, seed, layers)
+
+
+def relaxation_draw(chip: ChipState, name: str, array: str) -> torch.Tensor:
+    """The fixed N(0, 1) relaxation draw of every cell of one layer's array: a stream of the chip's seed of its
+    own, keyed by the layer's and array's names (not their order), so a chip reads the same at the same age
+    whatever else was fabricated beside it; on the array's device. Read-only for callers."""
+    layer = chip.layer(name)
+    arr = layer.arrays[array]
+    digest = hashlib.sha256(f"ittrna/relaxation/{name}|{array}".encode()).digest()
+    key = int.from_bytes(digest[:7], "big")  # 56 bits: a stream per (layer, array) name
+    rows, cols = arr.g.shape
+    draw = _die_draw(chip.seed, key, 0, 3, (int(rows), int(cols)), normal=True)  # quantity 3: relaxation
+    return draw.to(arr.g.device)
 
 
 def move_cells(chip: ChipState, device: torch.device | str) -> None:

@@ -27,7 +27,7 @@ __all__ = ["chip_id", "test"]
 def chip_id(chip: ChipState) -> str:
     """Opaque identity shared by the chip and its measured maps (a salted hash of the seed, the fabricated
     config — the test's own settings excluded — and the layer geometry)."""
-    fabricated = {k: v for k, v in chip.config.to_json_dict().items() if k != "test"}  # not the test's settings
+    fabricated = {k: v for k, v in chip.config.identity_dict().items() if k != "test"}  # not the test's settings
     text = json.dumps({"salt": "ittrna-chip-id-v1", "seed": chip.seed, "config": fabricated,
                        "layers": {n: layer.shape_meta() for n, layer in chip.layers.items()}}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
@@ -55,5 +55,6 @@ def test(chip: ChipState, seed: int = 0, config: TestConfig | None = None) -> Me
                 theta = theta + torch.randn(theta.shape, generator=gen) * tcfg.theta_noise
             layers[lname][aname] = {"fault": fault, "theta": theta}
         meta[lname] = layer.shape_meta()
-    return MeasuredMap(design_config(dataclasses.replace(chip.config, test=tcfg)), chip_id(chip), layers, meta)
+    return MeasuredMap(design_config(dataclasses.replace(chip.config, test=tcfg)), chip_id(chip), layers, meta,
+                       chip.now)
 

@@ -146,12 +146,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if args.seed is not None:
             raise CliError("--seed numbers fabricated chips (--chips); a saved chip (--chip) has its own seed")
         res = evaluate_checkpoint(args.model, chip_path=args.chip, split=args.split, data_dir=args.data_dir,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, time=args.time)
     else:
         args.seed = 0 if args.seed is None else args.seed
         _check_seeds(args)
         res = evaluate_checkpoint(args.model, config=_chip_config(args), seed=args.seed, chips=args.chips,
-                                  split=args.split, data_dir=args.data_dir, progress=not args.quiet)
+                                  split=args.split, data_dir=args.data_dir, progress=not args.quiet, time=args.time)
     text = (f"{res['model']} on {res['dataset']} ({args.split}): software {100 * res['ideal_accuracy']:.2f}%, on "
             f"chip {100 * res['accuracy_mean']:.2f} ± {100 * res['accuracy_std']:.2f}% over {len(res['accuracies'])} "
             "chip(s)")
@@ -286,7 +286,7 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
     test = {k: getattr(args, k) for k in ("miss_rate", "theta_noise") if getattr(args, k) is not None}
     result = tolerate_files(args.model, args.chip, args.method, args.out, settings=settings, chip_out=args.chip_out,
                             map_path=args.map, test=test, test_seed=args.test_seed, seed=args.seed,
-                            data_dir=args.data_dir, progress=not args.quiet)
+                            data_dir=args.data_dir, progress=not args.quiet, time=args.time)
     chip_out = result.get("chip_out")
     text = (f"{args.method} on {args.chip}: software {100 * result['ideal_accuracy']:.2f}%, chip before "
             f"{100 * result['chip_accuracy_before']:.2f}%, after {100 * result['chip_accuracy']:.2f}% "

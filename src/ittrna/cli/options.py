@@ -77,6 +77,17 @@ def _field(section: type, name: str, kind: type = float) -> Callable[[str], Any]
     return parse
 
 
+def _time(text: str) -> float:
+    """A time after programming: seconds, or a number with a unit (``1s``, ``1h``, ``1d``, ``1y``), checked by
+    :func:`ittrna.config.parse_time` (the one owner of the units and the range)."""
+    from ittrna.config import parse_time
+
+    try:
+        return parse_time(text[:80], "--time")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--time = ")) from None
+
+
 def _int_text(text: str) -> int:
     """An integer, read strictly (the setting it goes to checks its range)."""
     plain = text.strip()

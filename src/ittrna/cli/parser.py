@@ -31,6 +31,7 @@ from ittrna.cli.options import (
     _int_in,
     _int_text,
     _Parser,
+    _time,
 )
 from ittrna.config import MAX_SEED, TestConfig, TrainConfig
 
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first chip seed (seeds N..N+K-1), default 0; not with --chip")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--time", type=_time, default=0.0, metavar="T",
+                   help="evaluate T after programming, the cells relaxed (relaxation.model): seconds or a number "
+                        "with a unit, e.g. 1s, 1h, 1d, 1y (default 0)")
     p.add_argument("--quiet", action="store_true")
     _add_chip_options(p)
 
@@ -227,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any method setting, e.g. --set method.headroom_min=0.2 (repeatable)")
     p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0, help="seed of the method's own randomness")
     p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--time", type=_time, default=0.0, metavar="T",
+                   help="measure the accuracies T after programming (the method runs at 0): seconds or a number "
+                        "with a unit, e.g. 1h, 1d, 1y (default 0)")
     p.add_argument("--out", type=Path, required=True, help="tuned file to write (.pt)")
     p.add_argument("--quiet", action="store_true")
 

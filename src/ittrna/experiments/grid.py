@@ -39,7 +39,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     pass
 
-from ittrna.config import MAX_CONFIG_BYTES, MAX_SEED, ChipConfig, TrainConfig, _Section
+from ittrna.config import MAX_CONFIG_BYTES, MAX_SEED, ChipConfig, TrainConfig, _Section, parse_time
 from ittrna.errors import ConfigError
 
 __all__ = [
@@ -69,7 +69,7 @@ CHIP_AXES: dict[str, str] = {
     "miss_rate": "test.miss_rate",
     "theta_noise": "test.theta_noise",
 }
-_NAMED_AXES = ("model", "dataset", "method", "chip_seed")
+_NAMED_AXES = ("model", "dataset", "method", "chip_seed", "time")
 _TOP_KEYS = ("title", "grid", "train", "data", "chip", "methods")
 
 
@@ -184,12 +184,16 @@ class Point:
     columns: dict[str, Any] = field(default_factory=dict)
     method_bases: dict[str, int] = field(default_factory=dict)
     """The methods this one builds on, with their versions (:func:`ittrna.methods.base.lineage`)."""
+    time: float = 0.0
+    """Seconds after programming at which the chip is evaluated (the grid's ``time`` axis)."""
 
     def content(self) -> str:
         """Canonical JSON of everything but the model's weights (dedupes repeated grid values)."""
-        return json.dumps({"source": self.source.ref, "chip": self.chip, "method": self.method,
-                           "settings": self.method_settings, "version": self.method_version,
-                           "seed": self.chip_seed}, sort_keys=True)
+        ident = {"source": self.source.ref, "chip": self.chip, "method": self.method,
+                 "settings": self.method_settings, "version": self.method_version, "seed": self.chip_seed}
+        if self.time:  # absent at 0: points without a time axis keep their identity
+            ident["time"] = self.time
+        return json.dumps(ident, sort_keys=True)
 
 
 def method_seed(chip_seed: int) -> int:
@@ -208,6 +212,8 @@ def point_key(point: Point, model_sha256: str, data: DataSettings) -> str:
              "test_seed": point.chip_seed, "method_seed": method_seed(point.chip_seed)}
     if point.method_bases:  # a composed method: its bases' versions too (absent for the others: keys unchanged)
         ident["method_bases"] = point.method_bases
+    if point.time:  # evaluated after relaxation (absent at 0: keys unchanged)
+        ident["time"] = point.time
     text = json.dumps(ident, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -310,6 +316,8 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
         for seed in axes["chip_seed"]:
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
                 raise ConfigError(f"{where}.chip_seed = {seed!r} is invalid; accepted integers in [0, 2**63 - 1]")
+        timed = "time" in axes  # the time axis: seconds or a number with a unit ("1h"), one point per value
+        times = list(dict.fromkeys(parse_time(t, f"{where}.time") for t in axes.get("time", [0.0])))
         for model in axes["model"]:
             for dataset in axes["dataset"]:
                 _check_fits(defs.get(model, model), dataset)
@@ -323,10 +331,10 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
         for combo in itertools.product(*(axes[k] for k in chip_names)):
             overrides = {_dotted(k): v for k, v in zip(chip_names, combo, strict=True)}
             cfg = _override(base_cfg, overrides, dict(zip(chip_names, combo, strict=True)), where)
-            chip_json = cfg.to_json_dict()
+            chip_json = cfg.identity_dict()
             chip_columns = _chip_columns(cfg, chip_names, combo)
-            for model, dataset, method, seed in itertools.product(axes["model"], axes["dataset"], axes["method"],
-                                                                  axes["chip_seed"]):
+            for model, dataset, method, seed, at in itertools.product(axes["model"], axes["dataset"], axes["method"],
+                                                                      axes["chip_seed"], times):
                 source = ModelSource(model, dataset, train=train,
                                      definition=json.dumps(defs[model].to_dict(), sort_keys=True)
                                      if model in defs else None)
@@ -335,7 +343,7 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
                     full = spec.make_config(settings).to_dict()
                     pt = Point(source, chip_json, method, full, spec.version, seed,
                                {"model": model, "dataset": dataset, **chip_columns, "method": method,
-                                **columns, "chip_seed": seed}, lineage(method))
+                                **columns, "chip_seed": seed, **({"time": at} if timed else {})}, lineage(method), at)
                     points.setdefault(pt.content(), pt)
     _check_chips(points.values())
     return SweepSpec(tuple(points.values()), dset, title)
@@ -379,7 +387,7 @@ def collapse_spec(model_path: str | Path, meta: Mapping[str, Any], base: ChipCon
         cfg = _override(base, {"faults.rate": rate, "variation.sigma": sigma},
                         {"saf_rate": rate, "sigma": sigma}, "")
         for seed in seeds:
-            pt = Point(source, cfg.to_json_dict(), "none", settings, spec.version, int(seed),
+            pt = Point(source, cfg.identity_dict(), "none", settings, spec.version, int(seed),
                        {"model": source.model, "dataset": source.dataset, **_chip_columns(cfg, [], ()),
                         "method": "none", "chip_seed": int(seed)})
             points.setdefault(pt.content(), pt)

@@ -141,9 +141,10 @@ def _val_loader(meta: Mapping[str, Any], data_dir: Path | None) -> Callable[[], 
 
 def evaluate_checkpoint(model_path: Path, *, chip_path: Path | None = None, config: ChipConfig | None = None,
                         seed: int = 0, chips: int = 5, split: str = "test", data_dir: Path | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, time: float = 0.0) -> dict[str, Any]:
     """Accuracy of a checkpoint on chips: on the saved chip ``chip_path`` (a tuned checkpoint is programmed
-    as its method left it; only there), else on ``chips`` fresh chips of ``config`` from ``seed`` on.
+    as its method left it; only there), else on ``chips`` fresh chips of ``config`` from ``seed`` on; measured
+    ``time`` seconds after programming (:func:`ittrna.config.parse_time`; the cells relax meanwhile).
 
     Returns ``model``, ``dataset``, ``ideal_accuracy``, ``accuracy_mean``, ``accuracy_std``, ``accuracies``.
     """
@@ -164,10 +165,10 @@ def evaluate_checkpoint(model_path: Path, *, chip_path: Path | None = None, conf
         ideal = accuracy(model, data)
         if deployment is not None:
             accs = [evaluate_tuned(model, meta, deployment, chip, data, _val_loader(meta, data_dir),
-                                   where=str(model_path))]
+                                   where=str(model_path), time=time)]
         else:
             accs = [evaluate(model, chip, data, calibration=calibration_inputs(chip.config,
-                                                                               _val_loader(meta, data_dir)))]
+                                                                               _val_loader(meta, data_dir)), time=time)]
     else:
         cfg = config if config is not None else ChipConfig()
         if deployment is not None:
@@ -177,7 +178,7 @@ def evaluate_checkpoint(model_path: Path, *, chip_path: Path | None = None, conf
         data = load(dataset_of(meta, str(model_path)), split, data_dir=data_dir)
         ideal = accuracy(model, data)
         accs = monte_carlo(model, cfg, range(seed, seed + chips), data, progress=progress,
-                           calibration=calibration_inputs(cfg, _val_loader(meta, data_dir)))
+                           calibration=calibration_inputs(cfg, _val_loader(meta, data_dir)), time=time)
     return {"model": meta["model"], "dataset": meta["dataset"], "ideal_accuracy": ideal,
             "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
             "accuracies": accs}
@@ -186,7 +187,7 @@ def evaluate_checkpoint(model_path: Path, *, chip_path: Path | None = None, conf
 def tolerate_files(model_path: Path, chip_path: Path, method: str, out: Path, *, settings: Mapping[str, Any],
                    chip_out: Path | None = None, map_path: Path | None = None,
                    test: Mapping[str, float] | None = None, test_seed: int | None = None, seed: int = 0,
-                   data_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+                   data_dir: Path | None = None, progress: bool = True, time: float = 0.0) -> dict[str, Any]:
     """Run ``method`` for the saved chip ``chip_path`` (as fabricated) and save the tuned checkpoint ``out``.
 
     Args:
@@ -196,6 +197,8 @@ def tolerate_files(model_path: Path, chip_path: Path, method: str, out: Path, *,
         map_path: a measured map from an earlier test of this chip (else the chip is tested here).
         test: test imperfections (``miss_rate``, ``theta_noise``) of a test run here, over the chip's own.
         test_seed: seed of that test run (default 0).
+        time: seconds after programming at which the accuracies are measured (the saved files are the state
+            at programming: a later ``ittrna evaluate --time`` reproduces the result).
 
     Returns:
         :func:`~ittrna.experiments.tolerate.tolerate`'s result, plus ``out`` and, on-device, ``chip_out``.
@@ -227,7 +230,7 @@ def tolerate_files(model_path: Path, chip_path: Path, method: str, out: Path, *,
     splits = {s: load(dataset, s, data_dir=data_dir) for s in ("train", "val", "test")}
     result, deployment = tolerate(model, chip, method, train=splits["train"], val=splits["val"], test=splits["test"],
                                   settings=settings, measured=measured, test_seed=test_seed or 0,
-                                  test_config=test_config, seed=seed, progress=progress)
+                                  test_config=test_config, seed=seed, progress=progress, time=time)
     save_tuned(out, model, {**meta, "ondevice": chip_out is not None}, deployment, chip.chip_id)
     if chip_out is not None:
         chip.save(chip_out)

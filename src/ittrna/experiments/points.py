@@ -110,7 +110,7 @@ def evaluate_point(point: Point, key: str, data: DataSettings, payload: ModelPay
     settings = {f"method.{k}": v for k, v in point.method_settings.items()}
     result, _ = tolerate(model, chip, point.method, train=split(ds, "train", data), val=split(ds, "val", data),
                          test=split(ds, data.split, data), settings=settings, test_seed=point.chip_seed,
-                         seed=method_seed(point.chip_seed))
+                         seed=method_seed(point.chip_seed), time=point.time)
     val_acc = result.get("report", {}).get("val_accuracy")
     record: dict[str, Any] = {
         "key": key,

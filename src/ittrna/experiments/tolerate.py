@@ -9,9 +9,9 @@ for, so ``evaluate_tuned`` reproduces the reported accuracy on that chip.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 
 from ittrna._io import atomic_write
 from ittrna.chip import Chip
-from ittrna.config import ChipConfig, TestConfig
+from ittrna.config import ChipConfig, TestConfig, parse_time
 from ittrna.data import Split
 from ittrna.errors import FileFormatError, InputError
 from ittrna.host import Deployment, MeasuredMap
@@ -83,7 +83,7 @@ def calibration_inputs(config: ChipConfig, load_val: Callable[[], Split]) -> tor
 
 
 def evaluate_tuned(model: nn.Module, meta: Mapping[str, Any], deployment: Deployment, chip: Chip, data: Split,
-                   load_val: Callable[[], Split], *, where: str = "the tuned file") -> float:
+                   load_val: Callable[[], Split], *, where: str = "the tuned file", time: float = 0.0) -> float:
     """Accuracy of a tuned file (``model``, ``meta``, ``deployment`` from :func:`load_tuned`) on ``chip``.
 
     An off-device result is programmed onto the fabricated chip it was tuned for; an on-device result lives
@@ -98,19 +98,23 @@ def evaluate_tuned(model: nn.Module, meta: Mapping[str, Any], deployment: Deploy
     if meta.get("ondevice") and all(layer.scale == 0.0 for layer in chip):
         raise InputError(f"{where} is an on-device result: it lives on the programmed chip that `tolerate` saved "
                          "(--chip-out), not on the fabricated chip file")
-    return evaluate_deployment(model, chip, deployment, data, calibration_inputs(chip.config, load_val))
+    return evaluate_deployment(model, chip, deployment, data, calibration_inputs(chip.config, load_val), time=time)
 
 
 def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, data: Split,
-                        calibration: torch.Tensor | None = None) -> float:
-    """Program ``deployment`` onto ``chip`` (in place) and return the accuracy on ``data`` (ADCs, if any,
-    calibrated on ``calibration`` inputs, see :func:`ittrna.nn.deploy`; the read-noise stream restarted, so
-    the same chip state gives the same accuracy)."""
+                        calibration: torch.Tensor | None = None, *, time: float = 0.0) -> float:
+    """Program ``deployment`` onto ``chip`` (in place) and return the accuracy on ``data`` ``time`` seconds
+    later (ADCs, if any, calibrated on ``calibration`` inputs right after programming, see
+    :func:`ittrna.nn.deploy`; then the chip waits ``time``, its cells relaxing; the read-noise stream restarted,
+    so the same chip state gives the same accuracy)."""
     tuned = copy.deepcopy(model)
     tuned.load_state_dict(deployment.state_dict)
     chip.program_deployment(deployment)
     chip.restart_reads()  # the same read-noise draws for every evaluation of this state
-    return accuracy(deploy(tuned, chip, program=False, calibration=calibration), data)
+    analog = deploy(tuned, chip, program=False, calibration=calibration)
+    if time:
+        chip.wait(time)
+    return accuracy(analog, data)
 
 
 def tolerate(
@@ -128,6 +132,7 @@ def tolerate(
     seed: int = 0,
     progress: bool = False,
     device: str = "cpu",
+    time: float = 0.0,
 ) -> tuple[dict[str, Any], Deployment]:
     """Run ``method`` for ``chip`` and evaluate it on the test split.
 
@@ -138,7 +143,9 @@ def tolerate(
     writes (``evaluation_writes``) and the programmed chip reproduces the result. The accuracy before the
     method is measured on a copy. Without ``measured`` the chip is tested here, with ``test_config`` if given
     (else its own config's test section; the chip is not changed).
-    ``device`` is where the method computes (e.g. ``cuda``); chips and evaluation stay on the CPU.
+    ``device`` is where the method computes (e.g. ``cuda``); chips and evaluation stay on the CPU. ``time``
+    (seconds, :func:`ittrna.config.parse_time`) is when both accuracies are measured after programming: the
+    chip waits that long first, its cells relaxing (``relaxation``); the method runs at time 0.
 
     Returns:
         (result, deployment). ``result`` holds ``method``, ``ideal_accuracy``, ``chip_accuracy_before``,
@@ -157,16 +164,20 @@ def tolerate(
     except InputError as exc:
         raise InputError(f"the chip does not fit the model: {exc}") from None
     calibration = calibration_inputs(chip.config, lambda: val)
+    time = parse_time(time, "time")
     before_chip = copy.deepcopy(chip)
-    before = accuracy(deploy(model, before_chip, calibration=calibration), test)
-    t0 = time.perf_counter()
+    before_model = deploy(model, before_chip, calibration=calibration)
+    if time:
+        before_chip.wait(time)
+    before = accuracy(before_model, test)
+    t0 = perf_counter()
     ctx = Context(train, val, seed=seed, progress=progress, device=device)
     session = None
     if spec.kind == "on-device":
         session = ChipSession(chip, model, write_budget=getattr(cfg, "write_budget", None),
                               max_iterations=getattr(cfg, "iterations", None), calibration=calibration)
     deployment = apply_method(method, model, measured, ctx, cfg, session=session)
-    seconds = time.perf_counter() - t0
+    seconds = perf_counter() - t0
     if session is not None:
         session.close()
         mismatch = deployment_mismatch(chip, deployment)
@@ -174,7 +185,7 @@ def tolerate(
             raise RuntimeError(f"on-device method {method!r} returned a deployment that is not the chip's state "
                                f"({mismatch})")
     issued_by_method = chip.writes_issued
-    after = evaluate_deployment(model, chip, deployment, test, calibration)
+    after = evaluate_deployment(model, chip, deployment, test, calibration, time=time)
     wear = chip.write_stats()
     counts = session.counts() if session is not None else {"iterations": 0, "forward_passes": 0, "images": 0,
                                                             "ondevice_writes": 0}
@@ -191,6 +202,7 @@ def tolerate(
         "forward_passes": counts["forward_passes"],
         "ondevice_writes": counts["ondevice_writes"],
         "evaluation_writes": chip.writes_issued - issued_by_method,
+        "time": time,
         "report": deployment.report,
     }
     return result, deployment

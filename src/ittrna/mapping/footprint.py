@@ -17,8 +17,8 @@ from ittrna.mapping.tiling import TileGrid
 
 __all__ = ["check_fits", "estimate_chip_bytes", "mapped_matrices"]
 
-_STORED_BYTES_PER_CELL = 21
-"""fault int8 + theta, g, eps float32 + writes int64."""
+_STORED_BYTES_PER_CELL = 29
+"""fault int8 + theta, g, eps float32 + writes int64 + written_at float64."""
 _WORK_BYTES_PER_CELL = 48
 """Peak temporaries per cell of the largest layer while programming and reading it (targets, masks,
 conductances, effective matrix)."""
@@ -44,7 +44,7 @@ def estimate_chip_bytes(matrices: Sequence[tuple[int, int]], config: ChipConfig)
         config: the chip configuration (tile size, scheme, fault pattern and rate).
 
     Returns:
-        (peak bytes, total cells). The peak is the stored cell state (21 bytes per cell), plus the largest
+        (peak bytes, total cells). The peak is the stored cell state (29 bytes per cell), plus the largest
         layer's programming temporaries, plus the fault sampler's temporaries for the largest array (for
         ``lines``: the cells of the lines drawn in one round, each padded to the longer tile side).
     """

@@ -1,0 +1,144 @@
+"""IR drop: the column currents of a crossbar tile whose wires have resistance.
+
+The network (one tile of R rows x C columns; units: siemens, volts, amperes, ohm):
+
+- row i is driven at ``v[i]`` by its driver, through one wire segment of ``r_wire`` to the row's node at
+  column 0, and one segment between the row nodes of neighbouring columns;
+- the cell at (i, j) joins row node a[i, j] to column node b[i, j] with conductance ``g[i, j]``;
+- column j has one segment between the nodes of neighbouring rows and one between its last node b[R-1, j]
+  and the sense amplifier, which holds it at 0 V (virtual ground). The column's current is the current into
+  the sense amplifier, b[R-1, j] / r_wire.
+
+Kirchhoff's current law at the 2 R C nodes is a sparse, symmetric positive definite linear system (the same
+2·R·C-node system as MemTorch's ``solve_passive``). The currents are linear in ``v`` for a fixed ``g``, so a tile
+computes with a transfer matrix ``T`` (R, C), I = v @ T, solved once per programming (:func:`transfer`); at
+``r_wire = 0`` it is ``g`` itself.
+
+Valid range: r_wire in [0, 1000] ohm (:class:`~ittrna.config.WireConfig`), conductances >= 0 and finite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ittrna import registry as _registry
+from ittrna.errors import InputError
+from ittrna.registry import Registry
+
+__all__ = ["SOLVERS", "solve", "transfer", "transfer_tiles"]
+
+
+def _check(g: torch.Tensor, r_wire: float) -> None:
+    if not isinstance(g, torch.Tensor) or g.dim() != 2 or g.shape[0] < 1 or g.shape[1] < 1:
+        raise InputError(f"g must be a (rows, cols) tensor of conductances; got {getattr(g, 'shape', type(g))}")
+    if isinstance(r_wire, bool) or not isinstance(r_wire, (int, float)) or not 0.0 <= float(r_wire) <= 1000.0:
+        raise InputError(f"r_wire = {r_wire!r} is out of range; accepted [0, 1000] ohm")
+    if not bool(torch.isfinite(g).all()) or bool((g < 0).any()):
+        raise InputError("g holds a negative or non-finite conductance; accepted finite values >= 0 siemens")
+
+
+def _system(g: np.ndarray, r_wire: float) -> tuple[object, int, int]:
+    """The nodal conductance matrix (2RC x 2RC, CSC) of one tile: unknowns a (row nodes) then b (column nodes),
+    each in row-major order."""
+    import scipy.sparse as sp
+
+    rows, cols = g.shape
+    n = rows * cols
+    w = 1.0 / r_wire
+    idx = np.arange(n).reshape(rows, cols)
+    gf = g.reshape(-1)
+    # row nodes: a driver/left segment always, a right segment except at the last column, the cell
+    diag_a = np.full((rows, cols), 2.0 * w)
+    diag_a[:, -1] = w
+    diag_a = diag_a.reshape(-1) + gf
+    # column nodes: a lower segment always (the last one to the sense amplifier), an upper one except at row 0
+    diag_b = np.full((rows, cols), 2.0 * w)
+    diag_b[0, :] = w
+    diag_b = diag_b.reshape(-1) + gf
+    ia, ja = idx[:, :-1].reshape(-1), idx[:, 1:].reshape(-1)  # along rows
+    ib, jb = idx[:-1, :].reshape(-1) + n, idx[1:, :].reshape(-1) + n  # along columns
+    cell_a, cell_b = np.arange(n), np.arange(n) + n
+    r_ = np.concatenate([np.arange(2 * n), ia, ja, ib, jb, cell_a, cell_b])
+    c_ = np.concatenate([np.arange(2 * n), ja, ia, jb, ib, cell_b, cell_a])
+    v_ = np.concatenate([diag_a, diag_b, np.full(ia.size * 2, -w), np.full(ib.size * 2, -w), -gf, -gf])
+    matrix = sp.csc_matrix((v_, (r_, c_)), shape=(2 * n, 2 * n))
+    return matrix, rows, cols
+
+
+def solve(g: torch.Tensor, v: torch.Tensor, r_wire: float) -> torch.Tensor:
+    """The exact column currents of one tile under IR drop.
+
+    Args:
+        g: (R, C) cell conductances in siemens (float64; other dtypes are converted).
+        v: (R,) row voltages in volts, or (B, R) for B inputs.
+        r_wire: ohm per wire segment, in [0, 1000].
+
+    Returns:
+        (C,) or (B, C) float64 column currents in amperes; at ``r_wire = 0`` exactly ``v @ g``.
+    """
+    _check(g, r_wire)
+    g64 = g.detach().to(torch.float64).cpu()
+    v64 = torch.as_tensor(v).detach().to(torch.float64).cpu()
+    if v64.shape[-1] != g64.shape[0] or v64.dim() not in (1, 2):
+        raise InputError(f"v has shape {tuple(v64.shape)}; accepted ({g64.shape[0]},) or (B, {g64.shape[0]})")
+    if not bool(torch.isfinite(v64).all()):
+        raise InputError("v holds a non-finite voltage")
+    if r_wire == 0:
+        return v64 @ g64
+    from scipy.sparse.linalg import splu
+
+    matrix, rows, cols = _system(g64.numpy(), float(r_wire))
+    n = rows * cols
+    batch = v64.reshape(-1, rows).numpy()  # (B, R)
+    rhs = np.zeros((2 * n, batch.shape[0]))
+    rhs[np.arange(rows) * cols, :] = batch.T / float(r_wire)  # the drivers feed each row's first node
+    nodes = splu(matrix).solve(rhs)  # (2n, B)
+    currents = nodes[n + (rows - 1) * cols: 2 * n, :].T / float(r_wire)  # (B, C): last column nodes to ground
+    out = torch.from_numpy(np.ascontiguousarray(currents))
+    return out.reshape((*v64.shape[:-1], cols))
+
+
+def transfer(g: torch.Tensor, r_wire: float) -> torch.Tensor:
+    """The (R, C) transfer matrix T of one tile: its column currents are ``v @ T`` for any row voltages ``v``
+    (the network is linear). Exact (one sparse LU, R solves); ``g`` itself at ``r_wire = 0``; float64."""
+    _check(g, r_wire)
+    if r_wire == 0:
+        return g.detach().to(torch.float64).clone()
+    return solve(g, torch.eye(g.shape[0], dtype=torch.float64), r_wire)
+
+
+def transfer_tiles(g: torch.Tensor, tile: tuple[int, int], r_wire: float, solver: str = "exact") -> torch.Tensor:
+    """The transfer matrices of every tile of a cell array, in the array's own layout.
+
+    Args:
+        g: (rows, cols) conductances of an array of whole ``tile``-sized tiles (siemens).
+        tile: (R, C) of one crossbar.
+        r_wire: ohm per segment.
+        solver: a name in :data:`SOLVERS` (``wires.solver``).
+
+    Returns:
+        (rows, cols) tensor of ``g``'s dtype and device: each tile's block replaced by its transfer matrix
+        (column currents = inputs @ block, tile by tile); ``g`` itself at ``r_wire = 0``.
+    """
+    if r_wire == 0:
+        return g
+    h, w = g.shape
+    r, c = tile
+    if h % r or w % c:
+        raise InputError(f"array {tuple(g.shape)} is not a whole number of {tile} tiles")
+    fn = SOLVERS[solver]
+    out = torch.empty_like(g)
+    for ti in range(h // r):  # one sparse solve per tile (each is a separate crossbar)
+        for tj in range(w // c):
+            block = g[ti * r:(ti + 1) * r, tj * c:(tj + 1) * c]
+            out[ti * r:(ti + 1) * r, tj * c:(tj + 1) * c] = fn(block, r_wire).to(g.dtype)
+    return out
+
+
+#: Transfer-matrix solvers by ``wires.solver`` (names declared in :data:`ittrna.registry.WIRE_SOLVERS`):
+#: (g (R, C), r_wire) -> (R, C).
+SOLVERS: Registry[Callable[[torch.Tensor, float], torch.Tensor]] = _registry.WIRE_SOLVERS
+SOLVERS.register("exact", transfer, home=__name__)

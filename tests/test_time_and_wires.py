@@ -1,0 +1,345 @@
+"""Time and wires: conductance relaxation after programming, and IR drop on the crossbar lines."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ittrna.chip import Chip, MeasuredMap
+from ittrna.config import TIME_MAX_S, CellConfig, ChipConfig, ConfigError, RelaxationConfig, WireConfig, parse_time
+from ittrna.device.ir_drop import solve, transfer, transfer_tiles
+from ittrna.device.relaxation import WAN2022_COEFFS, WAN2022_GMAX_REF, relax
+from ittrna.errors import InputError
+from ittrna.nn import deploy
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
+
+
+def _chip(model: nn.Module, **over) -> Chip:
+    cfg = ChipConfig().override({"mapping.rows": 8, "mapping.cols": 8, **over})
+    chip = Chip.fabricate(model, cfg, 3)
+    chip.program_model(model)
+    return chip
+
+
+# --- relaxation --------------------------------------------------------------------------------------------
+MODELS = [("cmo-hfox", {}), ("wan2022", {"relaxation.extrapolate": True}), ("power-law", {})]
+
+
+@pytest.mark.parametrize(("name", "extra"), MODELS)
+def test_age_zero_changes_nothing(name, extra):
+    model = _model()
+    plain = _chip(model, **{"faults.rate": 0.1, "variation.sigma": 0.5})
+    relaxing = _chip(model, **{"faults.rate": 0.1, "variation.sigma": 0.5, "relaxation.model": name, **extra})
+    for layer in plain.layers:
+        assert torch.equal(plain.read_weight(layer), relaxing.read_weight(layer))
+
+
+@pytest.mark.parametrize(("name", "extra"), MODELS)
+def test_same_chip_same_age_reads_the_same_and_later_ages_continue(name, extra):
+    model = _model()
+    over = {"faults.rate": 0.1, "relaxation.model": name, **extra}
+    a, b = _chip(model, **over), _chip(model, **over)
+    g0 = a.conductances("0")["pos"].clone()
+    a.wait(3600.0)
+    b.wait(1800.0)
+    b.wait(1800.0)  # two waits to the same age: the same read
+    assert torch.equal(a.conductances("0")["pos"], b.conductances("0")["pos"])
+    assert not torch.equal(a.conductances("0")["pos"], g0)
+    # a later age continues the same trajectory: reading on the way changes nothing (no redraw)
+    a.wait(30 * 86400.0)
+    b.wait(30 * 86400.0 - 1800.0)
+    b.wait(1800.0)
+    assert torch.equal(a.conductances("0")["pos"], b.conductances("0")["pos"])
+
+
+def test_each_cell_keeps_its_draw_over_time():
+    cell = CellConfig()
+    n = 5000
+    g0 = torch.full((n,), 50e-6)
+    z = torch.randn(n, generator=torch.Generator().manual_seed(4))
+    cfg = RelaxationConfig(model="cmo-hfox")
+    k = cell.g_max / 88.199997e-6
+    seen = []
+    for t in (10.0, 3600.0, 3e7):
+        d = (relax(g0, g0, torch.full((n,), t, dtype=torch.float64), z, cfg, cell) - g0).double()
+        spread = k * (0.04201137 * math.log(t) + 0.41183342) * 1e-6
+        seen.append((d - k * -0.08900206e-6 * math.log(t)) / spread)  # the cell's draw, recovered
+    assert torch.allclose(seen[0], seen[1], atol=1e-3) and torch.allclose(seen[1], seen[2], atol=1e-3)
+    pl = RelaxationConfig(model="power-law")
+    older = [relax(g0, g0, torch.full((n,), t, dtype=torch.float64), z, pl, cell) for t in (100.0, 1e4, 1e7)]
+    assert bool((older[1] <= older[0]).all()) and bool((older[2] <= older[1]).all())  # power law: monotone
+
+
+def test_stuck_cells_do_not_relax():
+    model = _model()
+    chip = _chip(model, **{"faults.rate": 0.3, "relaxation.model": "cmo-hfox"})
+    before = chip.conductances("0")
+    chip.wait(86400.0)
+    after = chip.conductances("0")
+    for name, arr in chip.layers["0"].arrays.items():
+        stuck = arr.fault != 0
+        assert torch.equal(before[name][stuck], after[name][stuck])
+        assert not torch.equal(before[name][~stuck], after[name][~stuck])
+
+
+def test_relaxed_conductance_stays_in_range():
+    cell = CellConfig()
+    g0 = torch.linspace(cell.g_min, cell.g_max, 1000)
+    z = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 5
+    for model in ("cmo-hfox", "wan2022"):
+        cfg = RelaxationConfig(model=model, extrapolate=True)
+        out = relax(g0, g0, torch.full((1000,), 1e7, dtype=torch.float64), z, cfg, cell)
+        lo, hi = (float(torch.tensor(v, dtype=torch.float32)) for v in (cell.g_min, cell.g_max))  # float32 cells
+        assert float(out.min()) >= lo and float(out.max()) <= hi
+    outside = torch.tensor([cell.g_max * 1.5])  # variation left it above Gmax: not pushed further out
+    out = relax(outside, outside, torch.tensor([1e7], dtype=torch.float64), torch.tensor([10.0]),
+                RelaxationConfig(model="cmo-hfox"), cell)
+    assert float(out) <= float(outside)
+
+
+def test_cmo_mean_and_spread_match_the_fit():
+    cell = CellConfig()  # Gmax 100 uS: the fit's 88.2 uS scaled by 100 / 88.2
+    n = 200_000
+    g0 = torch.full((n,), 50e-6)
+    z = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    t = 86400.0
+    out = relax(g0, g0, torch.full((n,), t, dtype=torch.float64), z, RelaxationConfig(model="cmo-hfox"), cell)
+    k = cell.g_max / 88.199997e-6
+    d = (out - g0).double()
+    assert float(d.mean()) == pytest.approx(k * -0.08900206e-6 * math.log(t), rel=0.02)
+    assert float(d.std()) == pytest.approx(k * (0.04201137 * math.log(t) + 0.41183342) * 1e-6, rel=0.02)
+
+
+def test_wan2022_spread_matches_its_polynomial():
+    cell = CellConfig()
+    n = 200_000
+    x = 0.4
+    target = torch.full((n,), x * cell.g_max)
+    z = torch.randn(n, generator=torch.Generator().manual_seed(2))
+    for t, coeffs in WAN2022_COEFFS.items():
+        age = torch.full((n,), t, dtype=torch.float64)
+        out = relax(target, target, age, z, RelaxationConfig(model="wan2022"), cell)
+        sigma_us = sum(c * x**i for i, c in enumerate(coeffs))
+        expected = sigma_us * 1e-6 * cell.g_max / WAN2022_GMAX_REF
+        assert float((out - target).double().std()) == pytest.approx(expected, rel=0.02)
+
+
+def test_wan2022_refuses_past_its_fit_unless_asked():
+    model = _model()
+    chip = _chip(model, **{"relaxation.model": "wan2022"})
+    chip.wait(3 * 86400.0)
+    with pytest.raises(InputError, match="extrapolate"):
+        chip.read_weight("0")
+
+
+def test_power_law_decays_and_its_exponent_is_per_cell():
+    cell = CellConfig()
+    g0 = torch.full((10_000,), 60e-6)
+    z = torch.randn(10_000, generator=torch.Generator().manual_seed(3))
+    cfg = RelaxationConfig(model="power-law", nu_mean=0.05, nu_std=0.01, t0=20.0)
+    t = 2e4
+    out = relax(g0, g0, torch.full((10_000,), t, dtype=torch.float64), z, cfg, cell)
+    nu = -torch.log(out.double() / g0.double()) / math.log(t / 20.0)
+    assert float(nu.mean()) == pytest.approx(0.05, abs=0.001)
+    assert float(nu.std()) == pytest.approx(0.01, rel=0.05)
+    young = relax(g0, g0, torch.full((10_000,), 10.0, dtype=torch.float64), z, cfg, cell)  # younger than t0
+    assert torch.equal(young, g0)
+
+
+def test_a_cell_rewritten_later_is_younger():
+    model = _model()
+    chip = _chip(model, **{"relaxation.model": "power-law"})
+    chip.wait(1000.0)
+    layer = chip.layers["0"]
+    weight = model[0].weight.detach().clone()
+    weight[0, 0] += 0.05  # one weight changes: only its cells are written again, at the clock's time
+    chip.program_weights("0", weight, scale=layer.scale)
+    times = layer.arrays["pos"].written_at
+    assert float(times.max()) == 1000.0 and int((times == 1000.0).sum()) >= 1
+    assert int((times == 0.0).sum()) > 0
+
+
+def test_clock_and_write_times_survive_the_archive(tmp_path):
+    model = _model()
+    chip = _chip(model, **{"relaxation.model": "cmo-hfox"})
+    chip.wait(500.0)
+    chip.program_weights("0", model[0].weight.detach() * 0.9, scale=chip.layers["0"].scale)
+    chip.wait(100.0)
+    chip.save(tmp_path / "c.npz")
+    back = Chip.load(tmp_path / "c.npz")
+    assert back.now == 600.0
+    assert torch.equal(back.read_weight("0"), chip.read_weight("0"))
+
+
+def test_time_parsing_and_ranges():
+    assert parse_time("1h") == 3600.0 and parse_time("1y") == 365.25 * 86400 and parse_time(5) == 5.0
+    for bad in ("-1s", "11y", "1 parsec", "nan", True, "1_0s", 10**5000):
+        with pytest.raises(ConfigError):
+            parse_time(bad)
+    model = _model()
+    chip = _chip(model)
+    with pytest.raises(InputError, match="10 years"):
+        chip.wait(TIME_MAX_S + 1)
+    for field, value in (("scale", -1.0), ("nu_mean", 2.0), ("t0", 0.0), ("model", "drift"), ("extrapolate", 1)):
+        with pytest.raises(ConfigError, match=f"relaxation.{field}"):
+            RelaxationConfig(**{field: value})
+    with pytest.raises(ConfigError, match="wires.r_wire"):
+        WireConfig(r_wire=-1.0)
+
+
+def test_measured_map_carries_its_time(tmp_path):
+    model = _model()
+    chip = Chip.fabricate(model, ChipConfig().override({"mapping.rows": 8, "mapping.cols": 8}), 1)
+    chip.wait(42.0)
+    measured = chip.test()
+    assert measured.taken_at == 42.0
+    measured.save(tmp_path / "m.npz")
+    assert MeasuredMap.load(tmp_path / "m.npz").taken_at == 42.0
+
+
+def test_new_sections_at_defaults_keep_identities():
+    cfg = ChipConfig()
+    assert "relaxation" not in cfg.identity_dict() and "wires" not in cfg.identity_dict()
+    assert "relaxation" in cfg.override({"relaxation.model": "cmo-hfox"}).identity_dict()
+
+
+# --- IR drop -----------------------------------------------------------------------------------------------
+def test_hand_solved_networks():
+    # one cell: driver segment, cell, segment to the sense amplifier in series
+    assert float(solve(torch.tensor([[1e-4]], dtype=torch.float64), torch.tensor([1.0]), 10.0)) == pytest.approx(
+        1.0 / (20.0 + 1e4), rel=1e-12)
+    # one row, two columns, r = g = 1: branches of 1/2 and 1/3 behind the driver's 1 -> I = (3/11, 2/11)
+    out = solve(torch.ones(1, 2, dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64), 1.0)
+    assert torch.allclose(out, torch.tensor([3 / 11, 2 / 11], dtype=torch.float64), rtol=1e-12)
+    # two rows, one column, r = g = 1, v = (1, 0): row 1's cell joins the column node b0 to 0 V through 2 ohm.
+    # b0 = 7/15 by KCL; b1 = 2/15, the current into the sense amplifier is 2/15 A... solved independently below
+    out = solve(torch.ones(2, 1, dtype=torch.float64), torch.tensor([1.0, 0.0], dtype=torch.float64), 1.0)
+    assert float(out) == pytest.approx(_dense_solve(np.ones((2, 1)), np.array([1.0, 0.0]), 1.0)[0], rel=1e-12)
+
+
+def _dense_solve(g: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
+    """Kirchhoff's current law written node by node (independent of the sparse assembly): the column currents."""
+    rows, cols = g.shape
+    n = rows * cols
+
+    def a(i: int, j: int) -> int:
+        return i * cols + j
+
+    def b(i: int, j: int) -> int:
+        return n + i * cols + j
+
+    m = np.zeros((2 * n, 2 * n))
+    rhs = np.zeros(2 * n)
+
+    def link(p: int, q: int, cond: float) -> None:
+        m[p, p] += cond
+        m[q, q] += cond
+        m[p, q] -= cond
+        m[q, p] -= cond
+
+    for i in range(rows):
+        m[a(i, 0), a(i, 0)] += 1 / r  # driver segment
+        rhs[a(i, 0)] += v[i] / r
+        for j in range(cols):
+            link(a(i, j), b(i, j), g[i, j])
+            if j + 1 < cols:
+                link(a(i, j), a(i, j + 1), 1 / r)
+            if i + 1 < rows:
+                link(b(i, j), b(i + 1, j), 1 / r)
+    for j in range(cols):
+        m[b(rows - 1, j), b(rows - 1, j)] += 1 / r  # to the sense amplifier at 0 V
+    x = np.linalg.solve(m, rhs)
+    return np.array([x[b(rows - 1, j)] / r for j in range(cols)])
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (5, 2), (6, 6)])
+def test_exact_solver_obeys_kirchhoff_on_random_tiles(shape):
+    rng = np.random.default_rng(sum(shape))
+    g = rng.uniform(1e-6, 1e-4, size=shape)
+    v = rng.uniform(-1, 1, size=shape[0])
+    for r in (0.5, 10.0, 1000.0):
+        out = solve(torch.from_numpy(g), torch.from_numpy(v), r).numpy()
+        assert np.allclose(out, _dense_solve(g, v, r), rtol=1e-9, atol=1e-18)
+
+
+def test_zero_wire_resistance_is_the_ideal_product_exactly():
+    g = torch.rand(16, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e-4
+    v = torch.rand(16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(solve(g, v, 0.0), v @ g)
+    assert torch.equal(transfer(g, 0.0), g)
+
+
+def test_transfer_matrix_is_linear_and_less_than_ideal():
+    g = torch.rand(12, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 1e-4
+    t = transfer(g, 2.5)
+    v = torch.rand(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(v @ t, solve(g, v, 2.5), rtol=1e-10)
+    assert bool(((v @ t) < (v @ g)).all())  # wire resistance only loses current for positive inputs
+
+
+def test_tiles_are_separate_crossbars():
+    g = torch.rand(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 1e-4
+    whole = transfer_tiles(g, (4, 4), 1.0)
+    assert torch.allclose(whole[4:, :4], transfer(g[4:, :4], 1.0))
+
+
+def test_chip_ir_drop_zero_is_bit_for_bit_and_positive_lowers_the_weights():
+    model = _model()
+    ideal = _chip(model)
+    zero = _chip(model, **{"wires.r_wire": 0.0})
+    wired = _chip(model, **{"wires.r_wire": 5.0})
+    x = torch.rand(4, 12, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(deploy(model, ideal, program=False)(x), deploy(model, zero, program=False)(x))
+    w, w_ideal = wired.read_weight("0"), ideal.read_weight("0")
+    assert not torch.allclose(w, w_ideal)
+    assert float((w - w_ideal).abs().max()) < 0.5 * float(w_ideal.abs().max())
+
+
+# --- zero-write compensation -------------------------------------------------------------------------------
+def test_global_drift_compensation_writes_nothing_and_undoes_a_common_decay(tmp_path):
+    model = _model()
+    over = {"relaxation.model": "power-law", "relaxation.nu_std": 0.0, "relaxation.nu_mean": 0.1}
+    plain = _chip(model, **over)
+    comp = _chip(model, **over, **{"relaxation.compensation": "global"})
+    w0 = comp.read_weight("0").clone()
+    writes = comp.writes_issued
+    plain.wait(1e6)
+    comp.wait(1e6)
+    decayed, restored = plain.read_weight("0"), comp.read_weight("0")
+    assert float((decayed - w0).abs().max()) > 0.3 * float(w0.abs().max())  # every cell decayed alike ...
+    assert torch.allclose(restored, w0, rtol=1e-4, atol=1e-6)  # ... and one factor per layer undoes it
+    assert comp.writes_issued == writes
+    comp.save(tmp_path / "c.npz")  # the reference taken after programming travels with the chip
+    assert torch.allclose(Chip.load(tmp_path / "c.npz").read_weight("0"), restored)
+
+
+def test_compensation_reference_is_taken_right_after_programming():
+    model = _model()
+    chip = _chip(model, **{"relaxation.model": "power-law", "relaxation.compensation": "global"})
+    chip.wait(1e5)  # no read before the wait: the reference is still the layer as programmed
+    ref = chip.layers["0"].drift_ref
+    assert ref is not None and ref[0] == chip.layers["0"].version
+    fresh = _chip(model, **{"relaxation.model": "power-law"})
+    expected = float(fresh.effective_matrix("0").sum(dim=0).abs().sum())
+    assert ref[1] == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_time_axis_of_a_sweep():
+    from ittrna.experiments.grid import DataSettings, parse_spec, point_key
+
+    grid = {"model": ["mlp"], "dataset": ["mnist"], "chip_seed": [1], "saf_rate": 0.1}
+    plain = parse_spec({"grid": grid}).points
+    timed = parse_spec({"grid": {**grid, "time": [0, "1h", 3600, "1d"]}}).points
+    assert [p.time for p in timed] == [0.0, 3600.0, 86400.0]  # one spelling per time: "1h" and 3600 are one point
+    data = DataSettings()
+    assert point_key(timed[0], "sha", data) == point_key(plain[0], "sha", data)  # time 0: the key it always had
+    assert len({point_key(p, "sha", data) for p in timed}) == 3
+    with pytest.raises(ConfigError, match="grid.time"):
+        parse_spec({"grid": {**grid, "time": ["soon"]}})
