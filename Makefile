@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ART    := artifacts
 export ITTRNA_DATA ?= $(HOME)/.cache/ittrna
 
-.PHONY: demo test test-slow lint data data-mnist bench bench-compare bench-sweep mutants clean help
+.PHONY: demo test test-slow lint data data-mnist bench bench-compare bench-sweep bench-ir-drop mutants clean help
 
 help:
 	@echo "make demo       configs/quick.toml: train the MLP, its collapse on imperfect chips and its rescue; report"
@@ -77,6 +77,10 @@ bench-compare: data-mnist
 
 bench-sweep: $(VENV)/.installed-dev data
 	$(BIN)/python benchmarks/bench_sweep.py
+
+# IR drop: the exact and the iterative solver, speed and error side by side
+bench-ir-drop: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_ir_drop.py
 
 clean:
 	rm -rf $(VENV) $(ART) .pytest_cache .mypy_cache .ruff_cache

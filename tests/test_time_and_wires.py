@@ -343,3 +343,15 @@ def test_the_time_axis_of_a_sweep():
     assert len({point_key(p, "sha", data) for p in timed}) == 3
     with pytest.raises(ConfigError, match="grid.time"):
         parse_spec({"grid": {**grid, "time": ["soon"]}})
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (6, 1), (16, 12)])
+def test_iterative_solver_matches_the_exact_one(shape):
+    from ittrna.device.ir_drop import transfer_iterative
+
+    g = (torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 0.9 + 0.1) * 1e-4
+    for r in (0.5, 2.5, 100.0):
+        exact, it = transfer(g, r), transfer_iterative(g, r)
+        full_scale = shape[0] * float(g.max())
+        assert float((exact - it).abs().max()) <= 1e-8 * full_scale
+    assert torch.equal(transfer_iterative(g, 0.0), g)

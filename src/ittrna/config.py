@@ -322,7 +322,9 @@ class WireConfig(_Section):
 
     solver: str = "exact"
     """How a tile's transfer matrix is solved: ``exact``, a sparse direct solve of the nodal equations in
-    float64 (:func:`ittrna.device.ir_drop.transfer`)."""
+    float64 (:func:`ittrna.device.ir_drop.transfer`), or ``iterative``, block Gauss-Seidel line relaxation in
+    torch to 1e-9 of the tile's full-scale current (:func:`ittrna.device.ir_drop.transfer_iterative`; runs
+    where the cells live, e.g. on CUDA)."""
 
     def __post_init__(self) -> None:
         self._range("r_wire", 0.0, 1000.0)

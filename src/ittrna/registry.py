@@ -127,5 +127,5 @@ RELAXATION_MODELS: Registry = Registry("relaxation model", dict.fromkeys(("none"
                                                                          "ittrna.device.relaxation"))
 """Conductance relaxation after programming (``relaxation.model``), filled by :mod:`ittrna.device.relaxation`."""
 
-WIRE_SOLVERS: Registry = Registry("wire solver", dict.fromkeys(("exact",), "ittrna.device.ir_drop"))
+WIRE_SOLVERS: Registry = Registry("wire solver", dict.fromkeys(("exact", "iterative"), "ittrna.device.ir_drop"))
 """Solvers of a tile's resistive network under IR drop (``wires.solver``), filled by :mod:`ittrna.device.ir_drop`."""

@@ -20,7 +20,11 @@ from ittrna._io import atomic_write, atomic_write_text
 __all__ = ["Pivot", "Report", "format_table", "pivot", "plot_collapse", "plot_curves", "plot_fault_map", "plot_writes",
            "points", "summarize", "write_csv", "write_report"]
 
-_PLOT_AXES = {"saf_rate": "stuck-at-fault rate", "sigma": "variation σ (log G)"}
+_PLOT_AXES = {"saf_rate": "stuck-at-fault rate", "sigma": "variation σ (log G)",
+              "time": "time after programming (log)"}
+_TIME_TICKS = {1.0: "1 s", 60.0: "1 min", 3600.0: "1 h", 86400.0: "1 d", 7 * 86400.0: "1 w",
+               365.25 * 86400 / 12: "1 month", 365.25 * 86400: "1 y", 10 * 365.25 * 86400: "10 y"}
+"""Tick labels of a time axis (seconds)."""
 
 
 def format_table(rows: Sequence[dict[str, Any]], ideal: float | None = None) -> str:
@@ -345,6 +349,10 @@ def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], shown: Sequenc
         ax.axhline(100 * statistics.fmean(soft), color="gray", ls="--", label="software")
         ax.set_title(f"{model} / {dataset}" + ("\n" + textwrap.fill(shared, 90) if shared else ""), fontsize=9)
         ax.set_xlabel(_PLOT_AXES.get(x, x))
+        if x == "time":  # log time; 0 (right after programming) on a linear stretch below 1 s
+            ax.set_xscale("symlog", linthresh=1.0)
+            ticks = [t for t in _TIME_TICKS if any(abs(t - r[x]) < 1e-6 * t for rs in series.values() for r in rs)]
+            ax.set_xticks(ticks, [_TIME_TICKS[t] for t in ticks])
         ax.set_ylabel("chip accuracy (%), mean and 95 % CI")
         ax.set_ylim(0, 101)
         ax.grid(alpha=0.3)
@@ -511,7 +519,7 @@ def write_report(folder: str | Path, *, html: bool = False, title: str | None = 
     rows, shown = summarize(records)
     plots = []
     (root / "plots").mkdir(exist_ok=True)
-    for x in ("saf_rate", "sigma"):
+    for x in ("saf_rate", "sigma", "time"):
         p = root / "plots" / f"accuracy_vs_{x}.png"
         if plot_curves(p, rows, shown, x):
             plots.append(p)
