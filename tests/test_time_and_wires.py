@@ -355,3 +355,120 @@ def test_iterative_solver_matches_the_exact_one(shape):
         full_scale = shape[0] * float(g.max())
         assert float((exact - it).abs().max()) <= 1e-8 * full_scale
     assert torch.equal(transfer_iterative(g, 0.0), g)
+
+
+# --- hostile inputs of this stop's adversarial sweep --------------------------------------------------------
+def _forge(path, tmp_path, name, edit_header=None, drop=()):
+    """A copy of the chip archive ``path`` with its JSON header edited and some arrays dropped."""
+    import json as _json
+
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = _json.loads(str(arrays.pop("__header__")))
+    if edit_header:
+        edit_header(header)
+    for key in [k for k in arrays if any(k.endswith(d) for d in drop)]:
+        del arrays[key]
+    out = tmp_path / name
+    np.savez(out, __header__=np.array(_json.dumps(header)), **arrays)
+    return out
+
+
+def test_forged_clocks_drift_references_and_duplicate_keys_are_refused(tmp_path):
+    from ittrna.errors import FileFormatError
+
+    model = _model()
+    chip = _chip(model, **{"relaxation.model": "cmo-hfox", "relaxation.compensation": "global"})
+    chip.save(tmp_path / "c.npz")
+    fab = Chip.fabricate(model, chip.config, 3)
+    fab.save(tmp_path / "f.npz")
+
+    def old(now):
+        return lambda h: h.update(format=2, now=now)
+    for i, now in enumerate(("abc", [1], -5.0, float("nan"), 1e300)):  # a format-2 file with a clock: checked too
+        bad = _forge(tmp_path / "c.npz", tmp_path, f"o{i}.npz", old(now), drop=("|written_at",))
+        with pytest.raises(FileFormatError, match="now"):
+            Chip.load(bad)
+
+    def ref(h):
+        for layer in h["layers"]:
+            layer["drift_ref"] = [layer["version"] + 1, 1e29]
+    with pytest.raises(FileFormatError, match="never programmed"):  # a reference on an unprogrammed layer
+        Chip.load(_forge(tmp_path / "f.npz", tmp_path, "r.npz", ref))
+    with pytest.raises(FileFormatError, match="drift_ref"):  # one of another version
+        Chip.load(_forge(tmp_path / "c.npz", tmp_path, "r2.npz", ref))
+    text = (tmp_path / "c.npz")
+    import json as _json
+    with np.load(text, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = str(arrays.pop("__header__")).replace('"now": 0.0', '"now": "junk", "now": 0.0')
+    np.savez(tmp_path / "d.npz", __header__=np.array(header), **arrays)
+    assert '"now": "junk"' in header and _json.loads(header)["now"] == 0.0
+    with pytest.raises(FileFormatError, match="twice"):
+        Chip.load(tmp_path / "d.npz")
+
+
+def test_programming_drops_a_stale_drift_reference():
+    model = _model()
+    chip = _chip(model, **{"relaxation.model": "power-law", "relaxation.compensation": "global"})
+    chip.layers["0"].drift_ref = (chip.layers["0"].version + 1, 1e29)  # as a forged file would set it
+    chip.program_weights("0", model[0].weight, scale=chip.layers["0"].scale)
+    assert chip.layers["0"].drift_ref is None
+
+
+def test_maps_from_the_future_or_of_another_design_are_refused():
+    from ittrna.experiments.tolerate import check_map_fits
+
+    model = _model()
+    cfg = ChipConfig().override({"mapping.rows": 8, "mapping.cols": 8, "relaxation.model": "cmo-hfox"})
+    chip = Chip.fabricate(model, cfg, 1)
+    later = Chip.fabricate(model, cfg, 1)
+    later.wait(100.0)
+    with pytest.raises(InputError, match="after the chip's time"):
+        check_map_fits(later.test(), chip)
+    other = chip.test()
+    other.design = ChipConfig().override({"mapping.rows": 8, "mapping.cols": 8})
+    with pytest.raises(InputError, match="design config"):
+        check_map_fits(other, chip)
+    check_map_fits(chip.test(), chip)  # its own map fits
+    made = chip.test()
+    made.design = cfg.override({"test.miss_rate": 0.05})  # a map made with other test settings still fits
+    check_map_fits(made, chip)
+
+
+def test_sweep_refuses_times_past_the_fit_and_a_field_given_twice_before_any_work():
+    from ittrna.experiments.grid import parse_spec
+
+    grid = {"model": ["mlp"], "dataset": ["mnist"], "chip_seed": [1]}
+    with pytest.raises(ConfigError, match="grid.time"):
+        parse_spec({"grid": {**grid, "time": ["1w"], "relaxation.model": ["wan2022"]}})
+    parse_spec({"grid": {**grid, "time": ["1w"], "relaxation.model": ["wan2022"], "relaxation.extrapolate": True}})
+    with pytest.raises(ConfigError, match="twice"):
+        parse_spec({"grid": {**grid, "relaxation.model": ["cmo-hfox"], "relaxation": {"model": ["none"]}}})
+    with pytest.raises(ConfigError, match="twice"):
+        parse_spec({"grid": grid, "chip": {"relaxation.model": "cmo-hfox", "relaxation": {"model": "none"}}})
+
+
+def test_times_are_ascii_and_ir_drop_checks_memory(monkeypatch):
+    from ittrna import _resources
+    from ittrna.errors import ResourceError
+
+    with pytest.raises(ConfigError):
+        parse_time("\u0661h")  # an Arabic-Indic digit: refused like every other number parser does
+    monkeypatch.setattr(_resources, "available_memory", lambda: 2**20)
+    with pytest.raises(ResourceError, match="IR-drop"):
+        solve(torch.full((64, 64), 1e-5, dtype=torch.float64), torch.ones(64, dtype=torch.float64), 1.0)
+
+
+def test_tolerate_at_a_time_leaves_the_chip_as_programmed():
+    from ittrna.data import Split
+    from ittrna.experiments.tolerate import tolerate
+
+    model = _model()
+    gen = torch.Generator().manual_seed(0)
+    data = Split(torch.rand(40, 12, generator=gen), torch.randint(0, 4, (40,), generator=gen))
+    cfg = ChipConfig().override({"mapping.rows": 8, "mapping.cols": 8, "relaxation.model": "cmo-hfox"})
+    chip = Chip.fabricate(model, cfg, 2)
+    result, _ = tolerate(model, chip, "none", train=data, val=data, test=data, time=86400.0)
+    assert result["time"] == 86400.0
+    assert chip.now == 0.0 and all(layer.scale > 0 for layer in chip)  # programmed, its clock not moved

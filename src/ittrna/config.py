@@ -220,6 +220,8 @@ def parse_time(value: Any, what: str = "time") -> float:
             raise ConfigError(f"{what} = an integer of {bits} bits is out of range; {accepted}") from None
     elif isinstance(value, str):
         text = value.strip()
+        if not text.isascii():
+            raise ConfigError(f"{what} = {value!r} is not a time; {accepted}")
         number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
         unit = text[len(number):] or "s"
         if unit not in TIME_UNITS or not number.strip() or len(text) > 64:

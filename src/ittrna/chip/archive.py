@@ -149,11 +149,15 @@ def _drift_ref(path: str | Path, rec: dict[str, Any]) -> tuple[int, float] | Non
     value = rec.get("drift_ref")
     if value is None:
         return None
+    if not rec.get("scale"):
+        raise FileFormatError(f"{path}: layer {rec['name']!r} has a drift_ref but was never programmed; accepted "
+                              "null for an unprogrammed layer")
     ok = (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int) and not isinstance(value[0], bool)
+          and value[0] == rec.get("version")
           and isinstance(value[1], (int, float)) and not isinstance(value[1], bool) and 0 <= value[1] < 1e30)
     if not ok:
         raise FileFormatError(f"{path}: layer {rec['name']!r} field drift_ref = {_short(value)} is invalid; accepted "
-                              "[version, a number >= 0] or null")
+                              "[the layer's version, a number >= 0] or null")
     return int(value[0]), float(value[1])
 
 
@@ -203,7 +207,7 @@ def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str
     _want_int(path, "seed", header.get("seed"), 0, MAX_SEED)
     _want_int(path, "write_epoch", header.get("write_epoch"), 0, MAX_SEED)
     now = 0.0
-    if version >= 3:
+    if version >= 3 or "now" in header:  # the clock, in every format that carries one
         now = _want_number(path, "now", header.get("now"), 0.0, TIME_MAX_S)
     if version >= 2:
         _want_int(path, "writes_issued", header.get("writes_issued"), 0, MAX_SEED)

@@ -55,6 +55,7 @@ def program(chip: ChipState, name: str, targets: dict[str, torch.Tensor], *, cou
         total += int(issued.sum())
         chip.writes_performed += int(write.sum())
     layer.version += 1
+    layer.drift_ref = None  # a programming makes the drift compensation's reference stale
     chip.writes_issued += total
     return total
 

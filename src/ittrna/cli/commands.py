@@ -303,7 +303,9 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
 def cmd_config_show(args: argparse.Namespace) -> None:
     from ittrna.config import ChipConfig
 
-    cfg = ChipConfig.from_file(args.config) if args.config else ChipConfig.preset(args.preset)
+    if args.config and args.preset is not None:
+        raise CliError("give --preset or --config, not both")
+    cfg = ChipConfig.from_file(args.config) if args.config else ChipConfig.preset(args.preset or "default")
     if args.json:  # the config as one JSON object (the same as --format json, on one line)
         _emit(args, "", {"config": json.loads(cfg.to_json())})
         return

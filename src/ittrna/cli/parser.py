@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(gsubs, "show", "print a preset or config file as TOML or JSON",
              "  ittrna config show --preset date17 --format toml > my-chip.toml\n"
              "  ittrna config show --preset hfo2-4mb --json\n", cmd_config_show)
-    p.add_argument("--preset", default="default")
+    p.add_argument("--preset", default=None, help="a preset name (default: default)")
     p.add_argument("--config", type=Path, default=None)
     p.add_argument("--format", choices=["toml", "json"], default="toml")
     _sub(gsubs, "presets", "list the named presets", "  ittrna config presets\n", cmd_config_presets)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ittrna import registry as _registry
+from ittrna._resources import check_memory
 from ittrna.errors import InputError
 from ittrna.registry import Registry
 
@@ -68,6 +69,18 @@ def _system(g: np.ndarray, r_wire: float) -> tuple[object, int, int]:
     return matrix, rows, cols
 
 
+_CHUNK = 64
+"""Right-hand sides solved at once by the exact solver."""
+
+
+def _solve_bytes(rows: int, cols: int) -> float:
+    """Estimated peak bytes of one exact solve: the LU factors of the 2RC-node system (about 0.4 (2RC)^1.5
+    non-zeros with SuperLU's ordering on these grid graphs, measured at 64-256 cells a side, 12 bytes each)
+    and a chunk of right-hand sides and solutions."""
+    n = 2 * rows * cols
+    return 12 * 0.4 * n**1.5 + 2 * 8 * n * _CHUNK
+
+
 def solve(g: torch.Tensor, v: torch.Tensor, r_wire: float) -> torch.Tensor:
     """The exact column currents of one tile under IR drop.
 
@@ -90,13 +103,19 @@ def solve(g: torch.Tensor, v: torch.Tensor, r_wire: float) -> torch.Tensor:
         return v64 @ g64
     from scipy.sparse.linalg import splu
 
-    matrix, rows, cols = _system(g64.numpy(), float(r_wire))
+    rows, cols = g64.shape
     n = rows * cols
+    check_memory(_solve_bytes(rows, cols), f"the exact IR-drop solve of a {rows}x{cols} tile (use smaller tiles)")
+    matrix, _, _ = _system(g64.numpy(), float(r_wire))
     batch = v64.reshape(-1, rows).numpy()  # (B, R)
-    rhs = np.zeros((2 * n, batch.shape[0]))
-    rhs[np.arange(rows) * cols, :] = batch.T / float(r_wire)  # the drivers feed each row's first node
-    nodes = splu(matrix).solve(rhs)  # (2n, B)
-    currents = nodes[n + (rows - 1) * cols: 2 * n, :].T / float(r_wire)  # (B, C): last column nodes to ground
+    lu = splu(matrix)
+    currents = np.empty((batch.shape[0], cols))
+    for lo in range(0, batch.shape[0], _CHUNK):  # right-hand sides a chunk at a time: bounded memory
+        part = batch[lo:lo + _CHUNK]
+        rhs = np.zeros((2 * n, part.shape[0]))
+        rhs[np.arange(rows) * cols, :] = part.T / float(r_wire)  # the drivers feed each row's first node
+        nodes = lu.solve(rhs)  # (2n, chunk)
+        currents[lo:lo + _CHUNK] = nodes[n + (rows - 1) * cols: 2 * n, :].T / float(r_wire)  # last nodes to ground
     out = torch.from_numpy(np.ascontiguousarray(currents))
     return out.reshape((*v64.shape[:-1], cols))
 
@@ -129,12 +148,15 @@ def transfer_tiles(g: torch.Tensor, tile: tuple[int, int], r_wire: float, solver
     r, c = tile
     if h % r or w % c:
         raise InputError(f"array {tuple(g.shape)} is not a whole number of {tile} tiles")
+    from tqdm import tqdm
+
     fn = SOLVERS[solver]
     out = torch.empty_like(g)
-    for ti in range(h // r):  # one sparse solve per tile (each is a separate crossbar)
-        for tj in range(w // c):
-            block = g[ti * r:(ti + 1) * r, tj * c:(tj + 1) * c]
-            out[ti * r:(ti + 1) * r, tj * c:(tj + 1) * c] = fn(block, r_wire).to(g.dtype)
+    tiles = [(ti, tj) for ti in range(h // r) for tj in range(w // c)]
+    for ti, tj in tqdm(tiles, desc=f"IR drop ({r}x{c} tiles)", unit="tile", leave=False,
+                       disable=None if r * c >= 128 * 128 else True):  # one solve per tile: a separate crossbar
+        block = g[ti * r:(ti + 1) * r, tj * c:(tj + 1) * c]
+        out[ti * r:(ti + 1) * r, tj * c:(tj + 1) * c] = fn(block, r_wire).to(g.dtype)
     return out
 
 

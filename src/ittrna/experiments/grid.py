@@ -331,6 +331,7 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
         for combo in itertools.product(*(axes[k] for k in chip_names)):
             overrides = {_dotted(k): v for k, v in zip(chip_names, combo, strict=True)}
             cfg = _override(base_cfg, overrides, dict(zip(chip_names, combo, strict=True)), where)
+            _check_times(cfg, times, where)
             chip_json = cfg.identity_dict()
             chip_columns = _chip_columns(cfg, chip_names, combo)
             for model, dataset, method, seed, at in itertools.product(axes["model"], axes["dataset"], axes["method"],
@@ -409,15 +410,26 @@ def _table(data: Mapping[str, Any], key: str, name: str | None = None) -> dict[s
     return dict(value)
 
 
+def _check_times(cfg: ChipConfig, times: Sequence[float], where: str) -> None:
+    """Times past the relaxation model's fitted range are refused with the grid, before any work."""
+    from ittrna.device.relaxation import WAN2022_COEFFS
+
+    last = max(WAN2022_COEFFS)
+    if cfg.relaxation.model == "wan2022" and not cfg.relaxation.extrapolate and max(times) > last:
+        raise ConfigError(f"{where}.time = {max(times):g} s is past relaxation.model = 'wan2022''s fit (up to {last:g} "
+                          "s, 2 days); accepted times up to 2 days, or \"relaxation.extrapolate\" = true")
+
+
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"cell": {"levels": 16}}`` (TOML ``cell.levels = 16`` or ``[x.cell]``) -> ``{"cell.levels": 16}``."""
     out: dict[str, Any] = {}
     for key, value in table.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
+        inner = _flatten(value, name + ".") if isinstance(value, Mapping) else {name: value}
+        for k, v in inner.items():  # "relaxation.model" and [relaxation] model: one field given twice
+            if k in out:
+                raise ConfigError(f"{k} is given twice (as a dotted key and in a table); give it once")
+            out[k] = v
     return out
 
 

@@ -23,7 +23,7 @@ __all__ = ["Pivot", "Report", "format_table", "pivot", "plot_collapse", "plot_cu
 _PLOT_AXES = {"saf_rate": "stuck-at-fault rate", "sigma": "variation σ (log G)",
               "time": "time after programming (log)"}
 _TIME_TICKS = {1.0: "1 s", 60.0: "1 min", 3600.0: "1 h", 86400.0: "1 d", 7 * 86400.0: "1 w",
-               365.25 * 86400 / 12: "1 month", 365.25 * 86400: "1 y", 10 * 365.25 * 86400: "10 y"}
+               365.25 * 86400 / 12: "1 mo", 365.25 * 86400: "1 y", 10 * 365.25 * 86400: "10 y"}
 """Tick labels of a time axis (seconds)."""
 
 
@@ -349,8 +349,14 @@ def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], shown: Sequenc
         ax.axhline(100 * statistics.fmean(soft), color="gray", ls="--", label="software")
         ax.set_title(f"{model} / {dataset}" + ("\n" + textwrap.fill(shared, 90) if shared else ""), fontsize=9)
         ax.set_xlabel(_PLOT_AXES.get(x, x))
-        if x == "time":  # log time; 0 (right after programming) on a linear stretch below 1 s
-            ax.set_xscale("symlog", linthresh=1.0)
+        if x == "time":  # log time; a time of 0 (right after programming) on a linear stretch below 1 s
+            times = [r[x] for rs in series.values() for r in rs]
+            if min(times) > 0:
+                ax.set_xscale("log")
+                ax.set_xlim(min(times) / 3, max(times) * 3)
+            else:
+                ax.set_xscale("symlog", linthresh=1.0)
+                ax.set_xlim(-0.5, max(times) * 3)
             ticks = [t for t in _TIME_TICKS if any(abs(t - r[x]) < 1e-6 * t for rs in series.values() for r in rs)]
             ax.set_xticks(ticks, [_TIME_TICKS[t] for t in ticks])
         ax.set_ylabel("chip accuracy (%), mean and 95 % CI")

@@ -22,7 +22,7 @@ from ittrna.chip import Chip
 from ittrna.config import ChipConfig, TestConfig, parse_time
 from ittrna.data import Split
 from ittrna.errors import FileFormatError, InputError
-from ittrna.host import Deployment, MeasuredMap
+from ittrna.host import Deployment, MeasuredMap, design_config
 from ittrna.mapping import LayerLayout
 from ittrna.methods import Context, apply_method, get_method
 from ittrna.models import CHECKPOINT_FORMAT, load_checkpoint_payload
@@ -39,6 +39,13 @@ def check_map_fits(measured: MeasuredMap, chip: Chip) -> None:
     if measured.chip_id != chip.chip_id:
         raise InputError(f"the measured map is of another chip (id {measured.chip_id or '?'}, this chip "
                          f"{chip.chip_id}); make it with `ittrna chip test` on this chip")
+    if measured.taken_at > chip.now:
+        raise InputError(f"the measured map was taken at {measured.taken_at:g} s on the chip's clock, after the chip's "
+                         f"time now ({chip.now:g} s); accepted a map of this chip's past")
+    mine = {k: v for k, v in design_config(chip.config).identity_dict().items() if k != "test"}
+    if {k: v for k, v in measured.design.identity_dict().items() if k != "test"} != mine:
+        raise InputError("the measured map's design config differs from the chip's (e.g. its relaxation or wires "
+                         "sections); make the map with `ittrna chip test` on this chip")
     geometry = {n: layer.shape_meta() for n, layer in chip.layers.items()}
     if {n: dict(m) for n, m in measured.meta.items()} != geometry:
         raise InputError("the measured map's layer geometry differs from the chip's")
@@ -185,7 +192,11 @@ def tolerate(
             raise RuntimeError(f"on-device method {method!r} returned a deployment that is not the chip's state "
                                f"({mismatch})")
     issued_by_method = chip.writes_issued
-    after = evaluate_deployment(model, chip, deployment, test, calibration, time=time)
+    if time:  # measured later on a copy: the chip (and a saved programmed chip) stays the state at programming
+        chip.program_deployment(deployment)
+        after = evaluate_deployment(model, copy.deepcopy(chip), deployment, test, calibration, time=time)
+    else:
+        after = evaluate_deployment(model, chip, deployment, test, calibration)
     wear = chip.write_stats()
     counts = session.counts() if session is not None else {"iterations": 0, "forward_passes": 0, "images": 0,
                                                             "ondevice_writes": 0}
