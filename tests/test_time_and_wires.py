@@ -472,3 +472,15 @@ def test_tolerate_at_a_time_leaves_the_chip_as_programmed():
     result, _ = tolerate(model, chip, "none", train=data, val=data, test=data, time=86400.0)
     assert result["time"] == 86400.0
     assert chip.now == 0.0 and all(layer.scale > 0 for layer in chip)  # programmed, its clock not moved
+
+
+def test_chip_show_tells_the_clock_and_the_new_sections(tmp_path, capsys):
+    from ittrna.cli.main import main
+
+    model = _model()
+    chip = _chip(model, **{"relaxation.model": "cmo-hfox", "wires.r_wire": 0.5})
+    chip.wait(60.0)
+    chip.save(tmp_path / "c.npz")
+    assert main(["chip", "show", str(tmp_path / "c.npz")]) in (0, None)
+    out = capsys.readouterr().out
+    assert "clock 60 s" in out and "relaxation cmo-hfox" in out and "r_wire 0.5 ohm" in out

@@ -107,8 +107,10 @@ def cmd_chip_show(args: argparse.Namespace) -> None:
         check_output(args.png, ".png", {"chip": args.chip}, what="the fault map image", flag="--png")
     chip = Chip.load(args.chip)
     rows = chip.stats()
+    rel, wires = chip.config.relaxation, chip.config.wires
     lines = [f"chip seed {chip.seed}, scheme {chip.config.mapping.scheme}, "
-             f"tiles {chip.config.mapping.rows}x{chip.config.mapping.cols}",
+             f"tiles {chip.config.mapping.rows}x{chip.config.mapping.cols}, clock {chip.now:g} s, relaxation "
+             f"{rel.model} (compensation {rel.compensation}), r_wire {wires.r_wire:g} ohm",
              f"{'layer':<12} {'kind':<7} {'matrix':>11} {'tiles':>6} {'cells':>9} {'stuck_on%':>9} "
              f"{'stuck_off%':>10} {'theta std':>9}"]
     for r in rows:
@@ -120,7 +122,9 @@ def cmd_chip_show(args: argparse.Namespace) -> None:
 
         plot_fault_map(chip, args.png)
         lines.append(f"fault map -> {args.png}")
-    _emit(args, "\n".join(lines), {"summary": chip.summary(), "layers": rows,
+    _emit(args, "\n".join(lines), {"summary": chip.summary(), "layers": rows, "now": chip.now,
+                                   "relaxation": rel.model, "compensation": rel.compensation,
+                                   "r_wire": wires.r_wire,
                                    "png": str(args.png) if args.png else None})
 
 
