@@ -223,19 +223,6 @@ def _declared_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
     return n * int(dtype.itemsize)
 
 
-def _unique_keys(path: Path) -> Any:
-    """``json`` object hook refusing a key given twice in an archive header (JSON keeps the last silently)."""
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise FileFormatError(f"{path}: header key {key[:40]!r} appears twice; accepted each key once")
-            out[key] = value
-        return out
-
-    return hook
-
-
 def load_npz(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Load an archive written by :func:`save_npz` without executing code.
 
@@ -278,7 +265,7 @@ def load_npz(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, np.
         raise FileFormatError(f"{p}: header is a {raw.dtype} array of shape {raw.shape}; accepted a JSON string")
     from ittrna._plain import loads_json
 
-    header = loads_json(str(raw), f"{p}: header", FileFormatError, object_pairs_hook=_unique_keys(p))
+    header = loads_json(str(raw), f"{p}: header", FileFormatError, unique_keys=True)
     if not isinstance(header, dict):
         raise FileFormatError(f"{p}: header is a JSON {type(header).__name__}; accepted a JSON object")
     if header.get("kind") != kind:

@@ -85,8 +85,21 @@ def _parse(parse: Callable[[], Any], where: str, error: Error, kind: str) -> Any
         raise error(f"{where}: invalid {kind}: {text}") from None
 
 
-def loads_json(text: str | bytes, where: str, error: Error, **kwargs: Any) -> Any:
-    """Parse JSON text (``kwargs`` go to :func:`json.loads`) and :func:`check_plain` it."""
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` object hook refusing a key given twice (JSON would silently keep the last value)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key[:40]!r} appears twice; accepted each key once")
+        out[key] = value
+    return out
+
+
+def loads_json(text: str | bytes, where: str, error: Error, *, unique_keys: bool = False, **kwargs: Any) -> Any:
+    """Parse JSON text (``kwargs`` go to :func:`json.loads`) and :func:`check_plain` it; with ``unique_keys``
+    an object that gives a key twice is an error (a config or a file header, where the last would win)."""
+    if unique_keys:
+        kwargs["object_pairs_hook"] = _unique_pairs
     return check_plain(_parse(lambda: json.loads(text, **kwargs), where, error, "JSON"), where, error)
 
 

@@ -583,7 +583,7 @@ class ChipConfig(_Section):
         """Parse JSON text written by :meth:`to_json` (or by hand)."""
         from ittrna._plain import loads_json
 
-        return cls.from_dict(loads_json(text, "JSON config", ConfigError, object_pairs_hook=_no_duplicate_keys))
+        return cls.from_dict(loads_json(text, "JSON config", ConfigError, unique_keys=True))
 
     def to_toml(self) -> str:
         """TOML text, one table per section; ``None`` fields are omitted (they default to None)."""
@@ -669,16 +669,6 @@ _SECTION_TYPES: dict[str, type] = {
 #: Sections added after records were stored: left out of every identity (store keys, chip ids) while at their
 #: defaults, so a config that does not use them keeps the identity it had before they existed.
 _LATER_SECTIONS: tuple[str, ...] = ("relaxation", "wires")
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json`` object hook refusing a key given twice (JSON would silently keep the last value)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ConfigError(f"invalid JSON config: key {key!r} appears twice; accepted each key once")
-        out[key] = value
-    return out
 
 
 def _encode_inf(obj: Any) -> Any:

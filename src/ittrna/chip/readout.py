@@ -22,7 +22,7 @@ import torch
 from ittrna.chip.state import ChipState, _read_stream, relaxation_draw
 from ittrna.device import HEALTHY, STUCK_OFF, STUCK_ON, lognormal_factor_log
 from ittrna.device.ir_drop import transfer_tiles
-from ittrna.device.relaxation import relax
+from ittrna.device.relaxation import check_time, relax
 from ittrna.errors import InputError
 from ittrna.mapping import LayerLayout, adc_full_scale, quantize_signed, tile_partials, to_logical
 
@@ -146,8 +146,7 @@ def drift_factor(chip: ChipState, name: str) -> float:
         return 1.0
     take_drift_references(chip)
     layer = chip.layer(name)
-    assert layer.drift_ref is not None or layer.scale == 0.0
-    if layer.drift_ref is None:
+    if layer.drift_ref is None:  # never programmed
         return 1.0
     now = _reference_read(chip, name)
     return layer.drift_ref[1] / now if now > 0 else 1.0
@@ -161,8 +160,6 @@ def _compensated(chip: ChipState, name: str, weight: torch.Tensor) -> torch.Tens
 def wait(chip: ChipState, seconds: float) -> None:
     """Advance the chip's clock by ``seconds`` (in [0, 10 years]): every cell ages; nothing is written and the
     periphery (layouts, ADC calibration, registers) stays as it is, as on a chip left powered between uses."""
-    from ittrna.device.relaxation import check_time
-
     seconds = check_time(seconds, "wait")
     check_time(chip.now + seconds, "the chip's clock after the wait")
     take_drift_references(chip)  # the compensation's references are those right after programming

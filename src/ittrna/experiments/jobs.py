@@ -15,10 +15,10 @@ Every output path is checked first (never an input, right suffix) and every file
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from ittrna._io import load_torch
@@ -69,10 +69,10 @@ def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *,
     splits = {s: load(dataset, s, data_dir=data_dir) for s in ("train", "val", "test")}
     keep_best = recipe is not None or train.patience is not None
     net = build(defn or model, spec.in_shape, spec.num_classes, seed=train.seed, args=None).to(dev)
-    t0 = time.perf_counter()
+    t0 = perf_counter()
     rep = fit(net, splits["train"], epochs=train.epochs, lr=train.lr, batch_size=train.batch_size, seed=train.seed,
               val=splits["val"] if keep_best else None, patience=train.patience, progress=progress, resume=partial)
-    seconds = time.perf_counter() - t0
+    seconds = perf_counter() - t0
     net = net.to("cpu")
     val_acc, test_acc = accuracy(net, splits["val"]), accuracy(net, splits["test"])
     meta = {"model": defn.name if defn else model, **({"definition": defn.to_dict()} if defn else {}),
