@@ -1,21 +1,31 @@
-"""Evidence that the `converged` training recipe is converged: the same model trained with the recipe's epochs
-and with more, each a full cosine schedule to zero with the best-validation checkpoint kept.
+"""Evidence that a training recipe is converged: the same model trained with the recipe's epochs and with more,
+each a full cosine schedule to zero with the best-validation checkpoint kept.
 
 The recipe counts as converged for a model when the longer schedule improves the kept validation accuracy by at
-most 0.05 points. One JSON line per (model, dataset, epochs) in OUT (resumable: a rerun skips what is there).
+most 0.05 points. One JSON line per (model, dataset, recipe, epochs) in OUT (resumable: a rerun skips what is
+there, and a training cut off continues from its last epoch through ``ittrna train``'s own resume file; its
+``seconds`` then count only the part after the last interruption).
+With ``--models-dir`` every checkpoint is kept there (``MODEL-DATASET-RECIPE-EPOCHS.pt``): the recipe's own
+run is then the reference model of a study, trained once.
 
     python benchmarks/convergence.py --out docs/results/convergence.jsonl
     python benchmarks/convergence.py --models mlp --datasets mnist --epochs 30 60 --out /tmp/c.jsonl
+    python benchmarks/convergence.py --models resnet20 mobilenet-tiny --out docs/results/convergence.jsonl \\
+        --models-dir docs/results/own-network/models
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-RUNS = [("mlp", "mnist"), ("mlp-deep", "mnist"), ("lenet5", "mnist"), ("lenet5", "fashion-mnist")]
+RUNS = [("mlp", "mnist", "converged"), ("mlp-deep", "mnist", "converged"), ("lenet5", "mnist", "converged"),
+        ("lenet5", "fashion-mnist", "converged"), ("mobilenet-tiny", "fashion-mnist", "converged-augmented"),
+        ("resnet20", "fashion-mnist", "converged-augmented")]
+"""(model, dataset, recipe) of every reference model the tables use."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,37 +35,42 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--datasets", nargs="*", default=None)
     ap.add_argument("--epochs", nargs="+", type=int, default=[30, 60])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--models-dir", type=Path, default=None, help="keep every checkpoint here")
     args = ap.parse_args(argv)
 
     import torch
 
     from ittrna._io import atomic_write_text
-    from ittrna.data import DATASETS, load
-    from ittrna.models import build
-    from ittrna.training import accuracy, fit
+    from ittrna.config import TrainConfig
+    from ittrna.experiments.jobs import train_checkpoint
+    from ittrna.training import get_recipe
 
     torch.set_num_threads(args.threads)
     lines = args.out.read_text().splitlines() if args.out.exists() else []
-    done = {(r["model"], r["dataset"], r["epochs"]) for r in map(json.loads, lines)}
-    for model_name, dataset in RUNS:
-        if (args.models and model_name not in args.models) or (args.datasets and dataset not in args.datasets):
-            continue
-        spec = DATASETS[dataset]
-        train, val, test = (load(dataset, s) for s in ("train", "val", "test"))
-        for epochs in args.epochs:
-            if (model_name, dataset, epochs) in done:
+    done = {(r["model"], r["dataset"], r.get("recipe", "converged"), r["epochs"]) for r in map(json.loads, lines)}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.models_dir or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for model_name, dataset, recipe_name in RUNS:
+            if (args.models and model_name not in args.models) or (args.datasets and dataset not in args.datasets):
                 continue
-            model = build(model_name, spec.in_shape, spec.num_classes, seed=0)
-            t0 = time.perf_counter()
-            rep = fit(model, train, epochs=epochs, lr=1e-3, batch_size=64, seed=0, val=val, progress=False)
-            rec = {"model": model_name, "dataset": dataset, "epochs": epochs, "seed": 0, "lr": 1e-3,
-                   "batch_size": 64, "best_epoch": rep.best_epoch + 1, "val_accuracy": accuracy(model, val),
-                   "test_accuracy": accuracy(model, test), "val_history": rep.val_history,
-                   "seconds": time.perf_counter() - t0, "torch": str(torch.__version__)}
-            lines.append(json.dumps(rec))
-            atomic_write_text(args.out, "\n".join(lines) + "\n")
-            print(f"{model_name} {dataset} {epochs} epochs: val {100 * rec['val_accuracy']:.2f} (best epoch "
-                  f"{rec['best_epoch']}), test {100 * rec['test_accuracy']:.2f}, {rec['seconds']:.0f}s", flush=True)
+            recipe = get_recipe(recipe_name, (), "--")
+            for epochs in args.epochs:
+                if (model_name, dataset, recipe_name, epochs) in done:
+                    continue
+                out = folder / f"{model_name}-{dataset}-{recipe_name}-{epochs}.pt"
+                res = train_checkpoint(model_name, dataset, out, TrainConfig(seed=0),
+                                       recipe=replace(recipe, epochs=epochs), resume=True)
+                rec = {"model": model_name, "dataset": dataset, "recipe": recipe_name, "epochs": epochs, "seed": 0,
+                       "lr": recipe.lr, "batch_size": recipe.batch_size, "augment": recipe.augment,
+                       "best_epoch": res["best_epoch"], "val_accuracy": res["val_accuracy"],
+                       "test_accuracy": res["test_accuracy"], "val_history": res["val_history"],
+                       "seconds": res["seconds"], "torch": str(torch.__version__)}
+                lines.append(json.dumps(rec))
+                atomic_write_text(args.out, "\n".join(lines) + "\n")
+                print(f"{model_name} {dataset} {recipe_name} {epochs} epochs: val {100 * rec['val_accuracy']:.2f} "
+                      f"(best epoch {rec['best_epoch']}), test {100 * rec['test_accuracy']:.2f}, "
+                      f"{rec['seconds']:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

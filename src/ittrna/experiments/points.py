@@ -60,7 +60,7 @@ def train_model(source: ModelSource, data: DataSettings, threads: int = 1) -> Mo
     """Train ``source``'s model in software (as ``ittrna train`` does) and return it as a payload."""
     from ittrna.data import DATASETS
     from ittrna.models import build
-    from ittrna.training import accuracy, fit
+    from ittrna.training import RECIPES, accuracy, fit
 
     assert source.train is not None
     torch.set_num_threads(threads)
@@ -69,7 +69,8 @@ def train_model(source: ModelSource, data: DataSettings, threads: int = 1) -> Mo
     model = build(source.build_ref(), spec.in_shape, spec.num_classes, seed=t.seed)
     val = split(source.dataset, "val", data)
     rep = fit(model, split(source.dataset, "train", data), epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
-              seed=t.seed, val=val if t.keep_best else None, patience=t.patience, progress=False)
+              seed=t.seed, val=val if t.keep_best else None, patience=t.patience, progress=False,
+              augment=RECIPES[t.recipe].augmentation(source.dataset) if t.recipe is not None else None)
     meta = {"model": source.model, **({"definition": json.loads(source.definition)} if source.definition else {}),
             "dataset": source.dataset, "in_shape": list(spec.in_shape),
             "num_classes": spec.num_classes, **{k: v for k, v in t.to_dict().items()},
