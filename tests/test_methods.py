@@ -195,7 +195,7 @@ def test_remap_equals_brute_force_on_a_tiny_tile():
         host = HostChip(Chip.fabricate(model, cfg, seed).test())
         w = torch.randn(4, 3, generator=torch.Generator().manual_seed(seed))
         imp = torch.rand(4, generator=torch.Generator().manual_seed(seed + 100))
-        e_pos, _ = _tile_errors(host, "0", w, 1.0, "pair", 0, 0, 3, 0)  # (4, 6, 3)
+        e_pos, _ = _tile_errors(host, "0", w, 1.0, "pair", 0, 0, 3, 0, 0)  # (4, 6, 3)
         cost = (e_pos * imp.view(4, 1, 1)).sum(2)
         brute = min(sum(float(cost[k, p[k]]) for k in range(4)) for p in itertools.permutations(range(6), 4))
         _, _, after = remap_layer(host, "0", w, 1.0, imp, polarity=False)

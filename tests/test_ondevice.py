@@ -283,8 +283,8 @@ def test_estimates_and_registers_are_exact_on_a_perfect_conv_chip():
     images = torch.rand(512, 1, 8, 8)  # more images than the Linear layer has inputs (108)
     est, power = _estimate(s, model, names, {n: torch.zeros_like(w[n]) for n in names}, images, 1e-9)
     for n in names:
-        seen = power[n] > 1e-8  # rows whose input the data excites (a dead ReLU's row stays at the prior, 0)
-        assert power[n].shape == (w[n].shape[0],) and bool(seen.any())
+        seen = power[n][:, 0] > 1e-8  # rows whose input the data excites (a dead ReLU's row stays at the prior, 0)
+        assert power[n].shape == (w[n].shape[0], 1) and bool(seen.any())  # one column group: (K, 1)
         assert torch.allclose(est[n][seen], w[n][seen], atol=1e-4), n
     _fit_registers(s, model, names, w, images)
     for n in names:
@@ -413,3 +413,30 @@ def test_codesign_checks_the_memory_of_its_normal_equations_before_allocating(sm
     monkeypatch.setattr(resources, "available_memory", lambda: 10_000)  # 784 x 784 float64 is 4.9 MB
     with pytest.raises(ResourceError, match="codesign's chip estimate"):
         _estimate(session, model, session.layer_names, {}, tr.x[:8], 1e-3)
+
+
+def test_codesign_estimates_each_group_of_a_grouped_convolution_from_its_own_inputs():
+    """On a perfect chip the least-squares estimate of a depthwise and a grouped convolution is exact, and the
+    registers it fits are identity: each group is solved from its own inputs only."""
+    from ittrna.methods.ondevice import _estimate, _fit_registers
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                          nn.ReLU(), nn.Conv2d(4, 6, 3, groups=2), nn.Flatten(), nn.Linear(6 * 6 * 6, 10)).eval()
+    chip = Chip.fabricate(model, ChipConfig(), 0)
+    s = ChipSession(chip, model)
+    mods = dict(model.named_modules())
+    s.deploy(Deployment({k: v.clone() for k, v in model.state_dict().items()},
+                        {n: float(mods[n].weight.detach().abs().max()) for n in ("0", "2", "4", "6")}))
+    names = s.layer_names
+    w = {n: mods[n].weight.detach().reshape(len(mods[n].weight), -1).t() for n in names}
+    images = torch.rand(256, 1, 8, 8)
+    est, power = _estimate(s, model, names, {n: torch.zeros_like(w[n]) for n in names}, images, 1e-9)
+    for n in ("2", "4"):
+        assert power[n].shape == w[n].shape  # a grouped layer's columns meet their own group's inputs
+        seen = power[n] > 1e-8
+        assert torch.allclose(est[n][seen], w[n][seen], atol=1e-4), n
+    _fit_registers(s, model, names, w, images)
+    for n in names:
+        gain, offset = s.registers(n)
+        assert torch.allclose(gain, torch.ones_like(gain), atol=1e-3) and offset.abs().max() < 1e-3

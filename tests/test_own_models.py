@@ -110,20 +110,89 @@ def test_an_ideal_chip_computes_what_torch_computes_for_a_third_party_resnet():
 
 
 def test_resnet20_and_mobilenet_tiny_deploy_and_an_ideal_chip_equals_torch():
-    """The zoo's BatchNorm networks: every Linear/Conv2d on crossbars but the depthwise convolutions, which
-    stay digital (reported); an ideal chip computes what torch computes (BatchNorm in eval mode)."""
+    """The zoo's BatchNorm networks: every Linear/Conv2d on crossbars, the depthwise convolutions included;
+    BatchNorm stays digital (reported); an ideal chip computes what torch computes (BatchNorm in eval mode)."""
     from ittrna.graph import digital_modules, mapped_modules
 
     x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    for name, mapped, grouped in (("resnet20", 22, 0), ("mobilenet-tiny", 7, 5)):
+    for name, mapped, grouped in (("resnet20", 22, 0), ("mobilenet-tiny", 12, 5)):
         model = build(name, (1, 28, 28), 10, seed=0).eval()
         assert len(mapped_modules(model)) == mapped
         why = [w for _, _, w in digital_modules(model)]
-        assert sum("grouped convolution" in w for w in why) == grouped
-        assert sum("normalisation" in w for w in why) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        assert why == ["normalisation: digital by design (its statistics and affine stay in software)"] * sum(
+            isinstance(m, nn.BatchNorm2d) for m in model.modules())
         chip = Chip.fabricate(model, ChipConfig(), 0)
+        assert sum(layer.grid.groups > 1 for layer in chip.layers.values()) == grouped
         with torch.no_grad():
             assert torch.allclose(deploy(model, chip)(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+class _Grouped(nn.Module):
+    """Grouped and depthwise convolutions of every kind the mapping takes: 2-D depthwise, 2-D grouped with
+    ``padding="same"``, 1-D grouped, and a depthwise convolution with a channel multiplier."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.gc = nn.Conv2d(8, 12, 3, padding="same", groups=4)
+        self.mult = nn.Conv2d(12, 24, 3, padding=1, groups=12, padding_mode="reflect")
+        self.c1d = nn.Conv1d(24, 6, 3, groups=3)
+        self.fc = nn.Linear(6 * 4, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        h = torch.relu(self.gc(torch.relu(self.dw(h))))
+        h = torch.relu(self.mult(h)).mean(2)  # (B, 24, 6)
+        return self.fc(torch.relu(self.c1d(h)).flatten(1))
+
+
+@pytest.mark.parametrize("over", [{}, {"mapping.rows": 8, "mapping.cols": 4},
+                                  {"mapping.rows": 8, "mapping.cols": 4, "mapping.spare_rows": 2},
+                                  {"mapping.scheme": "offset", "mapping.rows": 8, "mapping.cols": 4}])
+def test_grouped_convolutions_map_each_group_on_its_own_tiles_and_an_ideal_chip_equals_torch(over):
+    from ittrna.mapping import grouped_matmul, tile_partials, weight_to_matrix
+
+    torch.manual_seed(0)
+    model = _Grouped().eval()
+    x = torch.rand(5, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    chip = Chip.fabricate(model, ChipConfig().override(over), 0)
+    rows, cols = chip.config.mapping.rows, chip.config.mapping.cols
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups > 1:
+            grid = chip.layer(name).grid
+            k, n, g = module.weight[0].numel(), module.out_channels, module.groups
+            assert (grid.k, grid.n, grid.groups) == (k, n, g)
+            per_group = -(-k // rows) * rows * -(-(n // g) // cols) * cols  # whole tiles of one group's matrix
+            cells = {a: arr.g.numel() for a, arr in chip.layer(name).arrays.items()}
+            tile_rows = rows + chip.config.mapping.spare_rows
+            assert max(cells.values()) == g * per_group // rows * tile_rows  # no cells for block-diagonal zeros
+            # each tile column's partial sums come from its own group's inputs only
+            w, xs = weight_to_matrix(module.weight.detach()), torch.randn(7, g * k)
+            assert torch.allclose(tile_partials(xs, w, grid).sum(1).reshape(7, -1)[:, grid.column_index],
+                                  grouped_matmul(xs, w, g), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(deploy(model, chip)(x), model(x), rtol=1e-4, atol=1e-5)
+        fine = Chip.fabricate(model, ChipConfig().override({**over, "mapping.adc_bits": 24, "mapping.dac_bits": 24}), 0)
+        assert torch.allclose(deploy(model, fine)(x), model(x), rtol=1e-3, atol=1e-4)  # tile by tile, per group
+
+
+def test_a_faulty_grouped_layer_reads_back_each_groups_own_cells():
+    """A stuck cell of group q changes only group q's output channels."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4, bias=False))
+    chip = Chip.fabricate(conv, ChipConfig().override({"mapping.rows": 16, "mapping.cols": 8}), 0)
+    deployed = deploy(conv, chip)
+    layer = chip.layer("0")
+    ideal = chip.effective_matrix("0").clone()  # (9, 4)
+    with torch.no_grad():
+        pos = layer.arrays["pos"]
+        pos.fault[3, 2 * 8] = 2  # tile column 2 = group 2's first (only) column: stuck_on
+        chip.forget_reads()
+        bad = chip.effective_matrix("0")
+    changed = (bad - ideal).abs() > 1e-6
+    assert changed[3, 2] and int(changed.sum()) == 1
+    del deployed
 
 
 def test_attention_keeps_working_its_projections_stay_digital_and_its_ffn_maps():
@@ -169,13 +238,39 @@ def _small_data(model: nn.Module, shape: tuple[int, ...], n: int, seed: int):
     return Split(x, y)
 
 
+def _mobilenetv2_wd4() -> nn.Module:
+    """pytorchcv's MobileNetV2 at width 1/4 (17 depthwise convolutions, ReLU6, BatchNorm, residual additions)
+    for 1x32x32 inputs: its fixed 7x7 final pooling made adaptive, as a user adapting it to small images does."""
+    zoo = import_or_fail("pytorchcv.models.mobilenetv2", "ITTRNA_REQUIRE_PYTORCHCV")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = zoo.mobilenetv2_wd4(in_channels=1, in_size=(32, 32), num_classes=10)
+    model.features.final_pool = nn.AdaptiveAvgPool2d(1)
+    return model
+
+
 def _own_networks():
     yield "bn-residual", lambda d: build(f"{d}:build", (1, 12, 12), 10, seed=0, args={"width": 4}), (1, 12, 12)
     yield "pytorchcv-resnet20", lambda d: build("pytorchcv.models.resnet_cifar:resnet20_cifar10", (1, 32, 32), 10,
                                                   seed=0, args={"in_channels": 1, "in_size": [32, 32]}), (1, 32, 32)
+    yield "pytorchcv-mobilenetv2", lambda d: _mobilenetv2_wd4(), (1, 32, 32)
+    yield "grouped", lambda d: _Grouped(), (1, 6, 6)
 
 
-@pytest.mark.parametrize("network", ["bn-residual", "pytorchcv-resnet20"])
+def test_an_ideal_chip_computes_what_torch_computes_for_a_third_party_mobilenet():
+    import_or_fail("pytorchcv.models.mobilenetv2", "ITTRNA_REQUIRE_PYTORCHCV")
+    model = _mobilenetv2_wd4().eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    depthwise = [m for m in convs if m.groups > 1 and m.groups == m.in_channels]
+    assert len(depthwise) == 17
+    chip = Chip.fabricate(model, ChipConfig().override({"mapping.rows": 32, "mapping.cols": 16}), 0)
+    assert len(chip.layers) == len(convs)  # every convolution on crossbars, the depthwise ones included
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(deploy(model, chip)(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("network", ["bn-residual", "pytorchcv-resnet20", "pytorchcv-mobilenetv2", "grouped"])
 def test_every_method_runs_on_a_network_we_did_not_write(network, net_file):
     from ittrna.experiments.tolerate import tolerate
     from ittrna.methods import METHODS
@@ -185,8 +280,9 @@ def test_every_method_runs_on_a_network_we_did_not_write(network, net_file):
     (make, shape), = [(m, s) for n, m, s in _own_networks() if n == network]
     model = make(net_file).eval()
     train, val, test = (_small_data(model, shape, n, s) for n, s in ((64, 1), (100, 2), (32, 3)))
-    config = ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.3, "mapping.rows": 64,
-                                    "mapping.cols": 64})
+    rows, cols = (16, 8) if network == "pytorchcv-mobilenetv2" else (64, 64)  # small tiles for 17 depthwise layers
+    config = ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.3, "mapping.rows": rows,
+                                    "mapping.cols": cols})
     for method in METHODS:
         chip = Chip.fabricate(model, config, 5)
         result, dep = tolerate(model, chip, method, train=train, val=val, test=test, settings=_settings(method))
@@ -238,6 +334,35 @@ def test_bn_on_a_network_without_batchnorm_is_program():
     b = apply_method("program", model, chip.test(), Context(train, val), {"search_images": 100})
     assert a.report["norm_layers"] == 0 and a.scales == b.scales
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in b.state_dict)
+
+
+def test_the_output_search_keeps_a_healthy_chip_and_minimises_each_layers_output_error(net_file):
+    from ittrna.methods import METHODS, Context, apply_method
+    from ittrna.methods.retrain import Pipeline
+
+    model = _Grouped().eval()
+    train, val = _small_data(model, (1, 6, 6), 64, 1), _small_data(model, (1, 6, 6), 100, 2)
+    healthy = Chip.fabricate(model, ChipConfig(), 1)
+    dep = apply_method("program", model, healthy.test(), Context(train, val), {"search": "output"})
+    assert set(dep.report["headroom"].values()) == {1.0}  # every weight kept
+    faulty = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.2, "variation.sigma": 0.5}), 1)
+    measured = faulty.test()
+    dep = apply_method("program", model, measured, Context(train, val), {"search": "output", "headroom_steps": 6})
+    p = Pipeline(model, measured, Context(train, val))
+    moments = p.input_moments(64, 4096)
+    for name, m in p.mods.items():  # the chosen headroom's output error is the least of the candidates
+        w, g = p.matrix(name), getattr(m, "groups", 1)
+
+        def error(h: float, name: str = name, w: torch.Tensor = w, g: int = g) -> float:
+            d = (p.host.effective_matrix(name, w, h * p.scales[name]) - w).double().reshape(w.shape[0], g, -1)
+            return float(torch.einsum("gkl,kgn,lgn->", moments[name], d, d))
+        chosen = dep.report["headroom"][name]
+        assert all(error(chosen) <= error(h) + 1e-12 for h in Pipeline._headrooms(METHODS["program"].config(
+            headroom_steps=6))), name
+    # the store key of the earlier behaviour is unchanged: the added fields at their old values are left out
+    cfg = METHODS["remap-fat"].make_config({})
+    assert "search" not in cfg.identity_dict() and cfg.to_dict()["search"] == "accuracy"
+    assert METHODS["remap-fat"].make_config({"search": "output"}).identity_dict()["search"] == "output"
 
 
 def test_reestimate_takes_each_layers_input_with_the_earlier_layers_already_set():

@@ -7,7 +7,15 @@ from torch import nn
 
 from ittrna.errors import InputError
 from ittrna.graph import dataflow_order, mapped_modules
-from ittrna.mapping import conv_rows, matrix_to_weight, output_to_rows, rows_to_output, weight_to_matrix
+from ittrna.mapping import (
+    conv_row_power,
+    conv_rows,
+    grouped_matmul,
+    matrix_to_weight,
+    output_to_rows,
+    rows_to_output,
+    weight_to_matrix,
+)
 
 CASES = [
     dict(kernel_size=3, padding=1),
@@ -23,18 +31,23 @@ CASES = [
 
 @pytest.mark.parametrize("kw", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
 @pytest.mark.parametrize("dims", [1, 2])
-def test_rows_times_matrix_is_the_convolution(kw, dims):
+@pytest.mark.parametrize("channels", [(3, 5, 1), (6, 4, 2), (4, 8, 4)], ids=["dense", "grouped", "depthwise-x2"])
+def test_rows_times_matrix_is_the_convolution(kw, dims, channels):
+    cin, cout, groups = channels
     if dims == 1:
         kw = {k: (v[0] if isinstance(v, tuple) else v) for k, v in kw.items()}
     g = torch.Generator().manual_seed(0)
-    conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(3, 5, **kw).double()
-    x = torch.randn((2, 3, 11) if dims == 1 else (2, 3, 11, 9), generator=g, dtype=torch.float64)
+    conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(cin, cout, groups=groups, **kw).double()
+    x = torch.randn((2, cin, 11) if dims == 1 else (2, cin, 11, 9), generator=g, dtype=torch.float64)
     want = conv(x) - conv.bias.view(1, -1, *([1] * dims))
     rows, spatial = conv_rows(x, conv)
-    got = rows_to_output(rows @ weight_to_matrix(conv.weight), x.shape[0], spatial)
+    product = grouped_matmul(rows, weight_to_matrix(conv.weight), groups)
+    got = rows_to_output(product, x.shape[0], spatial)
     assert got.shape == want.shape
     assert torch.allclose(got, want, atol=1e-12)
-    assert torch.equal(output_to_rows(got), rows @ weight_to_matrix(conv.weight))  # the inverse layout
+    assert torch.equal(output_to_rows(got), product)  # the inverse layout
+    power, count = conv_row_power(x, conv)  # the rows' statistics without the unrolled copy
+    assert count == rows.shape[0] and torch.allclose(power, (rows**2).sum(0), rtol=1e-12)
 
 
 def test_weight_matrix_round_trip():
@@ -42,9 +55,11 @@ def test_weight_matrix_round_trip():
     assert torch.equal(matrix_to_weight(weight_to_matrix(w), tuple(w.shape)), w)
 
 
-def test_grouped_and_foreign_layers_are_refused():
-    with pytest.raises(InputError, match="grouped"):
-        conv_rows(torch.zeros(1, 4, 5, 5), nn.Conv2d(4, 4, 3, groups=2))
+def test_foreign_layers_are_refused_and_a_grouped_matrix_is_its_groups_side_by_side():
+    w = torch.randn(8, 2, 3, 3)  # 4 groups of 2 input and 2 output channels
+    x = torch.randn(5, 4 * 18)
+    blocks = torch.block_diag(*[weight_to_matrix(w[2 * q: 2 * q + 2]) for q in range(4)])  # (72, 8)
+    assert torch.allclose(grouped_matmul(x, weight_to_matrix(w), 4), x @ blocks, atol=1e-5)
     with pytest.raises(InputError, match="Conv1d or Conv2d"):
         conv_rows(torch.zeros(1, 4), nn.Linear(4, 4))  # type: ignore[arg-type]
 

@@ -201,8 +201,9 @@ _KIND_DIMS = {"linear": 2, "conv1d": 3, "conv2d": 4}
 """Layer kinds a chip or map may hold, with their weight's number of dimensions."""
 
 
-def _geometry(path: Any, field: str, meta: Any) -> tuple[str, tuple[int, ...], int, int]:
-    """kind, weight_shape, k, n of one layer's header record, consistent with each other."""
+def _geometry(path: Any, field: str, meta: Any) -> tuple[str, tuple[int, ...], int, int, int]:
+    """kind, weight_shape, k, n and column groups (1 when absent) of one layer's header record, consistent with
+    each other."""
     if not isinstance(meta, Mapping):
         raise _fail(path, field, f"has type {type(meta).__name__}; accepted an object")
     for key in ("kind", "weight_shape", "k", "n"):
@@ -222,7 +223,11 @@ def _geometry(path: Any, field: str, meta: Any) -> tuple[str, tuple[int, ...], i
     if k != math.prod(ws[1:]) or n != ws[0]:
         raise _fail(path, f"{field}.k/n", f"= {k}/{n} do not match weight_shape {ws}; accepted "
                                           f"k = {math.prod(ws[1:])}, n = {ws[0]}")
-    return kind, tuple(ws), k, n
+    groups = _want_int(path, f"{field}.groups", meta.get("groups", 1), 1, n)
+    if n % groups or (groups > 1 and kind == "linear"):
+        raise _fail(path, f"{field}.groups", f"= {groups} is invalid; accepted a divisor of n = {n} (a "
+                                             "convolution's groups; 1 for a linear layer)")
+    return kind, tuple(ws), k, n, groups
 
 
 def _check_cells(path: Any, key: str, arr: np.ndarray, dtype: str, shape: tuple[int, int],

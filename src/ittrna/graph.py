@@ -3,8 +3,9 @@ and in which order data passes through them.
 
 - :func:`mapped_modules`: the ``Linear``/``Conv2d`` layers of any ``nn.Module`` (nested or not), in
   definition order, optionally chosen by a ``filter_fn(module, name)`` (torchao's convention);
-  :func:`digital_modules` lists every weight or normalisation layer that stays digital and why (grouped
-  convolutions and attention projections are not mapped yet; nothing crashes on them). Definition
+  :func:`digital_modules` lists every weight or normalisation layer that stays digital and why (attention
+  projections, layer types without a crossbar mapping, normalisation; nothing crashes on them). Grouped and
+  depthwise convolutions map, each group on tiles of its own (:mod:`ittrna.mapping.tiling`). Definition
   order names the chip's layers and their random streams, so a chip stays the same die whatever a method
   learns about the graph.
 - :func:`dataflow_order`: the order in which one forward pass first calls those layers, traced on the
@@ -37,8 +38,6 @@ def _not_mapped(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> 
     parent = parents.get(name.rpartition(".")[0])
     if isinstance(parent, nn.MultiheadAttention):  # its forward reads the projection weights itself
         return "a projection inside nn.MultiheadAttention (its forward reads the weights directly)"
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups != 1:
-        return f"grouped convolution (groups={module.groups}): not mapped yet"
     return None
 
 
@@ -62,8 +61,8 @@ _DIGITAL_BY_DESIGN = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm
 
 def digital_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> list[tuple[str, str, str]]:
     """Every module with its own weights that stays digital, as (name, type, why): layers ``filter_fn``
-    declines, weight layers not mapped (grouped convolutions, attention projections, ``Conv3d``, transposed
-    convolutions, embeddings), and normalisation layers (digital by design)."""
+    declines, weight layers not mapped (attention projections, ``Conv3d``, transposed convolutions,
+    embeddings), and normalisation layers (digital by design)."""
     modules = dict(model.named_modules())
     out: list[tuple[str, str, str]] = []
     for name, module in modules.items():

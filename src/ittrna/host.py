@@ -81,8 +81,8 @@ class MeasuredMap:
 
     def grid(self, name: str) -> TileGrid:
         """The tile grid of layer ``name`` (from the design's tile geometry)."""
-        m, mp = self.meta[name], self.design.mapping
-        return TileGrid(int(m["k"]), int(m["n"]), mp.rows, mp.cols, mp.spare_rows)
+        m = self.meta[name]
+        return TileGrid.on(self.design.mapping, int(m["k"]), int(m["n"]), int(m.get("groups", 1)))
 
     def fault_fraction(self) -> float:
         """Fraction of reported-stuck cells over all arrays (padding included)."""
@@ -301,8 +301,8 @@ def check_measured_map(path: Any, header: Mapping[str, Any], arrays: Mapping[str
     for name, rec in meta.items():
         if not name or "|" in name:
             raise _fail(path, "meta", f"has layer name {name!r}; accepted non-empty names without '|'")
-        _, _, k, n = _geometry(path, f"meta[{name!r}]", rec)
-        for aname, shape in CONVERTERS[m.scheme].array_shapes(TileGrid(k, n, m.rows, m.cols, m.spare_rows)).items():
+        _, _, k, n, groups = _geometry(path, f"meta[{name!r}]", rec)
+        for aname, shape in CONVERTERS[m.scheme].array_shapes(TileGrid.on(m, k, n, groups)).items():
             for fname, dtype in MAP_FIELDS:
                 key = f"{name}|{aname}|{fname}"
                 expected.add(key)

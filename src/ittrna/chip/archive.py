@@ -101,8 +101,7 @@ def load(cls: type[S], path: str | Path) -> S:
     present = {f for f, _ in _fields(int(header["format"]))}
     layers = {}
     for m in header["layers"]:
-        grid = TileGrid(int(m["k"]), int(m["n"]), config.mapping.rows, config.mapping.cols,
-                        config.mapping.spare_rows)
+        grid = TileGrid.on(config.mapping, int(m["k"]), int(m["n"]), int(m.get("groups", 1)))
         arrs = {}
         for aname in m["arrays"]:
             try:
@@ -222,7 +221,7 @@ def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str
     names: set[str] = set()
     for i, rec in enumerate(layers):
         field = f"layers[{i}]"
-        _, _, k, n = _geometry(path, field, rec)
+        _, _, k, n, groups = _geometry(path, field, rec)
         name = rec.get("name")
         if not isinstance(name, str) or not name or "|" in name or name in names:
             raise _fail(path, f"{field}.name", f"= {_short(name)} is invalid; accepted a unique non-empty "
@@ -230,7 +229,7 @@ def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str
         names.add(name)
         _want_number(path, f"{field}.scale", rec.get("scale"), 0.0, 1e30)
         _want_int(path, f"{field}.version", rec.get("version"), 0, MAX_SEED)
-        shapes = CONVERTERS[m.scheme].array_shapes(TileGrid(k, n, m.rows, m.cols, m.spare_rows))
+        shapes = CONVERTERS[m.scheme].array_shapes(TileGrid.on(m, k, n, groups))
         anames = rec.get("arrays")
         if not isinstance(anames, list) or sorted(map(str, anames)) != sorted(shapes) or len(anames) != len(shapes):
             raise _fail(path, f"{field}.arrays", f"= {_short(anames)} is invalid; accepted {sorted(shapes)} for "

@@ -57,13 +57,13 @@ def conductances(chip: ChipState, name: str, *, read_noise: bool = False, used_o
                  ) -> dict[str, torch.Tensor]:
     """Conductances (siemens) the layer's arrays present; with ``read_noise`` a fresh read-noise draw.
 
-    ``used_only`` with the identity layout reads only the corner of each array that holds weights (the
-    rest is padding), the same values as the full read's corner."""
+    ``used_only`` with the identity layout (and one column group) reads only the corner of each array that
+    holds weights (the rest is padding), the same values as the full read's corner."""
     layer = chip.layer(name)
     cfg = chip.config
     sigma = cfg.variation.read_noise
     region = None
-    if used_only and layer.grid.spare == 0 and layer.get_layout().is_identity(layer.grid):
+    if used_only and layer.grid.spare == 0 and layer.grid.groups == 1 and layer.get_layout().is_identity(layer.grid):
         region = (layer.grid.k, layer.grid.n)
     relaxing = cfg.relaxation.model != "none" and cfg.relaxation.scale > 0
     out = {}

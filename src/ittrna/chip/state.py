@@ -33,7 +33,7 @@ from ittrna.boundary import Guarded
 from ittrna.config import ChipConfig
 from ittrna.device import read_conductance, sample_faults, sample_theta
 from ittrna.errors import InputError, UnknownNameError
-from ittrna.mapping import CONVERTERS, Converter, LayerLayout, TileGrid, mapped_modules, weight_to_matrix
+from ittrna.mapping import CONVERTERS, Converter, LayerLayout, TileGrid, groups_of, mapped_modules, weight_to_matrix
 from ittrna.mapping.footprint import check_fits
 
 __all__ = ["CellArray", "ChipState", "LayerTiles", "check_fabricate", "fabricate", "relaxation_draw"]
@@ -133,8 +133,13 @@ class LayerTiles(Guarded):
         return self.layout
 
     def shape_meta(self) -> dict[str, Any]:
-        """What identifies the layer's geometry in file headers: kind, weight shape, matrix size."""
-        return {"kind": self.kind, "weight_shape": list(self.weight_shape), "k": self.grid.k, "n": self.grid.n}
+        """What identifies the layer's geometry in file headers: kind, weight shape, matrix size, and the column
+        groups of a grouped convolution (only then: every other layer's header is as it always was)."""
+        meta: dict[str, Any] = {"kind": self.kind, "weight_shape": list(self.weight_shape), "k": self.grid.k,
+                                "n": self.grid.n}
+        if self.grid.groups > 1:
+            meta["groups"] = self.grid.groups
+        return meta
 
     def device(self) -> torch.device:
         """Where the layer's cell state lives."""
@@ -249,7 +254,7 @@ def fabricate(
         weight = module.weight
         assert isinstance(weight, torch.Tensor)
         k, n = weight_to_matrix(weight).shape
-        grid = TileGrid(k, n, config.mapping.rows, config.mapping.cols, config.mapping.spare_rows)
+        grid = TileGrid.on(config.mapping, k, n, groups_of(module))
         arrays = {}
         tiles = conv.array_tiles(grid)
         for ai, (aname, shape) in enumerate(conv.array_shapes(grid).items()):

@@ -19,9 +19,9 @@ def used_cells(chip: ChipState, name: str) -> dict[str, torch.Tensor]:
     unused spare rows excluded; for the offset scheme, reference cells on rows that carry weights)."""
     layer = chip.layer(name)
     grid, lay = layer.grid, layer.get_layout()
-    idx = lay.index(grid)[: grid.k, : grid.n].cpu()  # (K, N) physical row of each weight
+    idx = grid.unpad(lay.index(grid)).cpu()  # (K, N) physical row of each weight
     weights = torch.zeros(grid.physical, dtype=torch.bool)
-    weights[idx, torch.arange(grid.n).unsqueeze(0)] = True
+    weights[idx, grid.column_index.unsqueeze(0)] = True
     out = {}
     for aname, arr in layer.arrays.items():
         if tuple(arr.fault.shape) == grid.physical:

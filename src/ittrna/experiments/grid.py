@@ -341,7 +341,7 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
                                      if model in defs else None)
                 for settings, columns in method_axes.get(method, [({}, {})]):
                     spec = METHODS[method]
-                    full = spec.make_config(settings).to_dict()
+                    full = spec.make_config(settings).identity_dict()
                     pt = Point(source, chip_json, method, full, spec.version, seed,
                                {"model": model, "dataset": dataset, **chip_columns, "method": method,
                                 **columns, "chip_seed": seed, **({"time": at} if timed else {})}, lineage(method), at)
@@ -381,7 +381,7 @@ def collapse_spec(model_path: str | Path, meta: Mapping[str, Any], base: ChipCon
 
     source = ModelSource(str(meta["model"]), str(meta["dataset"]), path=str(model_path))
     spec = get_method("none")
-    settings = spec.make_config().to_dict()
+    settings = spec.make_config().identity_dict()
     points: dict[str, Point] = {}
     pairs = [(r, 0.0) for r in saf_rates] + [(0.0, s) for s in sigmas]
     for rate, sigma in pairs:

@@ -103,9 +103,7 @@ def _gather(fields: Mapping[str, torch.Tensor], rows: torch.Tensor, cols: torch.
 
 def _place(t: torch.Tensor, fill: float, grid: TileGrid, layout: LayerLayout) -> torch.Tensor:
     """(K, N) values -> a physical (Kph, Np) array under ``layout``, ``fill`` where no weight lies (CPU)."""
-    kp, np_ = grid.padded
-    padded = torch.full((kp, np_), fill, dtype=torch.float32, device=t.device)
-    padded[: grid.k, : grid.n] = t
+    padded = grid.pad(t.to(torch.float32), fill)  # (Kp, Np)
     out = torch.full(grid.physical, fill, dtype=torch.float32, device=t.device)
     return out.scatter(0, layout.index(grid).to(t.device), padded).cpu()
 

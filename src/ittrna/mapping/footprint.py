@@ -14,6 +14,7 @@ from ittrna.config import ChipConfig
 from ittrna.graph import FilterFn, mapped_modules
 from ittrna.mapping.converters import CONVERTERS
 from ittrna.mapping.tiling import TileGrid
+from ittrna.mapping.unfold import groups_of
 
 __all__ = ["check_fits", "estimate_chip_bytes", "mapped_matrices"]
 
@@ -26,21 +27,22 @@ _FAULT_WORK_BYTES_PER_CELL = {"uniform": 8, "clustered": 40, "lines": 24}
 """Peak temporaries per cell of one array while its fault map is drawn."""
 
 
-def mapped_matrices(model: nn.Module, filter_fn: FilterFn | None = None) -> list[tuple[int, int]]:
-    """(K, N) of every layer of ``model`` that goes on a chip."""
+def mapped_matrices(model: nn.Module, filter_fn: FilterFn | None = None) -> list[tuple[int, int, int]]:
+    """(K, N, column groups) of every layer of ``model`` that goes on a chip."""
     out = []
     for _, module in mapped_modules(model, filter_fn):
         weight = module.weight
         assert isinstance(weight, torch.Tensor)
-        out.append((int(weight[0].numel()), int(weight.shape[0])))  # (K, N) = (inputs per output, outputs)
+        # (K, N) = (inputs per output, outputs)
+        out.append((int(weight[0].numel()), int(weight.shape[0]), groups_of(module)))
     return out
 
 
-def estimate_chip_bytes(matrices: Sequence[tuple[int, int]], config: ChipConfig) -> tuple[int, int]:
+def estimate_chip_bytes(matrices: Sequence[tuple[int, ...]], config: ChipConfig) -> tuple[int, int]:
     """Peak bytes and cell count of fabricating, programming and reading a chip for ``matrices``.
 
     Args:
-        matrices: (K, N) of every layer put on the chip.
+        matrices: (K, N) or (K, N, column groups) of every layer put on the chip.
         config: the chip configuration (tile size, scheme, fault pattern and rate).
 
     Returns:
@@ -53,8 +55,8 @@ def estimate_chip_bytes(matrices: Sequence[tuple[int, int]], config: ChipConfig)
     total = 0
     largest_layer = 0
     fault_work = 0
-    for k, n in matrices:
-        shapes = conv.array_shapes(TileGrid(k, n, m.rows, m.cols, m.spare_rows))
+    for k, n, *groups in matrices:
+        shapes = conv.array_shapes(TileGrid.on(m, k, n, *groups))
         cells = sum(h * w for h, w in shapes.values())
         total += cells
         largest_layer = max(largest_layer, cells)

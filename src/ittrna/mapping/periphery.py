@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ittrna.mapping.tiling import TileGrid
+from ittrna.mapping.unfold import grouped_matmul
 
 __all__ = ["adc_full_scale", "quantize_signed", "tile_partials", "tiled_matmul"]
 
@@ -20,14 +21,14 @@ def quantize_signed(x: torch.Tensor, bits: int, full_scale: torch.Tensor) -> tor
 
 
 def tile_partials(x: torch.Tensor, matrix: torch.Tensor, grid: TileGrid) -> torch.Tensor:
-    """Per-tile partial sums before the ADC: (B, K) inputs, (K, N) matrix -> (B, tiles along K,
-    tiles along N, cols)."""
+    """Per-tile partial sums before the ADC: (B, groups * K) inputs (group-major, see
+    :func:`~ittrna.mapping.unfold.grouped_matmul`), (K, N) matrix -> (B, tiles along K, tiles along N, cols)."""
     tr, tc = grid.tiles
     kp, np_ = grid.padded
-    b = x.shape[0]
-    xt = torch.nn.functional.pad(x, (0, kp - grid.k)).view(b, tr, grid.rows)  # (B, tr, R)
-    wt = torch.nn.functional.pad(matrix, (0, np_ - grid.n, 0, kp - grid.k)).view(tr, grid.rows, np_)  # (tr, R, Np)
-    return torch.einsum("btr,trn->btn", xt, wt).view(b, tr, tc, grid.cols)  # (B, tr, tc, C)
+    b, g = x.shape[0], grid.groups
+    xt = torch.nn.functional.pad(x.view(b, g, grid.k), (0, kp - grid.k)).view(b, g, tr, grid.rows)  # (B, G, tr, R)
+    wt = grid.pad(matrix).view(tr, grid.rows, g, np_ // g)  # (tr, R, G, Np / G): each group's own tile columns
+    return torch.einsum("bgtr,trgn->btgn", xt, wt).reshape(b, tr, tc, grid.cols)  # (B, tr, tc, C)
 
 
 def adc_full_scale(partial: torch.Tensor, percentile: float) -> torch.Tensor:
@@ -55,7 +56,7 @@ def tiled_matmul(
     Partial sums of the tiles along K are then added digitally.
 
     Args:
-        x: (B, K) inputs.
+        x: (B, groups * K) inputs (each column group's own, group-major).
         matrix: (K, N) effective weights.
         grid: tiling of the matrix.
         dac_bits / adc_bits: resolutions, None = ideal.
@@ -67,7 +68,7 @@ def tiled_matmul(
     if dac_bits is not None:
         x = quantize_signed(x, dac_bits, x.abs().amax(dim=1, keepdim=True))
     if adc_bits is None:
-        return x @ matrix
+        return grouped_matmul(x, matrix, grid.groups)
     tr, tc = grid.tiles
     np_ = grid.padded[1]
     b = x.shape[0]
@@ -75,4 +76,5 @@ def tiled_matmul(
     fs = (full_scale.to(partial.dtype).view(1, tr, tc, 1) if full_scale is not None
           else partial.abs().amax(dim=(0, 3), keepdim=True))  # (1, tr, tc, 1): one full scale per tile
     partial = quantize_signed(partial, adc_bits, fs)
-    return partial.sum(dim=1).reshape(b, np_)[:, : grid.n]
+    out = partial.sum(dim=1).reshape(b, np_)  # (B, Np)
+    return out[:, : grid.n] if grid.groups == 1 else out.index_select(1, grid.column_index.to(out.device))

@@ -1,7 +1,11 @@
 """Tiling of a layer's (K, N) weight matrix over ``rows x cols`` crossbars, and its digital layout.
 
 The matrix is tiled over ``rows x cols`` crossbars; the physical cell arrays are padded to a whole number of
-tiles (padding cells are fabricated, faulty or not, but carry no weight). Each tile may have ``spare`` extra
+tiles (padding cells are fabricated, faulty or not, but carry no weight). A grouped convolution's matrix
+(K = its per-group fan-in, N = all output channels, ``groups`` blocks of N / groups columns) puts each group's
+columns on tile columns of their own, because the word lines of a tile carry one group's inputs; no cell holds
+the zeros of the equivalent block-diagonal matrix. The padded view then places group ``q``'s columns from
+padded column ``q * (tiles per group) * cols`` on (:attr:`TileGrid.column_index`). Each tile may have ``spare`` extra
 word lines (``mapping.spare_rows``), so a physical array has (Kph, Np) = (tiles along K * (rows + spare),
 tiles along N * cols) cells.
 
@@ -38,11 +42,65 @@ class TileGrid:
     spare: int = 0
     """Spare word lines per tile beyond ``rows`` (physical rows per tile = rows + spare); a layout's row
     permutation may route a logical row onto a spare one."""
+    groups: int = 1
+    """Column groups with inputs of their own (a grouped convolution's ``groups``), each on its own tile
+    columns; ``n`` is a multiple of it."""
+
+    @classmethod
+    def on(cls, mapping: object, k: int, n: int, groups: int = 1) -> TileGrid:
+        """The grid of a (K, N) matrix in ``groups`` column groups on a design's tiles (``mapping``: a
+        :class:`~ittrna.config.MappingConfig`, its ``rows``, ``cols`` and ``spare_rows``)."""
+        return cls(k, n, mapping.rows, mapping.cols, mapping.spare_rows, groups)  # type: ignore[attr-defined]
+
+    def __post_init__(self) -> None:
+        if self.groups < 1 or self.n % self.groups:
+            raise InputError(f"tile grid: {self.n} columns do not split into groups = {self.groups}; accepted a "
+                             "divisor of the column count")
+
+    @property
+    def group_cols(self) -> int:
+        """Logical columns per group (N / groups)."""
+        return self.n // self.groups
+
+    @property
+    def group_tiles(self) -> int:
+        """Tile columns per group."""
+        return math.ceil(self.group_cols / self.cols)
 
     @property
     def tiles(self) -> tuple[int, int]:
         """(tiles along K, tiles along N)."""
-        return math.ceil(self.k / self.rows), math.ceil(self.n / self.cols)
+        return math.ceil(self.k / self.rows), self.groups * self.group_tiles
+
+    @property
+    def column_index(self) -> torch.Tensor:
+        """(N,) int64: the padded column of every logical column (``arange(N)`` without groups)."""
+        j = torch.arange(self.n)
+        if self.groups == 1:
+            return j
+        return (j // self.group_cols) * (self.group_tiles * self.cols) + j % self.group_cols
+
+    def tile_span(self, c: int) -> tuple[int, int, int]:
+        """Tile column ``c``'s logical columns ``[start, stop)`` and the padded column ``start`` lies on."""
+        q, t = divmod(c, self.group_tiles)
+        start = q * self.group_cols + t * self.cols
+        stop = q * self.group_cols + min((t + 1) * self.cols, self.group_cols)
+        return start, stop, c * self.cols
+
+    def pad(self, matrix: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """(K, N) -> (Kp, Np): the matrix on whole tiles, padding cells ``fill``."""
+        kp, np_ = self.padded
+        if self.groups == 1 and fill == 0.0:
+            return torch.nn.functional.pad(matrix, (0, np_ - self.n, 0, kp - self.k))
+        out = torch.full((kp, np_), fill, dtype=matrix.dtype, device=matrix.device)
+        out[: self.k, self.column_index.to(matrix.device)] = matrix
+        return out
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`pad`: (at least K rows, Np) -> (K, N); without groups a (K, N) corner suffices."""
+        if self.groups == 1:
+            return padded[: self.k, : self.n]
+        return padded[: self.k].index_select(1, self.column_index.to(padded.device))
 
     @property
     def padded(self) -> tuple[int, int]:
@@ -127,9 +185,9 @@ class LayerLayout:
 
 
 def to_physical(matrix: torch.Tensor, grid: TileGrid, layout: LayerLayout | None = None) -> torch.Tensor:
-    """(K, N) logical weight matrix -> (Kph, Np) matrix as the physical arrays hold it (spare rows 0)."""
-    kp, np_ = grid.padded
-    padded = torch.nn.functional.pad(matrix, (0, np_ - grid.n, 0, kp - grid.k))  # (Kp, Np)
+    """(K, N) logical weight matrix -> (Kph, Np) matrix as the physical arrays hold it (spare rows and padding
+    0)."""
+    padded = grid.pad(matrix)  # (Kp, Np)
     if grid.spare == 0 and (layout is None or layout.is_identity(grid)):
         return padded
     if layout is None:
@@ -143,9 +201,9 @@ def to_logical(physical: torch.Tensor, grid: TileGrid, layout: LayerLayout | Non
     """Inverse of :func:`to_physical`: (Kph, Np) -> (K, N), polarity undone digitally. An identity layout's
     ``physical`` may also be just its (K, N) corner."""
     if grid.spare == 0 and (layout is None or layout.is_identity(grid)):
-        return physical[: grid.k, : grid.n]
+        return grid.unpad(physical)
     if layout is None:
         layout = LayerLayout.identity(grid)
     idx = layout.index(grid).to(physical.device)  # (Kp, Np)
     logical = physical.gather(0, idx) * layout.col_sign.to(physical.device, physical.dtype)
-    return logical[: grid.k, : grid.n]
+    return grid.unpad(logical)

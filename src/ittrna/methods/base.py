@@ -37,13 +37,27 @@ class MethodConfig(_Section):
     """Fields holding another method's config (composition, not inheritance): field -> its config class, or
     None for any registered method's config (a table naming the method: ``{method = "aft", epochs = 2}``)."""
 
+    _added: ClassVar[dict[str, Any]] = {}
+    """Fields added after results were stored, with the value that behaves as before they existed: at that
+    value :meth:`identity_dict` leaves them out, so the store keys of earlier records stay what they were."""
+
     def to_dict(self) -> dict[str, Any]:
+        return self._as_dict(identity=False)
+
+    def identity_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the fields of :attr:`_added` that hold their earlier behaviour (nested
+        configs likewise): what a store key is made of."""
+        return self._as_dict(identity=True)
+
+    def _as_dict(self, identity: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
+            if identity and f.name in self._added and value == self._added[f.name]:
+                continue
             if isinstance(value, MethodConfig):
-                value = ({"method": config_name(type(value)), **value.to_dict()} if self._nested.get(f.name) is None
-                         else value.to_dict())
+                inner = value._as_dict(identity)
+                value = {"method": config_name(type(value)), **inner} if self._nested.get(f.name) is None else inner
             out[f.name] = value
         return out
 

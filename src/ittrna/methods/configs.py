@@ -69,6 +69,24 @@ class ProgramConfig(NoneConfig):
     one-image gain that held-out images did not confirm (version 1 lost 0.04 pp on the ideal chip). Accepted
     [0, 10]."""
 
+    search: str = "accuracy"
+    """How each layer's headroom is chosen. ``accuracy``: coordinate descent on the host model's validation
+    accuracy, end to end (layers x ``headroom_steps`` x ``search_passes`` scored passes over ``search_images``
+    images: fine for a few layers, slow for a ResNet). ``output``: per layer, the headroom whose realised
+    matrix minimises the expected output error E|x (W_eff - W)|^2 over that layer's inputs in the software
+    model (their second moments from ``output_images`` training images, ``output_rows`` rows per layer): one
+    pass for all layers and a K x K product per candidate, so its cost grows with the model, not with layers x
+    candidates. On a healthy chip both keep every weight (headroom 1). Accepted ``accuracy``, ``output``."""
+
+    output_images: int = 64
+    """Training images whose layer inputs the ``output`` search uses. Accepted [1, 100000]."""
+
+    output_rows: int = 4096
+    """At most this many input rows (a convolution: image x position) per layer, drawn at random from the
+    method's generator, in the ``output`` search's second moments. Accepted [16, 10000000]."""
+
+    _added: ClassVar[dict[str, object]] = {"search": "accuracy", "output_images": 64, "output_rows": 4096}
+
     def _validate(self) -> None:
         super()._validate()
         self._range("headroom_min", 0.0, 1.0, lo_open=True)
@@ -76,6 +94,9 @@ class ProgramConfig(NoneConfig):
         self._int_range("search_passes", 1, 10)
         self._int_range("search_images", 100, 1_000_000)
         self._range("search_z", 0.0, 10.0)
+        self._choice("search", ("accuracy", "output"))
+        self._int_range("output_images", 1, 100_000)
+        self._int_range("output_rows", 16, 10_000_000)
 
 
 @dataclass(frozen=True)

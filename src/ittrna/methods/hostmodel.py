@@ -237,10 +237,11 @@ class HostChip:
         pos, neg = self.converter.pair_cells(self.measured.layers[name], idx, cols, grid)
 
         def logical(t: torch.Tensor) -> torch.Tensor:
-            return t[: grid.k, : grid.n].to(self.device)
+            return grid.unpad(t).to(self.device)
 
         view = CellView(logical(pos["fault"]), logical(pos["theta"].float()), logical(neg["fault"]),
-                        logical(neg["theta"].float()), layout.col_sign[: grid.n].to(self.device), self.converter)
+                        logical(neg["theta"].float()), layout.col_sign[grid.column_index].to(self.device),
+                        self.converter)
         self._views[name] = view
         return view
 

@@ -34,7 +34,15 @@ from ittrna._resources import check_memory
 from ittrna.data import Split
 from ittrna.graph import dataflow_order
 from ittrna.host import ChipAccess, Deployment, MeasuredMap
-from ittrna.mapping import conv_rows, matrix_to_weight, output_to_rows, weight_to_matrix
+from ittrna.mapping import (
+    conv_rows,
+    grouped_matmul,
+    groups_of,
+    matrix_to_weight,
+    output_to_rows,
+    row_statistic,
+    weight_to_matrix,
+)
 from ittrna.methods.base import Context, config_name, register, run
 from ittrna.methods.configs import ChipLoopConfig, CodesignConfig, ThresholdConfig
 from ittrna.methods.hostmodel import HostChip
@@ -193,9 +201,11 @@ class _LayerIO:
 
     def __init__(self, module: nn.Module):
         self.m = module
+        self.groups = groups_of(module)
+        """Column groups (a grouped convolution's), each driven by inputs of its own."""
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
-        """Layer input -> (rows, K) inputs of the matrix."""
+        """Layer input -> (rows, groups * K) inputs of the matrix (group-major)."""
         if isinstance(self.m, (nn.Conv1d, nn.Conv2d)):
             return conv_rows(x, self.m)[0]
         return x.reshape(-1, x.shape[-1])
@@ -239,7 +249,7 @@ def _fit_registers(session: ChipAccess, model: nn.Module, names: list[str], want
             x, y = rec[n]
             g0, o0 = session.registers(n)
             raw = ((io.cols(y) - io.bias() - o0) / _safe(g0)).double()  # (rows, N) the crossbar's own outputs
-            exp = (io.rows(x) @ want[n]).double()  # (rows, N) intended
+            exp = grouped_matmul(io.rows(x), want[n], io.groups).double()  # (rows, N) intended
             sx = raw.sum(0) if sx is None else sx + raw.sum(0)
             sy = exp.sum(0) if sy is None else sy + exp.sum(0)
             sxx = (raw * raw).sum(0) if sxx is None else sxx + (raw * raw).sum(0)
@@ -259,14 +269,18 @@ def _fit_registers(session: ChipAccess, model: nn.Module, names: list[str], want
 def _estimate(session: ChipAccess, model: nn.Module, names: list[str], prior: dict[str, torch.Tensor],
               images: torch.Tensor, ridge: float) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Each layer's realised (K, N) matrix from the chip's layer inputs and outputs (ridge least squares
-    toward ``prior``), and each row's mean input power (K,); zero writes."""
+    toward ``prior``), and each row's mean input power as a (K, N)-broadcastable matrix
+    (:func:`~ittrna.mapping.row_statistic`); zero writes. A grouped convolution's groups are fitted apart, each
+    from its own inputs."""
     modules = dict(model.named_modules())
     io = {n: _LayerIO(modules[n]) for n in names}
-    # the normal equations hold a (K, K) and a (K, N) float64 matrix per layer, all layers at once, and the
-    # solve needs about as much again for the largest layer
+    # the normal equations hold a (K, K) and a (K, N / G) float64 matrix per group of each layer, all layers
+    # at once, and the solve needs about as much again for the largest layer
     ks = {n: int(modules[n].weight[0].numel()) for n in names}
     ns = {n: int(modules[n].weight.shape[0]) for n in names}
-    need = sum(8 * ks[n] * (ks[n] + ns[n]) for n in names) + max(16 * ks[n] * (ks[n] + ns[n]) for n in names)
+    gs = {n: io[n].groups for n in names}
+    need = sum(8 * ks[n] * (gs[n] * ks[n] + ns[n]) for n in names) + max(
+        16 * ks[n] * (gs[n] * ks[n] + ns[n]) for n in names)
     check_memory(need, f"codesign's chip estimate ({len(names)} layers, largest K = {max(ks.values())})")
     xtx: dict[str, torch.Tensor] = {}
     xty: dict[str, torch.Tensor] = {}
@@ -276,19 +290,24 @@ def _estimate(session: ChipAccess, model: nn.Module, names: list[str], prior: di
         for n in names:
             x, y = rec[n]
             g0, o0 = regs[n]
-            xr = io[n].rows(x).double()
-            raw = ((io[n].cols(y) - io[n].bias() - o0) / _safe(g0)).double()
-            xtx[n] = xtx.get(n, 0) + xr.t() @ xr
-            xty[n] = xty.get(n, 0) + xr.t() @ raw
+            g = gs[n]
+            xr = io[n].rows(x).double().reshape(-1, g, ks[n])  # (rows, G, K)
+            raw = ((io[n].cols(y) - io[n].bias() - o0) / _safe(g0)).double().reshape(-1, g, ns[n] // g)
+            xtx[n] = xtx.get(n, 0) + torch.einsum("rgk,rgl->gkl", xr, xr)  # (G, K, K)
+            xty[n] = xty.get(n, 0) + torch.einsum("rgk,rgm->gkm", xr, raw)  # (G, K, N / G)
             rows[n] = rows.get(n, 0) + xr.shape[0]
     est, power = {}, {}
     for n in names:
-        a = xtx[n] / rows[n]
-        b = xty[n] / rows[n]
-        lam = ridge * float(torch.diagonal(a).mean().clamp_min(1e-12))
-        eye = torch.eye(a.shape[0], dtype=a.dtype)
-        est[n] = torch.linalg.solve(a + lam * eye, b + lam * prior[n].double()).float()
-        power[n] = torch.diagonal(a).float()
+        g, k, cols = gs[n], ks[n], ns[n]
+        a = xtx[n] / rows[n]  # (G, K, K)
+        b = xty[n] / rows[n]  # (G, K, N / G)
+        diag = torch.diagonal(a, dim1=1, dim2=2)  # (G, K)
+        lam = ridge * float(diag.mean().clamp_min(1e-12))
+        eye = torch.eye(k, dtype=a.dtype)
+        pull = prior[n].double().reshape(k, g, cols // g).permute(1, 0, 2)  # (G, K, N / G)
+        fitted = torch.linalg.solve(a + lam * eye, b + lam * pull)  # (G, K, N / G)
+        est[n] = fitted.permute(1, 0, 2).reshape(k, cols).float()
+        power[n] = row_statistic(diag.reshape(-1).float(), g, cols)
     return est, power
 
 
@@ -375,8 +394,8 @@ def _codesign(model: nn.Module, measured: MeasuredMap, cfg: CodesignConfig, ctx:
         sal = {}
         for n in names:
             err = est[n] - want[n]  # (K, N)
-            signal = (want[n] ** 2 * power[n].unsqueeze(1)).sum(0).clamp_min(1e-12)  # (N,)
-            s = err**2 * power[n].unsqueeze(1) / signal  # share of each column's output power in error
+            signal = (want[n] ** 2 * power[n]).sum(0).clamp_min(1e-12)  # (N,)
+            s = err**2 * power[n] / signal  # share of each column's output power in error
             sal[n] = torch.where(corrections[n] >= cfg.max_corrections, torch.zeros_like(s), s)
         flat = torch.cat([sal[n].flatten() for n in names])
         budget_now = (left if left is not None else 10**12) // max(cfg.iterations - it, 1)

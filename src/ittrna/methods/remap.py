@@ -22,15 +22,17 @@ __all__ = ["remap_layer"]
 
 
 def _tile_errors(
-    host: HostChip, name: str, w: torch.Tensor, scale: float, rule: str, r0: int, c0: int, c1: int, j0: int,
+    host: HostChip, name: str, w: torch.Tensor, scale: float, rule: str, r0: int, c0: int, c1: int, p0: int,
+    j0: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """|w_eff - w| for every (logical row, physical row, column) of one tile, for both polarities.
+    """|w_eff - w| for every (logical row, physical row, column) of one tile (logical columns ``[c0, c1)`` on
+    physical columns from ``p0``), for both polarities.
 
     Returns two (r, TR, Cc) tensors (polarity +1 and -1)."""
     grid = host.grids[name]
     tr_rows = grid.tile_rows
     rows = torch.arange(j0, j0 + tr_rows).unsqueeze(1)  # (TR, 1) the tile's physical word lines
-    cols = torch.arange(c0, c1).unsqueeze(0)  # (1, Cc)
+    cols = torch.arange(p0, p0 + c1 - c0).unsqueeze(0)  # (1, Cc)
     pos, neg = host.converter.pair_cells(host.physical_cells(name), rows, cols, grid)  # each field (TR, Cc)
     view = CellView(pos["fault"].unsqueeze(0), pos["theta"].float().unsqueeze(0), neg["fault"].unsqueeze(0),
                     neg["theta"].float().unsqueeze(0), torch.ones(c1 - c0), host.converter)  # cells (1, TR, Cc)
@@ -60,7 +62,8 @@ def remap_layer(
         name: layer name.
         matrix: (K, N) logical weight matrix.
         scale: the layer's weight scale.
-        importance: (K,) non-negative weight of each input row (e.g. its RMS activation).
+        importance: non-negative weight of each input row (e.g. its RMS activation): (K,), (K, 1), or (K, N)
+            where columns meet inputs of their own (a grouped convolution's groups).
         rule: programming rule the deviation is measured under.
         polarity: also choose per-column polarity.
         rounds: alternations of routing and polarity.
@@ -74,6 +77,7 @@ def remap_layer(
     np_ = grid.padded[1]
     w = matrix.detach().float().cpu()
     imp = importance.detach().float().cpu().clamp_min(0)
+    imp = (imp.reshape(-1, 1) if imp.dim() == 1 else imp).expand(k, n)  # (K, N)
     row_map = LayerLayout.identity(grid).row_map.clone()  # (tc, Kp)
     sign = torch.ones(np_)
     before = after = 0.0
@@ -82,9 +86,9 @@ def remap_layer(
         r = min(grid.rows, k - r0)
         j0 = i * grid.tile_rows
         for c in range(tc):
-            c0, c1 = c * grid.cols, min((c + 1) * grid.cols, n)
-            e_pos, e_neg = _tile_errors(host, name, w, scale, rule, r0, c0, c1, j0)  # (r, TR, Cc)
-            wi = imp[r0 : r0 + r].view(r, 1, 1)
+            c0, c1, p0 = grid.tile_span(c)  # logical columns [c0, c1) on padded columns from p0
+            e_pos, e_neg = _tile_errors(host, name, w, scale, rule, r0, c0, c1, p0, j0)  # (r, TR, Cc)
+            wi = imp[r0 : r0 + r, c0:c1].unsqueeze(1)  # (r, 1, Cc)
             e_pos, e_neg = e_pos * wi, e_neg * wi
             sg = torch.ones(c1 - c0, dtype=torch.bool)  # True = polarity +1
             ident = torch.arange(r)
@@ -103,7 +107,7 @@ def remap_layer(
             free = [j for j in range(grid.tile_rows) if j not in used]
             full = np.concatenate([cols, np.asarray(free[: grid.rows - r], dtype=np.int64)])
             row_map[c, r0 : r0 + grid.rows] = torch.as_tensor(full, dtype=torch.int64) + j0
-            sign[c0:c1] = torch.where(sg, 1.0, -1.0)
+            sign[p0 : p0 + c1 - c0] = torch.where(sg, 1.0, -1.0)
     layout = LayerLayout(row_map, sign)
     host.set_layout(name, layout)
     return layout, before, after

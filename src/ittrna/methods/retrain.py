@@ -26,12 +26,20 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils import parametrize
 
-from ittrna._resources import available_memory
+from ittrna._resources import available_memory, check_memory
 from ittrna.data import Split
 from ittrna.errors import InputError
 from ittrna.graph import MAPPED, dataflow_order
 from ittrna.host import Deployment, MeasuredMap
-from ittrna.mapping import conv_columns, matrix_to_weight, weight_scale, weight_to_matrix
+from ittrna.mapping import (
+    conv_row_power,
+    conv_rows,
+    groups_of,
+    matrix_to_weight,
+    row_statistic,
+    weight_scale,
+    weight_to_matrix,
+)
 from ittrna.methods.base import Context
 from ittrna.methods.configs import FatConfig, ProgramConfig, RemapConfig, RetrainConfig
 from ittrna.methods.hostmodel import HostChip, realise, sample_view
@@ -221,15 +229,81 @@ class Pipeline:
     def host_accuracy(self, data: Split, rule: str = "pair") -> float:
         return mean_correct(self.host_correct(data, rule))
 
+    @staticmethod
+    def _headrooms(cfg: ProgramConfig) -> list[float]:
+        """The headrooms tried, log-spaced from ``headroom_min`` to 1."""
+        if cfg.headroom_steps == 1:
+            return [cfg.headroom_min]
+        return [cfg.headroom_min ** (1 - i / (cfg.headroom_steps - 1)) for i in range(cfg.headroom_steps)]
+
     def choose_scales(self, cfg: ProgramConfig, rule: str = "pair") -> None:
+        """Per-layer headroom, by ``cfg.search``: :meth:`choose_scales_by_accuracy` or
+        :meth:`choose_scales_by_output`."""
+        if cfg.search == "output":
+            self.choose_scales_by_output(cfg, rule)
+        else:
+            self.choose_scales_by_accuracy(cfg, rule)
+
+    def input_moments(self, images: int, max_rows: int) -> dict[str, torch.Tensor]:
+        """Second moments E[x x^T] of every crossbar layer's input rows in the software model, (groups, K, K)
+        float64 (a grouped convolution's groups apart), from the first ``images`` training images, at most
+        ``max_rows`` rows per layer drawn from the method's generator (every call of a layer called twice)."""
+        ks = {n: int(m.weight[0].numel()) for n, m in self.mods.items()}
+        check_memory(sum(16 * groups_of(m) * ks[n] ** 2 for n, m in self.mods.items()),
+                     f"the input moments of {len(self.mods)} layers (largest K = {max(ks.values())})")
+        rows: dict[str, list[torch.Tensor]] = {n: [] for n in self.mods}
+        hooks = []
+        for name, module in self.mods.items():
+            def record(m: nn.Module, inputs: tuple[Any, ...], name: str = name) -> None:
+                x = inputs[0].detach()
+                rows[name].append(conv_rows(x, m)[0] if isinstance(m, (nn.Conv1d, nn.Conv2d))
+                                  else x.reshape(-1, x.shape[-1]))  # (rows, groups * K)
+            hooks.append(module.register_forward_pre_hook(record))
+        try:
+            with torch.no_grad():
+                self.model(self.ctx.train.x[: max(1, min(images, len(self.ctx.train)))].to(self.ctx.device))
+        finally:
+            for h in hooks:
+                h.remove()
+        gen = self.ctx.generator(43)
+        out = {}
+        for n, m in self.mods.items():
+            x = torch.cat(rows[n]).double()
+            if x.shape[0] > max_rows:
+                x = x[torch.randperm(x.shape[0], generator=gen)[:max_rows].to(x.device)]
+            xg = x.reshape(x.shape[0], groups_of(m), ks[n])  # (rows, G, K)
+            out[n] = torch.einsum("rgk,rgl->gkl", xg, xg) / max(x.shape[0], 1)  # (G, K, K)
+        return out
+
+    def choose_scales_by_output(self, cfg: ProgramConfig, rule: str = "pair") -> None:
+        """Per layer, the headroom whose realised matrix minimises the expected output error
+        tr(D^T E[x x^T] D), D = W_eff - W, over the layer's software inputs (:meth:`input_moments`); ties keep
+        the larger headroom, so a healthy chip keeps every weight. Layers are independent: no coordinate
+        descent, and no pass through the network per candidate."""
+        moments = self.input_moments(cfg.output_images, cfg.output_rows)
+        top = {n: weight_scale(m.weight, 100.0) for n, m in self.mods.items()}
+        for n, m in self.mods.items():
+            w = self.matrix(n)  # (K, N)
+            k, cols = w.shape
+            g = groups_of(m)
+            best: tuple[float, float] | None = None
+            for h in sorted(self._headrooms(cfg), reverse=True):
+                with torch.no_grad():
+                    d = (self.host.effective_matrix(n, w, h * top[n], rule) - w).double().reshape(k, g, cols // g)
+                err = float(torch.einsum("gkl,kgn,lgn->", moments[n].to(d.device), d, d))
+                if best is None or err < best[0]:
+                    best = (err, h)
+            assert best is not None
+            self.scales[n] = best[1] * top[n]
+        self.report["headroom"] = {n: self.scales[n] / top[n] for n in self.mods}
+
+    def choose_scales_by_accuracy(self, cfg: ProgramConfig, rule: str = "pair") -> None:
         """Per-layer headroom by coordinate descent on validation accuracy: a headroom is taken when it beats
         the current one significantly (:func:`significantly_better` at ``cfg.search_z``; at z = 0 any gain, and
         the loss breaks ties)."""
         val = self.ctx.val.subset(min(cfg.search_images, len(self.ctx.val)))
         batches = [(x.to(self.ctx.device), y.to(self.ctx.device)) for x, y in val.batches(2000)]
-        grid = [cfg.headroom_min ** (1 - i / max(cfg.headroom_steps - 1, 1)) for i in range(cfg.headroom_steps)]
-        if cfg.headroom_steps == 1:
-            grid = [cfg.headroom_min]
+        grid = self._headrooms(cfg)
         top = {n: weight_scale(m.weight, 100.0) for n, m in self.mods.items()}
         current = {f"{n}.weight": self.effective(n, self.scales[n], rule) for n in self.mods}
         best_right, best_loss = self._score(self.model, current, batches)
@@ -258,7 +332,9 @@ class Pipeline:
         self.report["headroom"] = {n: self.scales[n] / top[n] for n in self.mods}
 
     def importance(self, images: int) -> dict[str, torch.Tensor]:
-        """RMS input of every logical row (word line) of each layer, over ``images`` training images."""
+        """RMS input of every logical row (word line) of each layer, over ``images`` training images, as a
+        (K, N)-broadcastable matrix (:func:`~ittrna.mapping.row_statistic`: (K, 1), or (K, N) for a grouped
+        convolution, whose column groups meet inputs of their own)."""
         sums: dict[str, torch.Tensor] = {}
         count: dict[str, int] = {}
         hooks = []
@@ -267,8 +343,7 @@ class Pipeline:
             def fn(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
                 x = inputs[0].detach()
                 if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-                    cols, _ = conv_columns(x, module)  # (B, K, L)
-                    sq, cnt = (cols**2).sum(dim=(0, 2)), cols.shape[0] * cols.shape[2]
+                    sq, cnt = conv_row_power(x, module)  # (groups * K,), B * L
                 else:
                     flat = x.reshape(-1, x.shape[-1])
                     sq, cnt = (flat**2).sum(0), flat.shape[0]
@@ -285,7 +360,8 @@ class Pipeline:
         finally:
             for h in hooks:
                 h.remove()
-        return {n: (sums[n] / count[n]).sqrt() for n in self.mods}
+        return {n: row_statistic((sums[n] / count[n]).sqrt(), groups_of(m), int(m.weight.shape[0]))
+                for n, m in self.mods.items()}
 
     def remap(self, cfg: RemapConfig) -> None:
         imp = self.importance(cfg.importance_images)
@@ -317,7 +393,7 @@ class Pipeline:
         """(weight shape) importance-weighted |w_eff - w| under the pair rule."""
         with torch.no_grad():
             m = self.matrix(name)
-            dev = (self.host.effective_matrix(name, m, self.scales[name]) - m).abs() * imp.view(-1, 1)
+            dev = (self.host.effective_matrix(name, m, self.scales[name]) - m).abs() * imp  # (K, N)
         return matrix_to_weight(dev, tuple(self.mods[name].weight.shape))
 
 

@@ -68,7 +68,7 @@ def check_shape(name: str | Definition, in_shape: object, num_classes: object) -
         params = sum(p.numel() for p in probe.parameters())
         check_memory(params * 4 * 3, f"model {_label(name)} with in_shape {list(shape)} ({params:.3g} parameters)")
         try:
-            out = probe(torch.empty(1, *shape, device="meta"))
+            out = probe.eval()(torch.empty(1, *shape, device="meta"))  # eval: BatchNorm takes one 1x1 sample
         except NotImplementedError:  # an operation without a meta kernel (a user's model): one real pass
             probe = name.build(shape, num_classes) if isinstance(name, Definition) else probe
             with torch.no_grad():
