@@ -177,6 +177,37 @@ def test_grouped_convolutions_map_each_group_on_its_own_tiles_and_an_ideal_chip_
         assert torch.allclose(deploy(model, fine)(x), model(x), rtol=1e-3, atol=1e-4)  # tile by tile, per group
 
 
+def test_a_grouped_chip_and_its_map_round_trip_through_their_files_and_another_grouping_is_refused(tmp_path):
+    from ittrna.host import MeasuredMap
+    from ittrna.methods import Context, apply_method
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8)).eval()
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.1, "mapping.rows": 16, "mapping.cols": 4}), 3)
+    deploy(model, chip)
+    chip.save(tmp_path / "c.npz")
+    again = Chip.load(tmp_path / "c.npz")
+    assert again.layer("1").grid.groups == 8
+    assert torch.equal(again.effective_matrix("1"), chip.effective_matrix("1"))
+    chip.test().save(tmp_path / "m.npz")
+    assert MeasuredMap.load(tmp_path / "m.npz").grid("1").groups == 8
+    class Dense(nn.Module):  # the same layer names and weight shapes, its second convolution not grouped
+        def __init__(self):
+            super().__init__()
+            self.add_module("0", nn.Conv2d(1, 8, 3, padding=1))
+            self.add_module("1", nn.Conv2d(1, 8, 3, padding=1))
+
+        def forward(self, x):
+            return self._modules["0"](x) + self._modules["1"](x)
+
+    dense = Dense().eval()
+    with pytest.raises(InputError, match="groups"):
+        deploy(dense, chip)
+    data = _small_data(model, (1, 5, 5), 16, 1)
+    with pytest.raises(InputError, match="groups"):
+        apply_method("program", dense, chip.test(), Context(data, data), {})
+
+
 def test_a_faulty_grouped_layer_reads_back_each_groups_own_cells():
     """A stuck cell of group q changes only group q's output channels."""
     torch.manual_seed(0)

@@ -240,7 +240,8 @@ def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str
                 expected.add(key)
                 planned.append((key, shape, dtype))
         if version >= 2:
-            tc, kp, np_ = -(-n // m.cols), -(-k // m.rows) * m.rows, -(-n // m.cols) * m.cols
+            grid = TileGrid.on(m, k, n, groups)
+            tc, (kp, np_) = grid.tiles[1], grid.padded
             layout_arrays: tuple[tuple[str, str, tuple[int, ...]], ...] = (
                 (f"{name}|_layout|row_map", "int64", (tc, kp)), (f"{name}|_layout|col_sign", "float32", (np_,)))
             for key, dtype, lshape in layout_arrays:

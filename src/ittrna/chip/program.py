@@ -19,7 +19,7 @@ from ittrna.chip.state import ChipState, _derive_seed
 from ittrna.device import HEALTHY, lognormal_factor_log, quantize_levels, wear_out
 from ittrna.errors import InputError
 from ittrna.host import Deployment
-from ittrna.mapping import LayerLayout, to_physical, weight_scale, weight_to_matrix
+from ittrna.mapping import LayerLayout, groups_of, to_physical, weight_scale, weight_to_matrix
 
 __all__ = ["check_model", "count_issued", "program", "program_deployment", "program_model", "program_weights",
            "weight_targets"]
@@ -124,6 +124,9 @@ def check_model(chip: ChipState, model: nn.Module) -> None:
             raise InputError(
                 f"chip layer {name!r} was made for weight shape {layer.weight_shape}, model has {shape}"
             )
+        if groups_of(module) != layer.grid.groups:  # Conv2d(1, 8, 3) and Conv2d(8, 8, 3, groups=8): one shape
+            raise InputError(f"chip layer {name!r} was made for groups = {layer.grid.groups}, model has "
+                             f"groups = {groups_of(module)}")
 
 
 def program_model(chip: ChipState, model: nn.Module) -> int:

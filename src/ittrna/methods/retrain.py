@@ -83,9 +83,10 @@ class Pipeline:
             m = modules.get(name)
             shape = self.host.weight_shape(name)
             weight = getattr(m, "weight", None) if isinstance(m, MAPPED) else None
-            if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != shape:
-                raise InputError(f"the measured map's layer {name!r} (weight shape {shape}) does not match the "
-                                 "model: a map from another model")
+            if (not isinstance(weight, torch.Tensor) or tuple(weight.shape) != shape
+                    or groups_of(m) != self.host.grids[name].groups):  # type: ignore[arg-type]
+                raise InputError(f"the measured map's layer {name!r} (weight shape {shape}, groups "
+                                 f"{self.host.grids[name].groups}) does not match the model: a map from another model")
             self.mods[name] = m
         self.scales = {n: weight_scale(m.weight, 100.0) for n, m in self.mods.items()}
         self.report: dict[str, Any] = {}
