@@ -19,6 +19,7 @@ validation images 2000-4999; judged on validation images 0-1999.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     recipe = RECIPES["converged-augmented"]
     for path in args.models:
         model, meta = load_checkpoint(path)
-        probe = load_checkpoint(path)[0].train()
+        probe = copy.deepcopy(model).train()  # timed on a copy: the model itself stays as loaded
         n = args.batches * recipe.batch_size
         t0 = time.perf_counter()
         fit(probe, train.subset(n), epochs=1, lr=recipe.lr, batch_size=recipe.batch_size, seed=0, progress=False,
