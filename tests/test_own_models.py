@@ -445,6 +445,42 @@ def test_a_sweep_trains_and_evaluates_a_definition_and_an_edited_file_is_another
     assert load_spec(config).points[0].source.ref != before  # the edited definition is trained again
 
 
+def test_a_sweep_takes_a_checkpoint_file_in_its_model_axis(tmp_path, mnist_train):
+    """A reference trained once (a committed checkpoint) enters a TOML sweep by its path, relative to the
+    config: no retraining; the weights' hash is the model's identity, a checkpoint of another dataset is refused."""
+    from ittrna.errors import ConfigError
+    from ittrna.experiments.grid import load_spec
+    from ittrna.experiments.sweep import run_spec
+
+    net = build("mlp", (1, 28, 28), 10, seed=3)
+    (tmp_path / "refs").mkdir()
+    save_checkpoint(tmp_path / "refs" / "m.pt", net, {"model": "mlp", "dataset": "mnist", "in_shape": [1, 28, 28],
+                                                      "num_classes": 10})
+    body = ('model = ["refs/m.pt", "mlp"]\ndataset = ["{ds}"]\nsaf_rate = [0.1]\nmethod = ["none"]\n'
+            'chip_seed = [1]\n')
+    config = tmp_path / "sweep.toml"
+    config.write_text("[grid]\n" + body.format(ds="mnist") + "[train]\nepochs = 0\n"
+                      "[data]\ntrain_size = 256\nval_size = 128\ntest_size = 128\n")
+    spec = load_spec(config)
+    from_file = [p for p in spec.points if p.source.path is not None]
+    assert len(from_file) == 1 and from_file[0].source.train is None
+    assert from_file[0].source.path == str((tmp_path / "refs" / "m.pt").resolve())
+    assert from_file[0].columns["model"] == "mlp" and from_file[0].columns["checkpoint"] == "m.pt"
+    outcome = run_spec(spec, tmp_path / "out", progress=False)
+    by_file = {r.get("checkpoint"): r for r in outcome.records}
+    assert set(by_file) == {"m.pt", None}
+    from ittrna.experiments.points import weights_sha256
+
+    assert by_file["m.pt"]["model_sha256"] == weights_sha256(net.state_dict())  # the file's weights, not retrained
+    assert by_file[None]["model_sha256"] != by_file["m.pt"]["model_sha256"]
+    config.write_text("[grid]\n" + body.format(ds="fashion-mnist"))
+    with pytest.raises(ConfigError, match="m.pt was trained on 'mnist'"):
+        load_spec(config)
+    config.write_text("[grid]\n" + body.replace("refs/m.pt", "refs/none.pt").format(ds="mnist"))
+    with pytest.raises(ConfigError, match="none.pt: no such file"):
+        load_spec(config)
+
+
 # --- weights trained elsewhere ---------------------------------------------------------------------------------
 def test_import_weights_makes_a_checkpoint_with_the_measured_accuracy(tmp_path, capsys, mnist_test):
     import json
@@ -696,3 +732,54 @@ def test_a_layer_called_twice_keeps_every_calls_recording_and_the_chip_loop_foll
     assert rec["shared"][0].shape == (10, 8) and rec["inp"][0].shape == (5, 16)  # two calls of 5 rows each
     loop = _ChipLoop(model, session, session.layer_names)
     assert torch.allclose(loop(x), logits, atol=1e-5)  # each call takes its own part of the recording
+
+
+class _SharedNorm(nn.Module):
+    """One BatchNorm applied after two convolutions (a normalisation shared between calls)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 3, 3, padding=1)
+        self.b = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.head = nn.Linear(3 * 6 * 6, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.a(x)))
+        return self.head(self.bn(self.b(x)).flatten(1))
+
+
+def test_a_batchnorm_called_twice_is_re_estimated_from_both_calls_off_and_on_the_chip():
+    """``taps`` and the host model give every call's input; the statistics pool both calls (not the first only)."""
+    from ittrna.experiments.tolerate import tolerate
+    from ittrna.host import Deployment
+    from ittrna.methods import Context, apply_method
+    from ittrna.session import ChipSession
+
+    torch.manual_seed(0)
+    model = _SharedNorm().eval()
+    with torch.no_grad():
+        model.bn.running_mean.fill_(0.3)
+        model.bn.running_var.fill_(2.0)
+    train, val, test = (_small_data(model, (1, 6, 6), n, s) for n, s in ((64, 1), (100, 2), (32, 3)))
+    seen: list[torch.Tensor] = []
+    hook = model.bn.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].detach()))
+    with torch.no_grad():
+        model(train.x)
+    hook.remove()
+    both = torch.cat(seen).transpose(0, 1).flatten(1).double()  # (C, both calls' values)
+    first = seen[0].transpose(0, 1).flatten(1).double()
+    assert not torch.allclose(both.mean(1), first.mean(1), atol=1e-2)  # the calls differ: the test can tell
+    chip = Chip.fabricate(model, ChipConfig(), 1)  # healthy: the chip realises the weights
+    session = ChipSession(chip, model)
+    session.deploy(Deployment({k: v.clone() for k, v in model.state_dict().items()}))
+    _, taps = session.forward(train.x[:5], taps=["bn"])
+    assert taps["taps:bn"][0].shape == (10, 3, 6, 6)  # two calls of 5 images
+    settings = {"images": 64, "batch_size": 16, "program": {"search": "output"}}
+    dep = apply_method("bn", model, chip.test(), Context(train, val, seed=4), settings)
+    assert torch.allclose(dep.state_dict["bn.running_mean"].double(), both.mean(1), atol=1e-4)
+    assert torch.allclose(dep.state_dict["bn.running_var"].double(), both.var(1), rtol=1e-3)
+    out, tuned = tolerate(model, Chip.fabricate(model, ChipConfig(), 1), "bn-chip", train=train, val=val,
+                          test=test, settings=settings)
+    assert out["ondevice_writes"] == 0
+    assert torch.allclose(tuned.state_dict["bn.running_mean"].double(), both.mean(1), atol=1e-4)

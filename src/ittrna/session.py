@@ -174,8 +174,8 @@ class ChipSession:
         the pass gives its k calls' inputs and outputs stacked along the batch dimension, in call order.
 
         ``taps`` names digital modules (e.g. BatchNorm layers, which the host computes itself) whose input the
-        host reads on this pass; each comes back under ``taps:NAME`` as (input, input) of the module's first
-        call."""
+        host reads on this pass; each comes back under ``taps:NAME`` as (input, input), a module called k
+        times giving its k calls' inputs stacked along the batch dimension, like a crossbar layer's."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 1:
             raise InputError("session.forward takes a non-empty float tensor batch (batch first)")
         net = self._net()
@@ -191,7 +191,8 @@ class ChipSession:
             if target is None or isinstance(target, _AnalogLayer) or inside:
                 raise InputError(f"session.forward: tap {name!r} is not a digital module of the model")
             def tap(_m: nn.Module, inp: tuple[torch.Tensor, ...], name: str = name) -> None:
-                seen.setdefault(f"taps:{name}", (inp[0].detach(), inp[0].detach()))  # the first call's input
+                x = inp[0].detach()
+                calls.setdefault(f"taps:{name}", []).append((x, x))  # every call's input
 
             hooks.append(target.register_forward_pre_hook(tap))
         if record:
@@ -215,7 +216,8 @@ class ChipSession:
             if len(recorded) == 1:
                 seen[name] = recorded[0]
             elif any(i.shape[1:] != recorded[0][0].shape[1:] for i, _ in recorded):
-                raise InputError(f"session.forward: layer {name!r} is called {len(recorded)} times with inputs of "
+                raise InputError(f"session.forward: {'module' if name.startswith('taps:') else 'layer'} "
+                                 f"{name.removeprefix('taps:')!r} is called {len(recorded)} times with inputs of "
                                  "different shapes; accepted one shape per layer")
             else:
                 seen[name] = (torch.cat([i for i, _ in recorded]), torch.cat([o for _, o in recorded]))

@@ -6,7 +6,7 @@ Schema (every key, default and range: ``docs/experiments.md``)::
     title = "optional report title"
 
     [grid]                      # axes: lists (a scalar is a one-value list); the points are their product
-    model = ["mlp"]             # required: names of ittrna.models.MODELS
+    model = ["mlp"]             # required: names of ittrna.models.MODELS, FILE.py:FUNCTION, or checkpoints (*.pt)
     dataset = ["mnist"]         # required: names of ittrna.data.DATASETS
     method = ["none", "remap"]  # default ["none"]: names of ittrna.methods.METHODS
     chip_seed = [1, 2]          # required: fabrication seeds (also the chip test's and the method's seed)
@@ -310,7 +310,9 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
                 raise ConfigError(f"{where}.{name} is empty; accepted a non-empty list (an empty grid has no "
                                   "points)")
         defs = _definitions(axes["model"], Path(base_dir), f"{where}.model")
-        _check_names([m for m in axes["model"] if m not in defs], MODELS, f"{where}.model", "model")
+        ckpts = _checkpoints(axes["model"], Path(base_dir), f"{where}.model")
+        _check_names([m for m in axes["model"] if m not in defs and m not in ckpts], MODELS, f"{where}.model",
+                     "model")
         _check_names(axes["dataset"], DATASETS, f"{where}.dataset", "dataset")
         _check_names(axes["method"], METHODS, f"{where}.method", "method")
         for seed in axes["chip_seed"]:
@@ -320,6 +322,12 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
         times = list(dict.fromkeys(parse_time(t, f"{where}.time") for t in axes.get("time", [0.0])))
         for model in axes["model"]:
             for dataset in axes["dataset"]:
+                if model in ckpts:
+                    if ckpts[model][1]["dataset"] != dataset:
+                        raise ConfigError(f"{where}.model: {model} was trained on {ckpts[model][1]['dataset']!r}, and "
+                                          f"{where}.dataset has {dataset!r}; accepted a checkpoint of every dataset "
+                                          "of the axis (give other datasets a [[grid.part]] of their own)")
+                    continue
                 _check_fits(defs.get(model, model), dataset)
         chip_names = [k for k in axes if k not in _NAMED_AXES]
         per_method = sum(len(method_axes.get(m, [None])) for m in axes["method"])  # a method's settings axes
@@ -336,14 +344,22 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
             chip_columns = _chip_columns(cfg, chip_names, combo)
             for model, dataset, method, seed, at in itertools.product(axes["model"], axes["dataset"], axes["method"],
                                                                       axes["chip_seed"], times):
-                source = ModelSource(model, dataset, train=train,
-                                     definition=json.dumps(defs[model].to_dict(), sort_keys=True)
-                                     if model in defs else None)
+                if model in ckpts:  # a checkpoint file: its weights' hash is the model's identity (point_key)
+                    path, meta = ckpts[model]
+                    source = ModelSource(str(meta["model"]), dataset, path=path,
+                                         definition=json.dumps(meta["definition"], sort_keys=True)
+                                         if "definition" in meta else None)
+                    model_columns = {"model": source.model, "checkpoint": Path(path).name}
+                else:
+                    source = ModelSource(model, dataset, train=train,
+                                         definition=json.dumps(defs[model].to_dict(), sort_keys=True)
+                                         if model in defs else None)
+                    model_columns = {"model": model}
                 for settings, columns in method_axes.get(method, [({}, {})]):
                     spec = METHODS[method]
                     full = spec.make_config(settings).identity_dict()
                     pt = Point(source, chip_json, method, full, spec.version, seed,
-                               {"model": model, "dataset": dataset, **chip_columns, "method": method,
+                               {**model_columns, "dataset": dataset, **chip_columns, "method": method,
                                 **columns, "chip_seed": seed, **({"time": at} if timed else {})}, lineage(method), at)
                     points.setdefault(pt.content(), pt)
     _check_chips(points.values())
@@ -492,6 +508,29 @@ def _definitions(values: Sequence[Any], base_dir: Path, where: str) -> dict[str,
             out[v] = trust_definition(Definition(source, function))  # the config names it: its checkpoints load
         except InputError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+    return out
+
+
+def _checkpoints(values: Sequence[Any], base_dir: Path, where: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The checkpoint files (``*.pt``, relative to the config's folder) of a model axis: each loaded now
+    (``weights_only``, every field checked), as (resolved path, metadata). A tuned file (one chip's deployment)
+    is refused: a sweep fabricates chips of its own."""
+    from ittrna.errors import InputError
+    from ittrna.models.checkpoint import load_checkpoint_payload
+
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for v in values:
+        if not isinstance(v, str) or not v.endswith(".pt"):
+            continue
+        path = Path(v).expanduser()
+        path = path if path.is_absolute() else (base_dir / path).resolve()
+        try:
+            _, meta, payload = load_checkpoint_payload(path)
+        except InputError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if "deployment" in payload:
+            raise ConfigError(f"{where}: {v} is tuned for one chip; accepted a software checkpoint (ittrna train)")
+        out[v] = (str(path), dict(meta))
     return out
 
 

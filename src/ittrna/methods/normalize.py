@@ -46,7 +46,8 @@ def norm_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.m
 
 
 def reestimate(norms: list[tuple[str, nn.modules.batchnorm._BatchNorm]], images: torch.Tensor, batch_size: int,
-               read_input: Callable[[torch.Tensor, str], torch.Tensor], after: Callable[[str], None]) -> None:
+               read_input: Callable[[torch.Tensor, str], torch.Tensor | list[torch.Tensor]],
+               after: Callable[[str], None]) -> None:
     """Re-estimate each layer's running mean and variance from its inputs, layer by layer.
 
     Args:
@@ -54,7 +55,8 @@ def reestimate(norms: list[tuple[str, nn.modules.batchnorm._BatchNorm]], images:
         images: the inputs the statistics are taken on.
         batch_size: images per pass.
         read_input: ``(batch, name) -> the input of layer name`` (N, C, ...) on that batch, computed with the
-            statistics set so far.
+            statistics set so far; for a layer called several times in one pass, a list of every call's input
+            (its statistics are pooled over all calls, as training's running averages see them all).
         after: called with a layer's name once its statistics are set (e.g. to hand them to the chip).
     """
     for name, bn in norms:
@@ -62,11 +64,13 @@ def reestimate(norms: list[tuple[str, nn.modules.batchnorm._BatchNorm]], images:
         square = torch.zeros(bn.num_features, dtype=torch.float64)
         count = 0
         for start in range(0, images.shape[0], batch_size):
-            x = read_input(images[start : start + batch_size], name).double()  # (N, C, ...)
-            dims = [0, *range(2, x.dim())]
-            total += x.sum(dims).cpu()
-            square += (x * x).sum(dims).cpu()
-            count += x.numel() // x.shape[1]
+            got = read_input(images[start : start + batch_size], name)
+            for x in (got if isinstance(got, list) else [got]):  # each (N, C, ...)
+                x = x.double()
+                dims = [0, *range(2, x.dim())]
+                total += x.sum(dims).cpu()
+                square += (x * x).sum(dims).cpu()
+                count += x.numel() // x.shape[1]
         mean = total / count
         var = (square / count - mean * mean).clamp_min(0) * (count / max(count - 1, 1))  # unbiased, as BN keeps it
         with torch.no_grad():
@@ -92,16 +96,15 @@ def _bn(model: nn.Module, measured: MeasuredMap, cfg: BnConfig, ctx: Context) ->
     modules = dict(p.model.named_modules())
     weights = {f"{n}.weight": p.effective(n, p.scales[n], "pair") for n in p.mods}  # what the chip realises
 
-    def read_input(x: torch.Tensor, name: str) -> torch.Tensor:
-        seen: list[torch.Tensor] = []
-        hook = modules[name].register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].detach()) if not seen
-                                                       else None)
+    def read_input(x: torch.Tensor, name: str) -> list[torch.Tensor]:
+        seen: list[torch.Tensor] = []  # every call's input
+        hook = modules[name].register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].detach()))
         try:
             with torch.no_grad():
                 functional_call(p.model, weights, (x.to(ctx.device),))
         finally:
             hook.remove()
-        return seen[0]
+        return seen
 
     reestimate(norms, _images(cfg, ctx), cfg.batch_size, read_input, lambda _n: None)
     p.report.update(norm_layers=len(norms))
