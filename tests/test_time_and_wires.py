@@ -484,3 +484,169 @@ def test_chip_show_tells_the_clock_and_the_new_sections(tmp_path, capsys):
     assert main(["chip", "show", str(tmp_path / "c.npz")]) in (0, None)
     out = capsys.readouterr().out
     assert "clock 60 s" in out and "relaxation cmo-hfox" in out and "r_wire 0.5 ohm" in out
+
+
+# --- conductance-dependent programming error ---------------------------------------------------------------
+PERR = [("crosssim-wan", {"cell.r_on": 30e3}), ("aihwkit-pcm", {}),
+        ("polynomial", {"program_error.c0": 0.5, "program_error.c1": 2.0, "program_error.c3": -1.0,
+                        "program_error.g_ref_us": 50.0})]
+
+
+def _sigma_by_hand(name: str, g: float, cfg: ChipConfig) -> float:
+    """The published fits, written out again (siemens)."""
+    gmax = cfg.cell.g_max
+    if name == "crosssim-wan":
+        u = g * 1e6
+        return max(1.536e-4 * u**3 - 1.167e-2 * u**2 + 2.374e-1 * u + 1.053, 0.0) * 1e-6
+    x = g / gmax
+    if name == "aihwkit-pcm":
+        return max(0.26348 + 1.9650 * x - 1.1731 * x**2, 0.0) * 1e-6 * gmax / 25e-6
+    pe = cfg.program_error
+    return max(pe.c0 + pe.c1 * x + pe.c2 * x**2 + pe.c3 * x**3, 0.0) * 1e-6 * gmax / (pe.g_ref_us * 1e-6)
+
+
+@pytest.mark.parametrize(("name", "extra"), PERR)
+def test_programming_error_sigma_matches_its_polynomial(name, extra):
+    from ittrna.device.programming import sigma
+
+    cfg = ChipConfig().override({"program_error.model": name, **extra})
+    g = torch.linspace(0, cfg.cell.g_max, 11)
+    got = sigma(g, cfg.program_error, cfg.cell)
+    want = torch.tensor([_sigma_by_hand(name, float(v), cfg) for v in g])
+    assert torch.allclose(got.double(), want.double(), rtol=1e-5, atol=1e-12) and bool((got > 0).all())
+    # scale multiplies, and a negative polynomial is clamped at 0
+    half = ChipConfig().override({"program_error.model": name, "program_error.scale": 0.5, **extra})
+    assert torch.allclose(sigma(g, half.program_error, half.cell), 0.5 * got)
+    neg = ChipConfig().override({"program_error.model": "polynomial", "program_error.c0": -1.0})
+    assert float(sigma(g, neg.program_error, neg.cell).abs().max()) == 0.0
+
+
+@pytest.mark.parametrize(("name", "extra"), PERR)
+def test_a_chip_with_programming_error_reads_target_plus_sigma_z(name, extra):
+    """Healthy cells, no variation: each written cell reads its target + sigma(target) z; the spread over many
+    cells at one target is sigma (2 % at 40 k cells); an unwritten or stuck cell has no such error."""
+    from ittrna.device.programming import sigma
+
+    model = nn.Sequential(nn.Linear(200, 200, bias=False))
+    over = {"mapping.rows": 256, "mapping.cols": 256, "program_error.model": name, **extra}
+    cfg = ChipConfig().override(over)
+    chip = Chip.fabricate(model, cfg, 5)
+    level = 0.6 * cfg.cell.g_max
+    target = torch.full((256, 256), level)
+    chip.program("0", {"pos": target, "neg": target})
+    read = chip.conductances("0")["pos"]
+    err = (read - target).double()
+    expected = float(sigma(torch.tensor([level]), cfg.program_error, cfg.cell))
+    assert float(err.std()) == pytest.approx(expected, rel=0.02) and abs(float(err.mean())) < 0.02 * expected
+    # the same seed is the same chip; a second write redraws only the cells it writes
+    twin = Chip.fabricate(model, cfg, 5)
+    twin.program("0", {"pos": target, "neg": target})
+    assert torch.equal(twin.conductances("0")["pos"], read)
+    changed = target.clone()
+    changed[0] = 0.3 * cfg.cell.g_max
+    chip.program("0", {"pos": changed, "neg": target})
+    again = chip.conductances("0")["pos"]
+    assert torch.equal(again[1:], read[1:]) and not torch.allclose(again[0], read[0])
+    stuck = Chip.fabricate(model, cfg.override({"faults.rate": 0.3, "faults.stuck_on_share": 0.0}), 5)
+    stuck.program("0", {"pos": target, "neg": target})
+    faults = stuck.layers["0"].arrays["pos"].fault != 0
+    assert bool((stuck.conductances("0")["pos"][faults] == cfg.cell.g_min).all())
+
+
+def test_no_programming_error_is_the_chip_of_before_and_the_archive_keeps_the_draws(tmp_path):
+    model = _model()
+    plain = _chip(model, **{"variation.sigma": 0.5, "variation.program_noise": 0.1})
+    assert plain.layers["0"].arrays["pos"].delta is None and "program_error" not in plain.config.identity_dict()
+    with_err = _chip(model, **{"variation.sigma": 0.5, "variation.program_noise": 0.1,
+                               "program_error.model": "aihwkit-pcm"})
+    assert "program_error" in with_err.config.identity_dict()
+    # the lognormal parts are the same draws: the error is added after them, from the same write's stream
+    pos_a, pos_b = plain.layers["0"].arrays["pos"], with_err.layers["0"].arrays["pos"]
+    assert torch.equal(pos_a.eps, pos_b.eps) and torch.equal(pos_a.theta, pos_b.theta)
+    assert not torch.equal(plain.read_weight("0"), with_err.read_weight("0"))
+    for chip, name in ((plain, "a.npz"), (with_err, "b.npz")):
+        chip.save(tmp_path / name)
+        back = Chip.load(tmp_path / name)
+        assert torch.equal(back.read_weight("0"), chip.read_weight("0"))
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert not any(k.endswith("|delta") for k in a.files) and any(k.endswith("|delta") for k in b.files)
+
+
+def test_programming_error_configs_out_of_range_are_refused():
+    from ittrna.config import ProgramErrorConfig
+
+    for field, value in (("model", "gauss"), ("scale", 11.0), ("c2", 1e5), ("g_ref_us", 0.0)):
+        with pytest.raises(ConfigError, match=f"program_error.{field}"):
+            ProgramErrorConfig(**{field: value})
+    with pytest.raises(ConfigError, match="39.26 uS"):  # the default cell's Gmax is 100 uS
+        ChipConfig().override({"program_error.model": "crosssim-wan"})
+    with pytest.raises(ConfigError, match="wan2022"):  # its 1-s fit holds the programming error already
+        ChipConfig().override({"program_error.model": "aihwkit-pcm", "relaxation.model": "wan2022"})
+
+
+# --- zero-write compensation at a later time ---------------------------------------------------------------
+def _splits(model: nn.Module, shape: tuple[int, ...]):
+    from ittrna.data import Split
+
+    out = []
+    for n, seed in ((128, 1), (64, 2), (256, 3)):
+        x = torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            out.append(Split(x, model.eval()(x).argmax(1)))
+    return out
+
+
+def test_register_compensation_undoes_a_common_decay_and_never_writes():
+    """power-law with no spread between cells: every cell decays by the same factor, so each column's output
+    is the reference times one number; the re-fitted registers give the t = 0 accuracy back, with zero writes.
+    (Stuck cells do not relax, so the chip here has none: with them the factor is not common.)"""
+    from ittrna.experiments.tolerate import tolerate
+
+    model = _model()
+    train, val, test = _splits(model, (12,))
+    cfg = ChipConfig().override({"mapping.rows": 8, "mapping.cols": 8, "variation.sigma": 0.3,
+                                 "relaxation.model": "power-law", "relaxation.nu_mean": 0.09,
+                                 "relaxation.nu_std": 0.0})
+    runs = {}
+    for label, time, comp in (("t0", 0.0, ()), ("late", "1y", ()), ("comp", "1y", ("registers",))):
+        chip = Chip.fabricate(model, cfg, 2)
+        runs[label], _ = tolerate(model, chip, "none", train=train, val=val, test=test, time=time,
+                                  compensation=comp)
+    assert runs["late"]["chip_accuracy"] < runs["t0"]["chip_accuracy"] - 0.02  # the decay costs accuracy
+    assert runs["comp"]["chip_accuracy"] == pytest.approx(runs["t0"]["chip_accuracy"], abs=1 / 256)
+    comp = runs["comp"]
+    assert comp["compensation_writes"] == 0 and comp["writes"] == runs["late"]["writes"]
+    assert comp["evaluation_writes"] == runs["late"]["evaluation_writes"]
+    assert comp["compensation"] == ["registers"] and comp["compensation_forward_passes"] >= 1 + 2  # ref + 2 layers
+    gains = comp["compensation_report"]["register_gain_range"]
+    factor = (365.25 * 86400 / 20.0) ** 0.09  # (t / t0)^nu = 3.6: the registers invert it
+    assert all(lo == pytest.approx(factor, rel=1e-3) and hi == pytest.approx(factor, rel=1e-3)
+               for lo, hi in gains.values())
+
+
+def test_batchnorm_compensation_re_estimates_on_the_chip_and_bad_steps_are_refused():
+    from ittrna.experiments.tolerate import tolerate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, 4)).eval()
+    train, val, test = _splits(model, (12,))
+    cfg = ChipConfig().override({"mapping.rows": 8, "mapping.cols": 8, "relaxation.model": "cmo-hfox"})
+    out, _ = tolerate(model, Chip.fabricate(model, cfg, 2), "none", train=train, val=val, test=test,
+                      time="1d", compensation=["bn", "registers"])
+    assert out["compensation"] == ["registers", "bn"] and out["compensation_writes"] == 0
+    assert out["compensation_report"]["norm_layers"] == 1
+    for bad, needle in ((["drift"], "unknown step 'drift'"), (["bn", "bn"], "twice"), ("bn", "a list")):
+        with pytest.raises(InputError, match=needle):
+            tolerate(model, Chip.fabricate(model, cfg, 2), "none", train=train, val=val, test=test,
+                     compensation=bad)
+
+
+def test_the_cli_takes_its_compensation_steps_from_the_registry(capsys):
+    from ittrna.cli import main
+    from ittrna.registry import COMPENSATIONS
+
+    with pytest.raises(SystemExit) as exc:
+        main(["tolerate", "--model", "m.pt", "--chip", "c.npz", "--method", "none", "--out", "o.pt",
+              "--compensate", "drift"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "drift" in err and all(s in err for s in COMPENSATIONS)

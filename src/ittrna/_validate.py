@@ -257,6 +257,11 @@ def _check_cells(path: Any, key: str, arr: np.ndarray, dtype: str, shape: tuple[
                 raise FileFormatError(
                     f"{path}: array {key!r} holds conductances in [{float(arr.min()):g}, {float(arr.max()):g}] S; "
                     f"accepted [Gmin, Gmax] = [{lo:g}, {hi:g}] S of the file's cell config")
+        elif fname == "delta":  # additive programming error (siemens): bounded by the model's range
+            bound = 1e3 * max(config.cell.g_max, 1e-6)
+            if float(np.abs(arr).max()) > bound:
+                raise FileFormatError(f"{path}: array {key!r} holds a programming error of "
+                                      f"{float(np.abs(arr).max()):g} S; accepted |value| <= {bound:g} S")
         elif float(np.abs(arr).max()) > MAX_LOG_FACTOR:
             raise FileFormatError(f"{path}: array {key!r} holds a log factor of {float(np.abs(arr).max()):g}; "
                                   f"accepted |value| <= {MAX_LOG_FACTOR:g}")

@@ -45,6 +45,7 @@ __all__ = [
     "EnduranceConfig",
     "FaultConfig",
     "MappingConfig",
+    "ProgramErrorConfig",
     "RelaxationConfig",
     "TestConfig",
     "TrainConfig",
@@ -186,6 +187,69 @@ class VariationConfig(_Section):
     def __post_init__(self) -> None:
         for name in ("sigma", "program_noise", "read_noise"):
             self._range(name, 0.0, 3.0)
+
+
+PROGRAM_ERROR_MODELS = _registry.PROGRAM_ERROR_MODELS
+"""The programming-error model names (one list, :mod:`ittrna.registry`; the models are in
+:mod:`ittrna.device.programming`)."""
+
+CROSSSIM_WAN_GMAX_MAX = 39.26e-6
+"""Largest Gmax (siemens) of CrossSim's ``RRAMWan`` fit (its own limit: the data end there)."""
+
+
+@dataclass(frozen=True)
+class ProgramErrorConfig(_Section):
+    """Conductance-dependent programming error: a healthy cell written to the target G presents
+    G e^(theta + eps) + delta, delta = scale * sigma(G) * z, z ~ N(0, 1) drawn at every performed write of
+    the cell (a write-verify loop's residual error, which depends on the target), the sum clamped at 0 S.
+    Beside it the lognormal factors of :class:`VariationConfig` stay as they are. Units: siemens (the fits
+    in microsiemens, as published). Models (:mod:`ittrna.device.programming`, each with its source):
+
+    - ``none``: no such error (the chip of earlier versions, bit for bit);
+    - ``crosssim-wan``: Sandia CrossSim's ``RRAMWan`` (``simulator/devices/custom/RRAM_Wan.py``), a cubic
+      fit to Wan et al., Nature 608 (2022), Extended Data Fig. 3 at t = 1 s: sigma = 1.536e-4 G^3
+      - 1.167e-2 G^2 + 0.2374 G + 1.053 uS, G in uS; valid for Gmax <= 39.26 uS (``cell.r_on`` >= 25.47
+      kOhm), refused above;
+    - ``aihwkit-pcm``: aihwkit's ``PCMLikeNoiseModel`` programming noise (Nandakumar et al., ICECS 2019):
+      sigma = 0.26348 + 1.9650 x - 1.1731 x^2 uS, x = G / Gmax, fitted at Gmax = 25 uS and scaled by
+      Gmax / 25 uS (a PCM fit, for comparison with PCM-based studies);
+    - ``polynomial``: your own fit, sigma = c0 + c1 x + c2 x^2 + c3 x^3 uS, x = G / Gmax, fitted at
+      ``g_ref_us`` and scaled by Gmax / ``g_ref_us``.
+
+    Every sigma is clamped at 0 (as both sources do). ``relaxation.model = "wan2022"`` already includes the
+    programming error at 1 s (its 1-s polynomial), so it is refused with any model here.
+    """
+
+    _section: ClassVar[str] = "program_error"
+
+    model: str = "none"
+    """sigma(G) law: ``none``, ``crosssim-wan``, ``aihwkit-pcm`` or ``polynomial``."""
+
+    scale: float = 1.0
+    """Factor on sigma. Accepted [0, 10]."""
+
+    c0: float = 0.0
+    """``polynomial`` only: constant term (uS). Accepted [-1e4, 1e4]."""
+
+    c1: float = 0.0
+    """``polynomial`` only: coefficient of x (uS). Accepted [-1e4, 1e4]."""
+
+    c2: float = 0.0
+    """``polynomial`` only: coefficient of x^2 (uS). Accepted [-1e4, 1e4]."""
+
+    c3: float = 0.0
+    """``polynomial`` only: coefficient of x^3 (uS). Accepted [-1e4, 1e4]."""
+
+    g_ref_us: float = 100.0
+    """``polynomial`` only: the Gmax (uS) the coefficients were fitted at (100 uS = the default cell's).
+    Accepted (0, 1e6]."""
+
+    def __post_init__(self) -> None:
+        self._choice("model", PROGRAM_ERROR_MODELS.names())
+        self._range("scale", 0.0, 10.0)
+        for name in ("c0", "c1", "c2", "c3"):
+            self._range(name, -1e4, 1e4)
+        self._range("g_ref_us", 0.0, 1e6, lo_open=True)
 
 
 RELAXATION_MODELS = _registry.RELAXATION_MODELS
@@ -541,6 +605,9 @@ class ChipConfig(_Section):
     wires: WireConfig = field(default_factory=WireConfig)
     """Line resistance (IR drop)."""
 
+    program_error: ProgramErrorConfig = field(default_factory=ProgramErrorConfig)
+    """Conductance-dependent programming error sigma(G)."""
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -550,6 +617,14 @@ class ChipConfig(_Section):
                     f"ChipConfig.{f.name} = {value!r} has type {type(value).__name__}; accepted a {expected.__name__} "
                     f"(e.g. ChipConfig().override({{'{f.name}.<field>': ...}}))"
                 )
+        perr = self.program_error.model
+        if perr != "none" and self.relaxation.model == "wan2022":
+            raise ConfigError(f"program_error.model = {perr!r} with relaxation.model = 'wan2022', whose 1-s fit "
+                              "already holds the programming error; accepted one of them")
+        if perr == "crosssim-wan" and self.cell.g_max > CROSSSIM_WAN_GMAX_MAX * (1 + 1e-9):
+            raise ConfigError(f"program_error.model = 'crosssim-wan' was fitted up to Gmax = 39.26 uS; cell.r_on = "
+                              f"{self.cell.r_on:g} ohm gives Gmax = {self.cell.g_max * 1e6:g} uS; accepted r_on >= "
+                              "25470 ohm")
 
     # --- conversion -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -664,11 +739,12 @@ _SECTION_TYPES: dict[str, type] = {
     "test": TestConfig,
     "relaxation": RelaxationConfig,
     "wires": WireConfig,
+    "program_error": ProgramErrorConfig,
 }
 
 #: Sections added after records were stored: left out of every identity (store keys, chip ids) while at their
 #: defaults, so a config that does not use them keeps the identity it had before they existed.
-_LATER_SECTIONS: tuple[str, ...] = ("relaxation", "wires")
+_LATER_SECTIONS: tuple[str, ...] = ("relaxation", "wires", "program_error")
 
 
 def _encode_inf(obj: Any) -> Any:

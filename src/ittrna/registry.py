@@ -16,8 +16,8 @@ import importlib
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
-__all__ = ["DATASETS", "FAULT_PATTERNS", "METHODS", "MODELS", "RECIPES", "RELAXATION_MODELS", "SCHEMES", "WIRE_SOLVERS",
-           "Registry"]
+__all__ = ["COMPENSATIONS", "DATASETS", "FAULT_PATTERNS", "METHODS", "MODELS", "PROGRAM_ERROR_MODELS", "RECIPES",
+           "RELAXATION_MODELS", "SCHEMES", "WIRE_SOLVERS", "Registry"]
 
 T = TypeVar("T")
 
@@ -126,6 +126,15 @@ SCHEMES: Registry = Registry("mapping scheme", dict.fromkeys(("differential", "o
 RELAXATION_MODELS: Registry = Registry("relaxation model", dict.fromkeys(("none", "cmo-hfox", "wan2022", "power-law"),
                                                                          "ittrna.device.relaxation"))
 """Conductance relaxation after programming (``relaxation.model``), filled by :mod:`ittrna.device.relaxation`."""
+
+COMPENSATIONS: tuple[str, ...] = ("registers", "bn")
+"""Zero-write compensation steps at a later time, in the order they run (:mod:`ittrna.methods.compensate`;
+``ittrna tolerate --compensate``)."""
+
+PROGRAM_ERROR_MODELS: Registry = Registry("programming-error model", dict.fromkeys(
+    ("none", "crosssim-wan", "aihwkit-pcm", "polynomial"), "ittrna.device.programming"))
+"""Conductance-dependent programming error sigma(G) (``program_error.model``), filled by
+:mod:`ittrna.device.programming`."""
 
 RECIPES: Registry = Registry("recipe", dict.fromkeys(("converged", "converged-augmented"), "ittrna.training"))
 """Named training recipes (:class:`ittrna.training.Recipe`; ``ittrna train --recipe``, a sweep's ``[train] recipe``)."""

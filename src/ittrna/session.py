@@ -250,6 +250,27 @@ class ChipSession:
         self.__net = None
         return issued
 
+    def adopt(self, deployment: Deployment) -> None:
+        """Take a chip the evaluator has already programmed with ``deployment`` (e.g. for zero-write
+        compensation later, :mod:`ittrna.methods.compensate`): nothing is written; the deployment's digital
+        state becomes the session's. Refused on a chip never programmed or a session deployed already."""
+        self._check_open()
+        if self.__deployed:
+            raise InputError("the session's chip is deployed already")
+        model = copy.deepcopy(self.__model)
+        try:
+            model.load_state_dict(deployment.state_dict)
+        except (RuntimeError, KeyError) as exc:
+            first = str(exc).splitlines()[0]
+            raise InputError(f"the deployment's state_dict does not fit the model: {first}") from None
+        with _gate():
+            if any(layer.scale == 0.0 for layer in self.__chip):
+                raise InputError("adopt: the session's chip was never programmed; use deploy")
+            self._check_deployment(deployment)
+        self.__deployed = True
+        self.__model = model
+        self.__net = None
+
     def _check_deployment(self, deployment: Deployment) -> None:
         for name, layer in self.__chip.layers.items():
             weight = deployment.state_dict.get(f"{name}.weight")

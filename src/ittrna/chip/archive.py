@@ -1,11 +1,12 @@
 """The chip file: ``.npz`` with a JSON header, no pickle (:func:`save`, :func:`load`), and its field-by-field
 validation (:func:`check_chip_archive`).
 
-Format 3 (:data:`FORMAT_VERSION`) holds, per layer, a header record (geometry, scale, version, array names,
-ADC calibration, registers) and the arrays ``layer|array|field`` for every cell field (:data:`CHIP_FIELDS`)
-plus the layout ``layer|_layout|row_map`` / ``layer|_layout|col_sign``, and the chip's clock ``now``. Format
-2 files (no write times: every cell written at 0, the clock at 0) and format 1 files (no layouts either, no
-issued-write count) are read too.
+Format 4 (:data:`FORMAT_VERSION`) holds, per layer, a header record (geometry, scale, version, array names,
+ADC calibration, registers) and the arrays ``layer|array|field`` for every cell field (:data:`CHIP_FIELDS`;
+``delta``, the additive programming error, only for a config with ``program_error``) plus the layout
+``layer|_layout|row_map`` / ``layer|_layout|col_sign``, and the chip's clock ``now``. Format 3 files (no
+programming error), format 2 files (no write times: every cell written at 0, the clock at 0) and format 1
+files (no layouts either, no issued-write count) are read too.
 """
 
 from __future__ import annotations
@@ -37,22 +38,24 @@ from ittrna.mapping import CONVERTERS, LayerLayout, TileGrid
 
 __all__ = ["FORMAT_VERSION", "check_chip_archive", "load", "save"]
 
-FORMAT_VERSION = 3
-_READABLE_FORMATS = (1, 2, 3)  # 2: no write times (all 0); 1: no layouts (identity), no issued-write count
+FORMAT_VERSION = 4
+_READABLE_FORMATS = (1, 2, 3, 4)  # 3: no programming error; 2: no write times (all 0); 1: no layouts, issued count
 
 #: (field, numpy dtype) of every per-cell array of a chip, in :class:`~ittrna.chip.CellArray` order.
 CHIP_FIELDS: tuple[tuple[str, str], ...] = (
     ("fault", "int8"), ("theta", "float32"), ("g", "float32"), ("eps", "float32"), ("writes", "int64"),
-    ("written_at", "float64"),
+    ("written_at", "float64"), ("delta", "float32"),
 )
 _FIELDS = tuple(f for f, _ in CHIP_FIELDS)
-_LATER_FIELDS = {"written_at": 3}
+_LATER_FIELDS = {"written_at": 3, "delta": 4}
 """Cell fields added in a format version: absent from older files (zeros there)."""
 
 
-def _fields(version: int) -> tuple[tuple[str, str], ...]:
-    """The cell fields a file of format ``version`` holds."""
-    return tuple((f, d) for f, d in CHIP_FIELDS if version >= _LATER_FIELDS.get(f, 1))
+def _fields(version: int, config: ChipConfig) -> tuple[tuple[str, str], ...]:
+    """The cell fields a file of format ``version`` holds for a chip of ``config`` (``delta`` only where the
+    config has a programming-error model)."""
+    return tuple((f, d) for f, d in CHIP_FIELDS if version >= _LATER_FIELDS.get(f, 1)
+                 and (f != "delta" or config.program_error.model != "none"))
 
 
 # --- writing -----------------------------------------------------------------------------------------------
@@ -68,8 +71,11 @@ def save(chip: ChipState, path: str | Path) -> None:
                      "gain": layer.gain.cpu().tolist() if layer.gain is not None else None,
                      "offset": layer.offset.cpu().tolist() if layer.offset is not None else None})
         for aname, arr in layer.arrays.items():
-            for f in _FIELDS:
-                arrays[f"{layer.name}|{aname}|{f}"] = getattr(arr, f).cpu().numpy()
+            for f, _ in _fields(FORMAT_VERSION, chip.config):
+                value = getattr(arr, f)
+                if value is None:  # a programming-error chip whose arrays predate it: zeros
+                    value = torch.zeros(arr.g.shape)
+                arrays[f"{layer.name}|{aname}|{f}"] = value.cpu().numpy()
         lay = layer.get_layout()
         arrays[f"{layer.name}|_layout|row_map"] = lay.row_map.cpu().numpy()
         arrays[f"{layer.name}|_layout|col_sign"] = lay.col_sign.cpu().numpy()
@@ -98,7 +104,7 @@ def load(cls: type[S], path: str | Path) -> S:
         config = ChipConfig.from_dict(header["config"])
     except ConfigError as exc:
         raise FileFormatError(f"{path}: invalid chip config: {exc}") from None
-    present = {f for f, _ in _fields(int(header["format"]))}
+    present = {f for f, _ in _fields(int(header["format"]), config)}
     layers = {}
     for m in header["layers"]:
         grid = TileGrid.on(config.mapping, int(m["k"]), int(m["n"]), int(m.get("groups", 1)))
@@ -110,6 +116,8 @@ def load(cls: type[S], path: str | Path) -> S:
                 raise FileFormatError(f"{path}: missing array {exc.args[0]!r}") from None
             if "written_at" not in fields:  # an older file: every cell written at 0
                 fields["written_at"] = torch.zeros(fields["g"].shape, dtype=torch.float64)
+            if config.program_error.model != "none" and "delta" not in fields:
+                fields["delta"] = torch.zeros(fields["g"].shape)
             arrs[aname] = CellArray(**fields)
         layout = None
         if f"{m['name']}|_layout|row_map" in arrays:
@@ -189,7 +197,7 @@ def _want_number(path: Any, field: str, value: Any, lo: float, hi: float) -> flo
 def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ChipConfig:
     """Check every field of a chip archive (as read by ``load_npz(path, "chip")``) and return its config.
 
-    Header: ``format`` (1 or 2), ``config`` (a valid chip config), ``seed`` (integer in [0, 2**63 - 1]),
+    Header: ``format`` (1 to 4), ``config`` (a valid chip config), ``seed`` (integer in [0, 2**63 - 1]),
     ``write_epoch`` (integer >= 0), ``writes_issued`` (format 2, integer >= 0), ``layers`` (a non-empty list
     of records with a unique ``name``, ``kind``, ``weight_shape``, ``k``, ``n`` consistent with each other,
     ``scale`` (finite, >= 0), ``version`` (integer >= 0) and ``arrays``, the scheme's array names). Arrays:
@@ -235,7 +243,7 @@ def check_chip_archive(path: Any, header: Mapping[str, Any], arrays: Mapping[str
             raise _fail(path, f"{field}.arrays", f"= {_short(anames)} is invalid; accepted {sorted(shapes)} for "
                                                  f"mapping.scheme {m.scheme!r}")
         for aname, shape in shapes.items():
-            for fname, dtype in _fields(version):
+            for fname, dtype in _fields(version, config):
                 key = f"{name}|{aname}|{fname}"
                 expected.add(key)
                 planned.append((key, shape, dtype))

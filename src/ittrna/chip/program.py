@@ -16,7 +16,7 @@ from torch import nn
 
 from ittrna.chip import readout
 from ittrna.chip.state import ChipState, _derive_seed
-from ittrna.device import HEALTHY, lognormal_factor_log, quantize_levels, wear_out
+from ittrna.device import HEALTHY, lognormal_factor_log, programming, quantize_levels, wear_out
 from ittrna.errors import InputError
 from ittrna.host import Deployment
 from ittrna.mapping import LayerLayout, groups_of, to_physical, weight_scale, weight_to_matrix
@@ -48,6 +48,10 @@ def program(chip: ChipState, name: str, targets: dict[str, torch.Tensor], *, cou
             noise = lognormal_factor_log(tuple(arr.g.shape), cfg.variation.program_noise, gen,
                                          device=arr.g.device)
             arr.eps = torch.where(write, noise, arr.eps)
+        if cfg.program_error.model != "none":  # drawn after the lognormal noise: that stream is unchanged
+            assert arr.delta is not None
+            delta = programming.sample_delta(t, cfg.program_error, cfg.cell, gen)
+            arr.delta = torch.where(write, delta, arr.delta)
         arr.written_at = arr.written_at.masked_fill(write, chip.now)  # each performed write: the chip's clock
         if count_wear:
             arr.writes = arr.writes + write.to(arr.writes.dtype)

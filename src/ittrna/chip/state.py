@@ -74,6 +74,9 @@ class CellArray(Guarded):
     written_at: torch.Tensor
     """float64 time of the cell's last performed write on the chip's clock (seconds since fabrication; 0 for a
     cell never written)."""
+    delta: torch.Tensor | None = None
+    """float32 additive programming error (siemens) drawn at the cell's last write
+    (:mod:`ittrna.device.programming`); None on a chip without ``program_error`` (all zeros)."""
 
     def conductance(self, chip_cfg: ChipConfig, read_log: torch.Tensor | None = None,
                     region: tuple[int, int] | None = None) -> torch.Tensor:
@@ -85,11 +88,13 @@ class CellArray(Guarded):
             log = log + self.eps[sl]
         if read_log is not None:
             log = log + read_log[sl]
-        return read_conductance(self.g[sl], self.fault[sl], log, chip_cfg.cell)
+        delta = self.delta[sl] if self.delta is not None else None
+        return read_conductance(self.g[sl], self.fault[sl], log, chip_cfg.cell, delta)
 
     def to(self, device: torch.device | str) -> CellArray:
         return CellArray(self.fault.to(device), self.theta.to(device), self.g.to(device), self.eps.to(device),
-                         self.writes.to(device), self.written_at.to(device))
+                         self.writes.to(device), self.written_at.to(device),
+                         self.delta.to(device) if self.delta is not None else None)
 
 
 @dataclass
@@ -266,7 +271,8 @@ def fabricate(
             theta = sample_theta(shape, config.variation.sigma, _gen(seed, li, ai, 2), normal=normal)
             g = torch.full(shape, config.cell.g_min)
             arrays[aname] = CellArray(fault, theta, g, torch.zeros(shape), torch.zeros(shape, dtype=torch.int64),
-                                      torch.zeros(shape, dtype=torch.float64))
+                                      torch.zeros(shape, dtype=torch.float64),
+                                      torch.zeros(shape) if config.program_error.model != "none" else None)
         kind = "conv2d" if isinstance(module, nn.Conv2d) else "conv1d" if isinstance(module, nn.Conv1d) else "linear"
         layers[name] = LayerTiles(name, kind, tuple(weight.shape), grid, arrays)
     if not layers:

@@ -290,7 +290,8 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
     test = {k: getattr(args, k) for k in ("miss_rate", "theta_noise") if getattr(args, k) is not None}
     result = tolerate_files(args.model, args.chip, args.method, args.out, settings=settings, chip_out=args.chip_out,
                             map_path=args.map, test=test, test_seed=args.test_seed, seed=args.seed,
-                            data_dir=args.data_dir, progress=not args.quiet, time=args.time)
+                            data_dir=args.data_dir, progress=not args.quiet, time=args.time,
+                            compensation=args.compensate)
     chip_out = result.get("chip_out")
     text = (f"{args.method} on {args.chip}: software {100 * result['ideal_accuracy']:.2f}%, chip before "
             f"{100 * result['chip_accuracy_before']:.2f}%, after {100 * result['chip_accuracy']:.2f}% "

@@ -34,6 +34,7 @@ from ittrna.cli.options import (
     _time,
 )
 from ittrna.config import MAX_SEED, TestConfig, TrainConfig
+from ittrna.registry import COMPENSATIONS
 
 
 # --- parser ----------------------------------------------------------------------------------------------
@@ -235,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time", type=_time, default=0.0, metavar="T",
                    help="measure the accuracies T after programming (the method runs at 0): seconds or a number "
                         "with a unit, e.g. 1h, 1d, 1y (default 0)")
+    p.add_argument("--compensate", action="append", default=[], choices=list(COMPENSATIONS), metavar="STEP",
+                   help=f"zero-write compensation at --time (repeatable; one of {', '.join(COMPENSATIONS)}): "
+                        "registers re-fitted to a reference read right after programming, BatchNorm statistics "
+                        "re-estimated on the chip; forward passes only")
     p.add_argument("--out", type=Path, required=True, help="tuned file to write (.pt)")
     p.add_argument("--quiet", action="store_true")
 

@@ -1,5 +1,6 @@
 """Device physics as whole-tensor functions: conductance range and levels, lognormal variation,
-stuck-at fault maps, programming/read noise and endurance (here), relaxation after programming
+stuck-at fault maps, programming/read noise and endurance (here), the conductance-dependent programming error
+(:mod:`ittrna.device.programming`), relaxation after programming
 (:mod:`ittrna.device.relaxation`) and IR drop (:mod:`ittrna.device.ir_drop`). Imports only the helper layers
 (:mod:`ittrna.config`, :mod:`ittrna.errors`, :mod:`ittrna.registry`, :mod:`ittrna._resources`)."""
 

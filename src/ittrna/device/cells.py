@@ -33,21 +33,26 @@ def quantize_levels(g: torch.Tensor, cell: CellConfig) -> torch.Tensor:
 
 
 def read_conductance(
-    g: torch.Tensor, fault: torch.Tensor, log_factor: torch.Tensor, cell: CellConfig
+    g: torch.Tensor, fault: torch.Tensor, log_factor: torch.Tensor, cell: CellConfig,
+    delta: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Conductance a cell actually presents (siemens).
 
     Healthy cells read ``g * exp(log_factor)`` (lognormal variation plus any programming/read noise; no
-    clipping: variation may leave the nominal range). ``stuck_off`` cells read Gmin and ``stuck_on`` cells
-    read Gmax whatever was programmed.
+    clipping: variation may leave the nominal range), plus ``delta`` where given (the additive,
+    conductance-dependent programming error of :mod:`ittrna.device.programming`; the sum clamped at 0 S).
+    ``stuck_off`` cells read Gmin and ``stuck_on`` cells read Gmax whatever was programmed.
 
     Args:
         g: programmed targets (siemens), any shape.
         fault: int8 codes of the same shape (HEALTHY / STUCK_OFF / STUCK_ON).
         log_factor: theta (+ noise) of the same shape.
         cell: conductance range.
+        delta: additive programming error (siemens) of the same shape, or None.
     """
     out = torch.exp(log_factor).mul_(g)  # healthy cells: g * e^(theta + noise)
+    if delta is not None:
+        out = out.add_(delta).clamp_(min=0.0)
     out.masked_fill_(fault == STUCK_OFF, cell.g_min)
     return out.masked_fill_(fault == STUCK_ON, cell.g_max)
 

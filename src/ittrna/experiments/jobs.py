@@ -15,7 +15,7 @@ Every output path is checked first (never an input, right suffix) and every file
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from time import perf_counter
@@ -192,8 +192,10 @@ def evaluate_checkpoint(model_path: Path, *, chip_path: Path | None = None, conf
 def tolerate_files(model_path: Path, chip_path: Path, method: str, out: Path, *, settings: Mapping[str, Any],
                    chip_out: Path | None = None, map_path: Path | None = None,
                    test: Mapping[str, float] | None = None, test_seed: int | None = None, seed: int = 0,
-                   data_dir: Path | None = None, progress: bool = True, time: float = 0.0) -> dict[str, Any]:
+                   data_dir: Path | None = None, progress: bool = True, time: float = 0.0,
+                   compensation: Sequence[str] = ()) -> dict[str, Any]:
     """Run ``method`` for the saved chip ``chip_path`` (as fabricated) and save the tuned checkpoint ``out``.
+    ``time`` and ``compensation``: as :func:`~ittrna.experiments.tolerate.tolerate`'s.
 
     Args:
         settings: method settings (``method.FIELD`` or ``FIELD`` keys), validated before any work.
@@ -235,7 +237,8 @@ def tolerate_files(model_path: Path, chip_path: Path, method: str, out: Path, *,
     splits = {s: load(dataset, s, data_dir=data_dir) for s in ("train", "val", "test")}
     result, deployment = tolerate(model, chip, method, train=splits["train"], val=splits["val"], test=splits["test"],
                                   settings=settings, measured=measured, test_seed=test_seed or 0,
-                                  test_config=test_config, seed=seed, progress=progress, time=time)
+                                  test_config=test_config, seed=seed, progress=progress, time=time,
+                                  compensation=compensation)
     save_tuned(out, model, {**meta, "ondevice": chip_out is not None}, deployment, chip.chip_id)
     if chip_out is not None:
         chip.save(chip_out)

@@ -9,7 +9,7 @@ for, so ``evaluate_tuned`` reproduces the reported accuracy on that chip.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -109,18 +109,47 @@ def evaluate_tuned(model: nn.Module, meta: Mapping[str, Any], deployment: Deploy
 
 
 def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, data: Split,
-                        calibration: torch.Tensor | None = None, *, time: float = 0.0) -> float:
+                        calibration: torch.Tensor | None = None, *, time: float = 0.0,
+                        compensation: Sequence[str] = (), reference_images: torch.Tensor | None = None,
+                        report: dict[str, Any] | None = None) -> float:
     """Program ``deployment`` onto ``chip`` (in place) and return the accuracy on ``data`` ``time`` seconds
     later (ADCs, if any, calibrated on ``calibration`` inputs right after programming, see
     :func:`ittrna.nn.deploy`; then the chip waits ``time``, its cells relaxing; the read-noise stream restarted,
-    so the same chip state gives the same accuracy)."""
+    so the same chip state gives the same accuracy).
+
+    ``compensation`` (names of :data:`ittrna.methods.compensate.COMPENSATIONS`): zero-write steps the host runs
+    at ``time`` through a session with no write budget, from a reference it read on ``reference_images``
+    (training images) right after programming; their counts go into ``report``."""
     tuned = copy.deepcopy(model)
     tuned.load_state_dict(deployment.state_dict)
     chip.program_deployment(deployment)
     chip.restart_reads()  # the same read-noise draws for every evaluation of this state
     analog = deploy(tuned, chip, program=False, calibration=calibration)
+    if not compensation:
+        if time:
+            chip.wait(time)
+        return accuracy(analog, data)
+    from ittrna.methods.compensate import check_steps, compensate, take_reference
+
+    steps = check_steps(compensation)
+    if reference_images is None:
+        raise InputError("compensation needs reference images (training images read right after programming)")
+    written = chip.writes_issued
+    session = ChipSession(chip, model, write_budget=0)
+    session.adopt(deployment)
+    host = copy.deepcopy(tuned)  # the host's copy of the deployed network (digital state)
+    reference = take_reference(session, host, reference_images)
     if time:
         chip.wait(time)
+    done = compensate(session, host, steps, reference)
+    session.close()
+    assert session.counts()["writes_issued"] == 0  # zero-write by construction (budget 0)
+    analog = deploy(host, chip, program=False)  # the registers are on the chip; the statistics in host
+    chip.restart_reads()
+    if report is not None:
+        report.update(compensation=list(steps), compensation_forward_passes=reference.forward_passes
+                      + int(done["forward_passes"]), compensation_writes=chip.writes_issued - written,
+                      compensation_report=done)
     return accuracy(analog, data)
 
 
@@ -140,6 +169,8 @@ def tolerate(
     progress: bool = False,
     device: str = "cpu",
     time: float = 0.0,
+    compensation: Sequence[str] = (),
+    compensation_images: int = 256,
 ) -> tuple[dict[str, Any], Deployment]:
     """Run ``method`` for ``chip`` and evaluate it on the test split.
 
@@ -153,6 +184,9 @@ def tolerate(
     ``device`` is where the method computes (e.g. ``cuda``); chips and evaluation stay on the CPU. ``time``
     (seconds, :func:`ittrna.config.parse_time`) is when both accuracies are measured after programming: the
     chip waits that long first, its cells relaxing (``relaxation``); the method runs at time 0.
+    ``compensation`` (names of :data:`ittrna.methods.compensate.COMPENSATIONS`): zero-write steps the host runs
+    on the method's result at ``time``, from a reference read right after programming on
+    ``compensation_images`` training images (drawn with ``seed``); ``chip_accuracy_before`` stays without them.
 
     Returns:
         (result, deployment). ``result`` holds ``method``, ``ideal_accuracy``, ``chip_accuracy_before``,
@@ -172,6 +206,13 @@ def tolerate(
         raise InputError(f"the chip does not fit the model: {exc}") from None
     calibration = calibration_inputs(chip.config, lambda: val)
     time = parse_time(time, "time")
+    if compensation:
+        from ittrna.methods.compensate import check_steps
+
+        compensation = check_steps(compensation)
+        if isinstance(compensation_images, bool) or not isinstance(compensation_images, int) or not (
+                16 <= compensation_images <= 100_000):
+            raise InputError(f"compensation_images = {compensation_images!r}; accepted an integer in [16, 100000]")
     before_chip = copy.deepcopy(chip)
     before_model = deploy(model, before_chip, calibration=calibration)
     if time:
@@ -192,9 +233,15 @@ def tolerate(
             raise RuntimeError(f"on-device method {method!r} returned a deployment that is not the chip's state "
                                f"({mismatch})")
     issued_by_method = chip.writes_issued
-    if time:  # measured later on a copy: the chip (and a saved programmed chip) stays the state at programming
+    later: dict[str, Any] = {}
+    ref_images = None
+    if compensation:
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed ^ 0x434F4D50))
+        ref_images = train.x[pick[:compensation_images]]
+    if time or compensation:  # measured on a copy: the chip (and a saved programmed chip) stays as programmed
         chip.program_deployment(deployment)
-        after = evaluate_deployment(model, copy.deepcopy(chip), deployment, test, calibration, time=time)
+        after = evaluate_deployment(model, copy.deepcopy(chip), deployment, test, calibration, time=time,
+                                    compensation=compensation, reference_images=ref_images, report=later)
     else:
         after = evaluate_deployment(model, chip, deployment, test, calibration)
     wear = chip.write_stats()
@@ -214,6 +261,7 @@ def tolerate(
         "ondevice_writes": counts["ondevice_writes"],
         "evaluation_writes": chip.writes_issued - issued_by_method,
         "time": time,
+        **later,
         "report": deployment.report,
     }
     return result, deployment

@@ -32,7 +32,7 @@ from ittrna.methods.configs import BnChipConfig, BnConfig
 from ittrna.methods.ondevice import _digital_state, chip_accuracy, session_counts
 from ittrna.methods.retrain import Pipeline
 
-__all__ = ["norm_layers", "reestimate"]
+__all__ = ["norm_layers", "reestimate", "reestimate_on_chip"]
 
 
 def norm_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
@@ -80,6 +80,24 @@ def reestimate(norms: list[tuple[str, nn.modules.batchnorm._BatchNorm]], images:
         after(name)
 
 
+def reestimate_on_chip(session: ChipAccess, model: nn.Module, names: list[str], images: torch.Tensor,
+                       batch_size: int) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """:func:`reestimate` from the chip's own forward passes (zero writes): each BatchNorm layer's input is
+    read on the chip (``taps``) with the earlier layers' new statistics already handed to it; ``model`` (the
+    host's copy, crossbar layers ``names``) gets the statistics in place. Returns the layers re-estimated."""
+    norms = norm_layers(model, images[:1])
+
+    def read_input(x: torch.Tensor, name: str) -> torch.Tensor:
+        return session.forward(x, taps=[name])[1][f"taps:{name}"][0]
+
+    def hand_over(_name: str) -> None:
+        session.set_digital(_digital_state(model, names))
+
+    session.set_digital(_digital_state(model, names))
+    reestimate(norms, images, batch_size, read_input, hand_over)
+    return norms
+
+
 def _images(cfg: BnConfig, ctx: Context) -> torch.Tensor:
     n = min(cfg.images, len(ctx.train))
     return ctx.train.x[torch.randperm(len(ctx.train), generator=ctx.generator(61))[:n]]
@@ -122,15 +140,7 @@ def _bn_chip(model: nn.Module, measured: MeasuredMap, cfg: BnChipConfig, ctx: Co
     p.choose_scales(cfg.program)
     session.deploy(p.deployment("pair"))
     names = list(p.mods)
-    norms = norm_layers(p.model, ctx.train.x[:1])
-
-    def read_input(x: torch.Tensor, name: str) -> torch.Tensor:
-        return session.forward(x, taps=[name])[1][f"taps:{name}"][0]
-
-    def hand_over(_name: str) -> None:
-        session.set_digital(_digital_state(p.model, names))
-
-    reestimate(norms, _images(cfg, ctx), cfg.batch_size, read_input, hand_over)
+    norms = reestimate_on_chip(session, p.model, names, _images(cfg, ctx), cfg.batch_size)
     val = ctx.val.subset(min(2000, len(ctx.val)))
     report: dict[str, Any] = {"norm_layers": len(norms), **session_counts(session)}
     out = p.deployment("pair")

@@ -240,16 +240,31 @@ def _fit_registers(session: ChipAccess, model: nn.Module, names: list[str], want
     """Per-column gain/offset, layer by layer from the input, so each layer's chip output (given the chip's
     own input to it) matches what the host intended (``want``: intended (K, N) matrices); zero writes."""
     modules = dict(model.named_modules())
+
+    def intended(n: str, x: torch.Tensor, _batch: int) -> torch.Tensor:
+        io = _LayerIO(modules[n])
+        return grouped_matmul(io.rows(x), want[n], io.groups)
+
+    return fit_columns(session, model, names, images, intended)
+
+
+def fit_columns(session: ChipAccess, model: nn.Module, names: list[str], images: torch.Tensor,
+                expected: Callable[[str, torch.Tensor, int], torch.Tensor]) -> dict[str, list[float]]:
+    """Per-column gain/offset registers, layer by layer from the input (zero writes): each layer's output
+    column, less its bias, is fitted by least squares to ``expected(name, layer input, batch index)``
+    ((rows, N), the rows of :class:`_LayerIO`) over ``images`` in batches of 256, the earlier layers' new
+    registers already set. Gains are kept in [0.25, 4]. Returns each layer's [min, max] gain."""
+    modules = dict(model.named_modules())
     gains: dict[str, list[float]] = {}
     for n in names:
         io = _LayerIO(modules[n])
         sx = sy = sxx = sxy = None
         count = 0
-        for rec in _record(session, model, names, images):
+        for b, rec in enumerate(_record(session, model, names, images)):
             x, y = rec[n]
             g0, o0 = session.registers(n)
             raw = ((io.cols(y) - io.bias() - o0) / _safe(g0)).double()  # (rows, N) the crossbar's own outputs
-            exp = grouped_matmul(io.rows(x), want[n], io.groups).double()  # (rows, N) intended
+            exp = expected(n, x, b).double()  # (rows, N) what the column should give
             sx = raw.sum(0) if sx is None else sx + raw.sum(0)
             sy = exp.sum(0) if sy is None else sy + exp.sum(0)
             sxx = (raw * raw).sum(0) if sxx is None else sxx + (raw * raw).sum(0)
