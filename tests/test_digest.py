@@ -26,5 +26,11 @@ def test_every_method_reproduces_the_record_from_before_the_redesign():
         digest.main()
     got, want = out.getvalue().splitlines(), RECORD.read_text().splitlines()
     assert len(got) == len(want) == 44
-    for g, w in zip(got, want, strict=True):
-        assert g == w
+    alt: dict[int, set[str]] = {}
+    for line in (RECORD.parent / f"{RECORD.stem}-alt.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            number, fingerprint = line.split()[:2]
+            alt.setdefault(int(number), set()).add(fingerprint)
+    for i, (g, w) in enumerate(zip(got, want, strict=True), start=1):
+        if g != w:  # another CPU's last bits: every figure the same, the fingerprint one seen there
+            assert g.rsplit(" ", 1)[0] == w.rsplit(" ", 1)[0] and g.rsplit(" ", 1)[1] in alt.get(i, set()), (g, w)
