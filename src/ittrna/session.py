@@ -233,12 +233,7 @@ class ChipSession:
         self._check_open()
         if self.__deployed:
             raise InputError("the session's chip is deployed already; later writes go through program_*")
-        model = copy.deepcopy(self.__model)
-        try:
-            model.load_state_dict(deployment.state_dict)
-        except (RuntimeError, KeyError) as exc:
-            first = str(exc).splitlines()[0]
-            raise InputError(f"the deployment's state_dict does not fit the model: {first}") from None
+        model = self._loaded(deployment)
         with _gate():
             if any(layer.scale != 0.0 for layer in self.__chip):
                 raise InputError("the session's chip has been programmed already; start from a fabricated chip")
@@ -257,12 +252,7 @@ class ChipSession:
         self._check_open()
         if self.__deployed:
             raise InputError("the session's chip is deployed already")
-        model = copy.deepcopy(self.__model)
-        try:
-            model.load_state_dict(deployment.state_dict)
-        except (RuntimeError, KeyError) as exc:
-            first = str(exc).splitlines()[0]
-            raise InputError(f"the deployment's state_dict does not fit the model: {first}") from None
+        model = self._loaded(deployment)
         with _gate():
             if any(layer.scale == 0.0 for layer in self.__chip):
                 raise InputError("adopt: the session's chip was never programmed; use deploy")
@@ -270,6 +260,16 @@ class ChipSession:
         self.__deployed = True
         self.__model = model
         self.__net = None
+
+    def _loaded(self, deployment: Deployment) -> nn.Module:
+        """A copy of the session's network with the deployment's state (one-line error if it does not fit)."""
+        model = copy.deepcopy(self.__model)
+        try:
+            model.load_state_dict(deployment.state_dict)
+        except (RuntimeError, KeyError) as exc:
+            first = str(exc).splitlines()[0]
+            raise InputError(f"the deployment's state_dict does not fit the model: {first}") from None
+        return model
 
     def _check_deployment(self, deployment: Deployment) -> None:
         for name, layer in self.__chip.layers.items():
