@@ -72,10 +72,7 @@ def save(chip: ChipState, path: str | Path) -> None:
                      "offset": layer.offset.cpu().tolist() if layer.offset is not None else None})
         for aname, arr in layer.arrays.items():
             for f, _ in _fields(FORMAT_VERSION, chip.config):
-                value = getattr(arr, f)
-                if value is None:  # a programming-error chip whose arrays predate it: zeros
-                    value = torch.zeros(arr.g.shape)
-                arrays[f"{layer.name}|{aname}|{f}"] = value.cpu().numpy()
+                arrays[f"{layer.name}|{aname}|{f}"] = getattr(arr, f).cpu().numpy()  # delta: set iff the config has it
         lay = layer.get_layout()
         arrays[f"{layer.name}|_layout|row_map"] = lay.row_map.cpu().numpy()
         arrays[f"{layer.name}|_layout|col_sign"] = lay.col_sign.cpu().numpy()
