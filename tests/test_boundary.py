@@ -161,12 +161,12 @@ def test_the_evaluator_itself_is_not_stopped(small, tmp_path):
 
 
 # --- counterfactuals ----------------------------------------------------------------------------------------
-def _pair(model):
+def _pair(model, **over):
     """(a, b, map): b's truth differs from a's in cells the methods use — faults the test missed (stuck_on in
     b) and the theta of reported-healthy cells (+1.0, ten times the test's theta noise) — and map is the
-    measured map of a, which is b's too (the test cannot tell them apart)."""
+    measured map of a, which is b's too (the test cannot tell them apart). ``over``: more chip settings."""
     cfg = ChipConfig().override({"faults.rate": 0.15, "variation.sigma": 0.5, "test.miss_rate": 0.3,
-                                 "test.theta_noise": 0.1})
+                                 "test.theta_noise": 0.1, **over})
     a = Chip.fabricate(model, cfg, 31)
     measured = a.test(seed=4)
     b = copy.deepcopy(a)
@@ -250,3 +250,58 @@ def test_on_device_methods_run_under_the_guard(small, method):
     ctx = Context(tr.subset(512), val, seed=0)
     dep = apply_method(method, model, measured, ctx, _fast(method), session=session)
     assert dep.report["method"] == method and session.writes_issued > 0
+
+
+# --- refresh after relaxation: the host's choice of cells ---------------------------------------------------
+_REWRITE = ChipSession.rewrite  # the real one, whatever a test has patched since
+
+
+def _refreshed_cells(chip, model, measured, small, monkeypatch):
+    """The cells a refresh (2 % budget, one year after programming ``none``) rewrites on ``chip``."""
+    from ittrna.experiments.tolerate import evaluate_deployment
+    from ittrna.host import Deployment
+    from ittrna.methods.refresh import RefreshConfig
+
+    _, tr, _, test = small
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+
+    def spy(self, name, cells):
+        seen[name] = {a: m.clone() for a, m in cells.items()}
+        return _REWRITE(self, name, cells)
+
+    monkeypatch.setattr(ChipSession, "rewrite", spy)
+    evaluate_deployment(model, chip, Deployment(model.state_dict()), test.subset(200), time="1y",
+                        reference_images=tr.x[:256], refresh=RefreshConfig(budget=0.02), measured=measured)
+    assert sum(int(m.sum()) for arrs in seen.values() for m in arrs.values()) > 0
+    return seen
+
+
+def test_equal_maps_give_equal_refreshes_whatever_the_truth(small, monkeypatch):
+    """The refresh ranks cells from the map, the datasheet and the network: the twin chips get the same cells
+    rewritten; the control (a ranking that peeks at the true theta past the guard) does not."""
+    import ittrna.methods.refresh as refresh
+
+    model = small[0]
+    a, b, measured = _pair(model, **{"relaxation.model": "power-law"})  # the deviation grows with G
+    same_a = _refreshed_cells(copy.deepcopy(a), model, measured, small, monkeypatch)
+    same_b = _refreshed_cells(copy.deepcopy(b), model, measured, small, monkeypatch)
+    assert same_a.keys() == same_b.keys()
+    assert all(torch.equal(same_a[n][k], same_b[n][k]) for n in same_a for k in same_a[n])
+
+    honest = refresh.expected_sq_deviation
+    calls = []
+
+    def peeking(g0, target, age, cfg, cell, quantiles=16):  # the cells' true theta instead of the map's
+        from ittrna.boundary import chip_side
+
+        with chip_side():
+            chip = _frame_chip()
+            arrays = [arr for layer in chip for arr in layer.arrays.values()]
+            theta = arrays[len(calls) % len(arrays)].theta.float()
+        calls.append(1)
+        return honest(target * torch.exp(theta * theta.abs()), target, age, cfg, cell, quantiles)
+
+    monkeypatch.setattr(refresh, "expected_sq_deviation", peeking)
+    cheat_a = _refreshed_cells(copy.deepcopy(a), model, measured, small, monkeypatch)
+    cheat_b = _refreshed_cells(copy.deepcopy(b), model, measured, small, monkeypatch)
+    assert not all(torch.equal(cheat_a[n][k], cheat_b[n][k]) for n in cheat_a for k in cheat_a[n])

@@ -650,3 +650,169 @@ def test_the_cli_takes_its_compensation_steps_from_the_registry(capsys):
               "--compensate", "drift"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "drift" in err and all(s in err for s in COMPENSATIONS)
+
+
+# --- refresh under a write budget --------------------------------------------------------------------------
+def _refresh_case(budget: float, **over):
+    from ittrna.experiments.tolerate import evaluate_deployment
+    from ittrna.host import Deployment
+    from ittrna.methods.refresh import RefreshConfig
+
+    model = _model()
+    train, _, test = _splits(model, (12,))
+    cfg = ChipConfig().override({"mapping.rows": 8, "mapping.cols": 8, "faults.rate": 0.2,
+                                 "relaxation.model": "power-law", "relaxation.nu_mean": 0.09,
+                                 "relaxation.nu_std": 0.05, **over})
+    chip = Chip.fabricate(model, cfg, 2)
+    measured = chip.test(seed=2)
+    dep = Deployment(model.state_dict())
+    report: dict = {}
+    acc = evaluate_deployment(model, chip, dep, test, time=365.25 * 86400, reference_images=train.x, report=report,
+                              refresh=RefreshConfig(budget=budget), measured=measured)
+    return chip, measured, report, acc
+
+
+def test_refresh_never_exceeds_its_budget_and_rewrites_only_cells_the_map_shows_healthy():
+    from ittrna.device import HEALTHY
+
+    chip, measured, report, _ = _refresh_case(0.05)
+    full = report["refresh_full_writes"]
+    assert full == 2 * (12 * 10 + 10 * 4)  # both cells of every weight
+    assert 0 < report["refresh_writes"] <= math.floor(0.05 * full)
+    young = 0
+    for name, layer in chip.layers.items():
+        for aname, arr in layer.arrays.items():
+            rewritten = arr.written_at == chip.now  # age 0: written by the refresh
+            young += int(rewritten.sum())
+            assert not (rewritten & (measured.layers[name][aname]["fault"] != HEALTHY)).any()
+    assert young <= report["refresh_writes"]  # issued = performed + writes to stuck cells the test missed
+    assert report["refresh_report"]["refresh_expected_removed"] > 0.05  # the ranking puts the budget to work
+
+
+def test_refresh_of_the_whole_chip_undoes_the_relaxation_and_a_budget_of_zero_is_refused():
+    from ittrna.experiments.tolerate import evaluate_deployment
+    from ittrna.host import Deployment
+    from ittrna.methods.refresh import RefreshConfig
+
+    _, _, late, acc_late = _refresh_case(1e-9, **{"faults.rate": 0.0})  # floor(1e-9 * full) = 0 writes
+    assert late["refresh_writes"] == 0
+    _, _, whole, acc_full = _refresh_case(1.0, **{"faults.rate": 0.0})
+    model = _model()
+    _, _, test = _splits(model, (12,))
+    cfg = ChipConfig().override({"mapping.rows": 8, "mapping.cols": 8})
+    acc_t0 = evaluate_deployment(model, Chip.fabricate(model, cfg, 2), Deployment(model.state_dict()), test)
+    assert acc_late < acc_t0 - 0.05  # the year costs accuracy
+    assert whole["refresh_writes"] > 0.8 * whole["refresh_full_writes"]
+    assert acc_full > acc_late and acc_full == pytest.approx(acc_t0, abs=3 / 256)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="refresh.budget"):
+            RefreshConfig(budget=bad)
+
+
+def test_refresh_expected_deviation_follows_the_model():
+    """The host's expectation from the datasheet: zero at age 0 and for no relaxation; for cmo-hfox the
+    fit's mean and spread at the age (independent of G inside the range); for power-law larger where G is."""
+    from ittrna.methods.refresh import expected_sq_deviation
+
+    cell = CellConfig()
+    g = torch.tensor([0.3, 0.5, 0.7]) * cell.g_max
+    plaw = RelaxationConfig(model="power-law", nu_mean=0.05, nu_std=0.0)
+    assert torch.equal(expected_sq_deviation(g, g, 0.0, plaw, cell), torch.zeros(3))
+    assert torch.equal(expected_sq_deviation(g, g, 1e6, RelaxationConfig(), cell), torch.zeros(3))
+    e = expected_sq_deviation(g, g, 1e6, plaw, cell)
+    want = (g.double() * (1 - (1e6 / 20.0) ** -0.05)) ** 2
+    assert torch.allclose(e.double(), want, rtol=1e-4)
+    cmo = expected_sq_deviation(g, g, 86400.0, RelaxationConfig(model="cmo-hfox"), cell, quantiles=256)
+    scale = cell.g_max / 88.199997e-6
+    mean = -0.08900206e-6 * math.log(86400.0) * scale
+    std = (0.04201137e-6 * math.log(86400.0) + 0.41183342e-6) * scale
+    assert torch.allclose(cmo.double(), torch.full((3,), mean ** 2 + std ** 2, dtype=torch.float64), rtol=0.02)
+
+
+def test_compensation_and_refresh_axes_of_a_sweep():
+    from ittrna.experiments.grid import DataSettings, parse_spec, point_key
+
+    grid = {"model": ["mlp"], "dataset": ["mnist"], "chip_seed": [1], "saf_rate": 0.1, "time": ["1d"]}
+    plain = parse_spec({"grid": grid}).points
+    both = parse_spec({"grid": {**grid, "compensation": ["none", "bn+registers", "registers"],
+                                "refresh": [0, 0.01]}}).points
+    assert [(p.compensation, p.refresh) for p in both] == [((), 0.0), ((), 0.01), (("registers", "bn"), 0.0),
+                                                           (("registers", "bn"), 0.01), (("registers",), 0.0),
+                                                           (("registers",), 0.01)]
+    assert both[2].columns["compensation"] == "registers+bn" and both[1].columns["refresh"] == 0.01
+    data = DataSettings()
+    assert point_key(both[0], "sha", data) == point_key(plain[0], "sha", data)  # the defaults: the key of before
+    assert len({point_key(p, "sha", data) for p in both}) == 6
+    for key, bad, needle in (("compensation", "drift", "unknown step 'drift'"), ("compensation", "bn+bn", "twice"),
+                             ("compensation", 1, "accepted \"none\""), ("refresh", 1.5, "budget in \\(0, 1\\]"),
+                             ("refresh", True, "budget")):
+        with pytest.raises(ConfigError, match=needle):
+            parse_spec({"grid": {**grid, key: [bad]}})
+
+
+
+def test_a_sweep_refreshes_and_compensates_and_records_their_writes(tmp_path, mnist_train):
+    """Points with a refresh and a compensation, end to end through a TOML sweep and its report: the
+    refresh's writes are recorded apart from the programming's and stay in budget; compensation writes none."""
+    from ittrna.experiments.grid import load_spec
+    from ittrna.experiments.report import summarize
+    from ittrna.experiments.sweep import run_spec
+
+    config = tmp_path / "sweep.toml"
+    config.write_text('[grid]\nmodel = ["mlp"]\ndataset = ["mnist"]\nchip_seed = [1]\nsaf_rate = 0.1\n'
+                      'time = ["1d"]\ncompensation = ["none", "registers"]\nrefresh = [0, 0.01]\n'
+                      '[chip]\n"relaxation.model" = "cmo-hfox"\n[train]\nepochs = 0\n'
+                      '[data]\ntrain_size = 256\nval_size = 128\ntest_size = 128\n')
+    outcome = run_spec(load_spec(config), tmp_path / "out", progress=False)
+    recs = {(r["compensation"], r["refresh"]): r for r in outcome.records}
+    assert set(recs) == {("none", 0.0), ("none", 0.01), ("registers", 0.0), ("registers", 0.01)}
+    for (comp, fresh), r in recs.items():
+        assert ("refresh_writes" in r) == (fresh > 0) and ("compensation_writes" in r) == (comp != "none")
+        if fresh:
+            assert 0 < r["refresh_writes"] <= 0.01 * r["refresh_full_writes"]
+            assert r["writes"] == recs[("none", 0.0)]["writes"]  # the programming's writes, apart
+        if comp != "none":
+            assert r["compensation_writes"] == 0 and r["compensation_forward_passes"] > 0
+    rows, shown = summarize(outcome.records)
+    assert {"compensation", "refresh"} <= set(shown)
+    assert all(row["refresh_fraction_mean"] <= 0.01 for row in rows if row["refresh"])
+
+
+def test_the_points_of_a_time_axis_share_one_method_run_and_give_the_records_of_separate_runs(
+        tmp_path, mnist_train, monkeypatch):
+    """A sweep runs a method once per chip for all its times, compensations and refreshes (each evaluated
+    on a copy of the run); the records equal those of a run per point."""
+    import ittrna.experiments.points as points
+    import ittrna.experiments.tolerate as tolerate_module
+    from ittrna.experiments.grid import load_spec
+    from ittrna.experiments.sweep import run_spec
+
+    config = tmp_path / "sweep.toml"
+    config.write_text('[grid]\nmodel = ["mlp"]\ndataset = ["mnist"]\nchip_seed = [1, 2]\nsaf_rate = 0.1\n'
+                      'method = ["program", "ondevice"]\ntime = [0, "1d", "1y"]\ncompensation = ["none", "registers"]\n'
+                      '[methods.program]\nheadroom_steps = 2\nsearch_passes = 1\n'
+                      '[methods.ondevice]\nepochs = 1\neval_every = 2\nwrite_budget = 2000\n'
+                      '[chip]\n"relaxation.model" = "cmo-hfox"\n[train]\nepochs = 0\n'
+                      '[data]\ntrain_size = 256\nval_size = 128\ntest_size = 128\n')
+    spec = load_spec(config)
+    runs = []
+    real = tolerate_module.run_method
+
+    def counting(*args, **kwargs):
+        runs.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tolerate_module, "run_method", counting)
+    points._RUNS.clear()
+    shared = run_spec(spec, tmp_path / "shared", progress=False).records
+    assert len(shared) == 2 * 2 * 3 * 2 and sorted(runs) == ["ondevice"] * 2 + ["program"] * 2
+    monkeypatch.setattr(points, "_RUNS_KEPT", 0)  # no sharing: every point runs its method
+    points._RUNS.clear()
+    runs.clear()
+    alone = run_spec(spec, tmp_path / "alone", progress=False).records
+    assert len(runs) == len(alone) == len(shared)
+    drop = {"seconds", "wall_seconds"}
+    by_key = {r["key"]: {k: v for k, v in r.items() if k not in drop} for r in alone}
+    assert all(by_key[r["key"]] == {k: v for k, v in r.items() if k not in drop} for r in shared)
+    assert {r["time"] for r in shared} == {0.0, 86400.0, 365.25 * 86400}
+    assert all(("compensation_writes" in r) == (r["compensation"] == "registers") for r in shared)

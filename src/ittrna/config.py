@@ -46,6 +46,7 @@ __all__ = [
     "FaultConfig",
     "MappingConfig",
     "ProgramErrorConfig",
+    "RefreshConfig",
     "RelaxationConfig",
     "TestConfig",
     "TrainConfig",
@@ -856,3 +857,36 @@ PRESETS: dict[str, Callable[[], ChipConfig]] = {
     "cmo-hfox": _preset_cmo_hfox,
     "neurram": _preset_neurram,
 }
+
+
+@dataclass(frozen=True)
+class RefreshConfig(_Section):
+    """Settings of a refresh under a write budget (:mod:`ittrna.methods.refresh`): a host-side step at a
+    later time, not part of the chip."""
+
+    _section: ClassVar[str] = "refresh"
+
+    budget: float = 0.01
+    """Writes allowed, as a fraction of the writes of re-programming the whole chip (every cell the layers
+    use). Accepted (0, 1]."""
+
+    min_error: float = 0.0
+    """Only cells whose expected rms deviation at their age exceeds this fraction of Gmax are candidates.
+    Accepted [0, 1]."""
+
+    images: int = 256
+    """Training images the importance is computed on. Accepted [16, 100000]."""
+
+    batch_size: int = 32
+    """Images per mini-batch of the importance (one squared gradient per batch). Accepted [1, 4096]."""
+
+    quantiles: int = 16
+    """Fixed quantiles of the relaxation model's N(0, 1) draw the expected deviation averages over.
+    Accepted [2, 256]."""
+
+    def __post_init__(self) -> None:
+        self._range("budget", 0.0, 1.0, lo_open=True)
+        self._range("min_error", 0.0, 1.0)
+        self._int_range("images", 16, 100_000)
+        self._int_range("batch_size", 1, 4096)
+        self._int_range("quantiles", 2, 256)

@@ -224,6 +224,11 @@ class ChipAccess(Protocol):
         """Program explicit target conductances (siemens, physical array shapes); returns writes issued."""
         ...
 
+    def rewrite(self, name: str, cells: Mapping[str, torch.Tensor]) -> int:
+        """Write the masked cells (array -> bool mask, physical shape) again with their programmed targets (a
+        refresh); returns writes issued."""
+        ...
+
     def weight_targets(self, name: str, weight: torch.Tensor, scale: float | None = None
                        ) -> dict[str, torch.Tensor]:
         """Targets the chip's converter gives ``weight`` (design knowledge), for :meth:`count_writes`."""

@@ -308,6 +308,32 @@ class ChipSession:
         self.__ondevice += issued
         return issued
 
+    def rewrite(self, name: str, cells: Mapping[str, torch.Tensor]) -> int:
+        """Write the masked cells again with the targets the host programmed there (a refresh after
+        relaxation: one write issued per masked cell, admitted by the budget like any other write). ``cells``:
+        array name -> bool mask of the physical array's shape. Nothing is revealed of the cells."""
+        self._check_name(name)
+        self._check_deployed()
+        own = {a: m.detach().to("cpu").clone() for a, m in cells.items()}  # no alias to the host
+        with _gate():
+            arrays = self.__chip.layer(name).arrays
+            for a, m in own.items():  # all checked before anything is admitted or written
+                if a not in arrays:
+                    raise InputError(f"layer {name!r} has no array {a!r}; it holds {list(arrays)}")
+                if m.dtype != torch.bool or tuple(m.shape) != tuple(arrays[a].g.shape):
+                    raise InputError(f"layer {name!r} array {a!r}: a rewrite mask must be bool of shape "
+                                     f"{tuple(arrays[a].g.shape)}, not {m.dtype} {tuple(m.shape)}")
+            count = sum(int(m.sum()) for m in own.values())
+            if count == 0:
+                return 0
+            self._admit(count)
+            issued = self.__chip.rewrite(name, own)
+            self._recalibrate()
+        assert issued == count
+        self.__issued += issued
+        self.__ondevice += issued
+        return issued
+
     def program_weights(self, name: str, weight: torch.Tensor, *, scale: float | None = None) -> int:
         self._check_name(name)
         self._check_deployed()

@@ -70,6 +70,12 @@ class Chip(ChipState):
         """
         return program.program(self, name, targets, count_wear=count_wear)
 
+    def rewrite(self, name: str, cells: dict[str, torch.Tensor], *, count_wear: bool = True) -> int:
+        """Write the cells masked in ``cells`` (array -> bool mask of the array's shape) again with the targets
+        they hold: one write issued per masked cell, performed by the healthy ones (fresh programming noise,
+        age 0 on the chip's clock), as a refresh after relaxation does. Returns the writes issued."""
+        return program.rewrite(self, name, cells, count_wear=count_wear)
+
     def count_issued(self, name: str, targets: dict[str, torch.Tensor]) -> int:
         """Writes :meth:`program` would issue for ``targets`` (no state change): changed quantised targets."""
         return program.count_issued(self, name, targets)

@@ -22,12 +22,14 @@ from ittrna.host import Deployment
 from ittrna.mapping import LayerLayout, groups_of, to_physical, weight_scale, weight_to_matrix
 
 __all__ = ["check_model", "count_issued", "program", "program_deployment", "program_model", "program_weights",
-           "weight_targets"]
+           "rewrite", "weight_targets"]
 
 
-def program(chip: ChipState, name: str, targets: dict[str, torch.Tensor], *, count_wear: bool = True) -> int:
+def program(chip: ChipState, name: str, targets: dict[str, torch.Tensor], *, count_wear: bool = True,
+            rewrite: dict[str, torch.Tensor] | None = None) -> int:
     """Write target conductances (siemens) into a layer's arrays (see :meth:`Chip.program
-    <ittrna.chip.Chip.program>`); returns the cell writes issued."""
+    <ittrna.chip.Chip.program>`); returns the cell writes issued. ``rewrite``: per array a bool mask of cells
+    written again even where their target is unchanged (a refresh: fresh programming noise, age 0)."""
     layer = chip.layer(name)
     cfg = chip.config
     gen = torch.Generator().manual_seed(_derive_seed(chip.seed, 0x50524F47, chip.write_epoch))
@@ -42,6 +44,8 @@ def program(chip: ChipState, name: str, targets: dict[str, torch.Tensor], *, cou
                              f"!= array shape {tuple(arr.g.shape)}")
         t = quantize_levels(t, cfg.cell)
         issued = t != arr.g  # (rows, cols): the target changes
+        if rewrite is not None and aname in rewrite:
+            issued = issued | _mask(rewrite[aname], arr.g, name, aname)
         write = issued & (arr.fault == HEALTHY)  # performed: stuck cells ignore the write
         arr.g = t  # the programmed target (a stuck cell reads its stuck state whatever it is)
         if cfg.variation.program_noise > 0:
@@ -62,6 +66,25 @@ def program(chip: ChipState, name: str, targets: dict[str, torch.Tensor], *, cou
     layer.drift_ref = None  # a programming makes the drift compensation's reference stale
     chip.writes_issued += total
     return total
+
+
+def rewrite(chip: ChipState, name: str, cells: dict[str, torch.Tensor], *, count_wear: bool = True) -> int:
+    """Write the masked cells of a layer again with the targets they hold (a refresh, e.g. after relaxation:
+    each is one write issued, performed by healthy cells with fresh programming noise at the chip's clock);
+    returns the writes issued."""
+    layer = chip.layer(name)
+    for aname, mask in cells.items():  # all checked before the first write
+        if aname not in layer.arrays:
+            raise InputError(f"layer {name!r} has no array {aname!r}; it holds {list(layer.arrays)}")
+        _mask(mask, layer.arrays[aname].g, name, aname)
+    return program(chip, name, {a: layer.arrays[a].g for a in cells}, count_wear=count_wear, rewrite=cells)
+
+
+def _mask(mask: torch.Tensor, like: torch.Tensor, name: str, aname: str) -> torch.Tensor:
+    if mask.dtype != torch.bool or tuple(mask.shape) != tuple(like.shape):
+        raise InputError(f"layer {name!r} array {aname!r}: a rewrite mask must be bool of shape {tuple(like.shape)}, "
+                         f"not {mask.dtype} {tuple(mask.shape)}")
+    return mask.to(like.device)
 
 
 def count_issued(chip: ChipState, name: str, targets: dict[str, torch.Tensor]) -> int:

@@ -291,7 +291,7 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
     result = tolerate_files(args.model, args.chip, args.method, args.out, settings=settings, chip_out=args.chip_out,
                             map_path=args.map, test=test, test_seed=args.test_seed, seed=args.seed,
                             data_dir=args.data_dir, progress=not args.quiet, time=args.time,
-                            compensation=args.compensate)
+                            compensation=args.compensate, refresh=args.refresh)
     chip_out = result.get("chip_out")
     text = (f"{args.method} on {args.chip}: software {100 * result['ideal_accuracy']:.2f}%, chip before "
             f"{100 * result['chip_accuracy_before']:.2f}%, after {100 * result['chip_accuracy']:.2f}% "
@@ -302,6 +302,14 @@ def cmd_tolerate(args: argparse.Namespace) -> None:
                                       "iterations", "forward_passes", "seconds")}
     if chip_out is not None:
         payload["chip_out"] = chip_out
+    for key in ("time", "compensation", "compensation_forward_passes", "compensation_writes", "refresh_writes",
+                "refresh_full_writes"):
+        if key in result and (key != "time" or result[key]):
+            payload[key] = result[key]
+    if "refresh_writes" in result:
+        text += (f"; refresh at {result['time']:g} s: {result['refresh_writes']} writes "
+                 f"({100 * result['refresh_writes'] / max(1, result['refresh_full_writes']):.2f}% of re-programming "
+                 "the whole chip)")
     _emit(args, text, {**payload, "version": result["version"], "out": str(args.out),
                        "val_accuracy": result["report"].get("val_accuracy")})
 

@@ -33,7 +33,7 @@ from ittrna.cli.options import (
     _Parser,
     _time,
 )
-from ittrna.config import MAX_SEED, TestConfig, TrainConfig
+from ittrna.config import MAX_SEED, RefreshConfig, TestConfig, TrainConfig
 from ittrna.registry import COMPENSATIONS
 
 
@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"zero-write compensation at --time (repeatable; one of {', '.join(COMPENSATIONS)}): "
                         "registers re-fitted to a reference read right after programming, BatchNorm statistics "
                         "re-estimated on the chip; forward passes only")
+    p.add_argument("--refresh", type=_field(RefreshConfig, "budget"), default=None, metavar="FRACTION",
+                   help="at --time, before any compensation, rewrite the cells the host ranks worst (expected "
+                        "relaxation x weight importance), at most FRACTION of the writes of re-programming the "
+                        "whole chip, e.g. 0.01")
     p.add_argument("--out", type=Path, required=True, help="tuned file to write (.pt)")
     p.add_argument("--quiet", action="store_true")
 

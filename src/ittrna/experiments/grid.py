@@ -69,7 +69,7 @@ CHIP_AXES: dict[str, str] = {
     "miss_rate": "test.miss_rate",
     "theta_noise": "test.theta_noise",
 }
-_NAMED_AXES = ("model", "dataset", "method", "chip_seed", "time")
+_NAMED_AXES = ("model", "dataset", "method", "chip_seed", "time", "compensation", "refresh")
 _TOP_KEYS = ("title", "grid", "train", "data", "chip", "methods")
 
 
@@ -186,13 +186,34 @@ class Point:
     """The methods this one builds on, with their versions (:func:`ittrna.methods.base.lineage`)."""
     time: float = 0.0
     """Seconds after programming at which the chip is evaluated (the grid's ``time`` axis)."""
+    compensation: tuple[str, ...] = ()
+    """Zero-write compensation steps run at ``time`` (the grid's ``compensation`` axis)."""
+    refresh: float = 0.0
+    """Budget of a refresh at ``time`` (a fraction of the writes of re-programming the whole chip; 0: none;
+    the grid's ``refresh`` axis)."""
+
+    def later(self) -> dict[str, Any]:
+        """What happens after programming, for the identity: absent at its default (keys unchanged)."""
+        out: dict[str, Any] = {}
+        if self.time:
+            out["time"] = self.time
+        if self.compensation:
+            out["compensation"] = list(self.compensation)
+        if self.refresh:
+            out["refresh"] = self.refresh
+        return out
+
+    def method_content(self) -> dict[str, Any]:
+        """Everything but the model's weights and what happens after programming: points equal in it share
+        one run of the method (what is measured later differs)."""
+        return {"source": self.source.ref, "chip": self.chip, "method": self.method,
+                "settings": self.method_settings, "version": self.method_version, "seed": self.chip_seed,
+                "bases": self.method_bases}
 
     def content(self) -> str:
         """Canonical JSON of everything but the model's weights (dedupes repeated grid values)."""
-        ident = {"source": self.source.ref, "chip": self.chip, "method": self.method,
-                 "settings": self.method_settings, "version": self.method_version, "seed": self.chip_seed}
-        if self.time:  # absent at 0: points without a time axis keep their identity
-            ident["time"] = self.time
+        ident = {k: v for k, v in self.method_content().items() if k != "bases"}
+        ident.update(self.later())  # absent at 0: points without these axes keep their identity
         return json.dumps(ident, sort_keys=True)
 
 
@@ -212,8 +233,7 @@ def point_key(point: Point, model_sha256: str, data: DataSettings) -> str:
              "test_seed": point.chip_seed, "method_seed": method_seed(point.chip_seed)}
     if point.method_bases:  # a composed method: its bases' versions too (absent for the others: keys unchanged)
         ident["method_bases"] = point.method_bases
-    if point.time:  # evaluated after relaxation (absent at 0: keys unchanged)
-        ident["time"] = point.time
+    ident.update(point.later())  # evaluated later, compensated, refreshed (absent at 0: keys unchanged)
     text = json.dumps(ident, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -320,6 +340,9 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
                 raise ConfigError(f"{where}.chip_seed = {seed!r} is invalid; accepted integers in [0, 2**63 - 1]")
         timed = "time" in axes  # the time axis: seconds or a number with a unit ("1h"), one point per value
         times = list(dict.fromkeys(parse_time(t, f"{where}.time") for t in axes.get("time", [0.0])))
+        comps = [_compensation(v, f"{where}.compensation") for v in axes.get("compensation", ["none"])]
+        refreshes = [_refresh(v, f"{where}.refresh") for v in axes.get("refresh", [0.0])]
+        later = [(c, r) for c in dict.fromkeys(comps) for r in dict.fromkeys(refreshes)]
         for model in axes["model"]:
             for dataset in axes["dataset"]:
                 if model in ckpts:
@@ -342,8 +365,8 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
             _check_times(cfg, times, where)
             chip_json = cfg.identity_dict()
             chip_columns = _chip_columns(cfg, chip_names, combo)
-            for model, dataset, method, seed, at in itertools.product(axes["model"], axes["dataset"], axes["method"],
-                                                                      axes["chip_seed"], times):
+            for model, dataset, method, seed, at, (comp, fresh) in itertools.product(
+                    axes["model"], axes["dataset"], axes["method"], axes["chip_seed"], times, later):
                 if model in ckpts:  # a checkpoint file: its weights' hash is the model's identity (point_key)
                     path, meta = ckpts[model]
                     source = ModelSource(str(meta["model"]), dataset, path=path,
@@ -360,7 +383,10 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
                     full = spec.make_config(settings).identity_dict()
                     pt = Point(source, chip_json, method, full, spec.version, seed,
                                {**model_columns, "dataset": dataset, **chip_columns, "method": method,
-                                **columns, "chip_seed": seed, **({"time": at} if timed else {})}, lineage(method), at)
+                                **columns, "chip_seed": seed, **({"time": at} if timed else {}),
+                                **({"compensation": "+".join(comp) or "none"} if "compensation" in axes else {}),
+                                **({"refresh": fresh} if "refresh" in axes else {})},
+                               lineage(method), at, comp, fresh)
                     points.setdefault(pt.content(), pt)
     _check_chips(points.values())
     return SweepSpec(tuple(points.values()), dset, title)
@@ -424,6 +450,40 @@ def _table(data: Mapping[str, Any], key: str, name: str | None = None) -> dict[s
     if not isinstance(value, Mapping):
         raise ConfigError(f"{name or key} = {value!r} is invalid; accepted a table ([{name or key}])")
     return dict(value)
+
+
+def _compensation(value: Any, where: str) -> tuple[str, ...]:
+    """A ``compensation`` axis value: ``"none"`` or step names joined by ``+`` (e.g. ``"registers+bn"``)."""
+    from ittrna.registry import COMPENSATIONS
+
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} holds {value!r}; accepted \"none\" or steps of {list(COMPENSATIONS)} joined by "
+                          "+ (e.g. \"registers+bn\")")
+    if value == "none":
+        return ()
+    steps = value.split("+")
+    for step in steps:
+        if step not in COMPENSATIONS:
+            raise ConfigError(f"{where}: unknown step {step!r} in {value!r}; accepted \"none\" or steps of "
+                              f"{list(COMPENSATIONS)} joined by +")
+    if len(set(steps)) != len(steps):
+        raise ConfigError(f"{where} = {value!r} names a step twice; accepted each step once")
+    return tuple(s for s in COMPENSATIONS if s in steps)
+
+
+def _refresh(value: Any, where: str) -> float:
+    """A ``refresh`` axis value: 0 (none) or a budget in (0, 1] (:class:`~ittrna.config.RefreshConfig`)."""
+    from ittrna.config import RefreshConfig
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} holds {value!r}; accepted 0 (no refresh) or a budget in (0, 1]")
+    if value == 0:
+        return 0.0
+    try:
+        RefreshConfig(budget=float(value))
+    except ConfigError:
+        raise ConfigError(f"{where} holds {value!r}; accepted 0 (no refresh) or a budget in (0, 1]") from None
+    return float(value)
 
 
 def _check_times(cfg: ChipConfig, times: Sequence[float], where: str) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ittrna._io import load_torch
 from ittrna._validate import check_device, check_output
-from ittrna.config import ChipConfig, TestConfig, TrainConfig
+from ittrna.config import ChipConfig, RefreshConfig, TestConfig, TrainConfig
 from ittrna.data import Split, dataset_of, load
 from ittrna.errors import InputError
 
@@ -193,9 +193,11 @@ def tolerate_files(model_path: Path, chip_path: Path, method: str, out: Path, *,
                    chip_out: Path | None = None, map_path: Path | None = None,
                    test: Mapping[str, float] | None = None, test_seed: int | None = None, seed: int = 0,
                    data_dir: Path | None = None, progress: bool = True, time: float = 0.0,
-                   compensation: Sequence[str] = ()) -> dict[str, Any]:
+                   compensation: Sequence[str] = (), refresh: float | None = None) -> dict[str, Any]:
     """Run ``method`` for the saved chip ``chip_path`` (as fabricated) and save the tuned checkpoint ``out``.
-    ``time`` and ``compensation``: as :func:`~ittrna.experiments.tolerate.tolerate`'s.
+    ``time`` and ``compensation``: as :func:`~ittrna.experiments.tolerate.tolerate`'s; ``refresh``: the
+    budget (a fraction of the writes of re-programming the whole chip) of a refresh at ``time``
+    (:class:`~ittrna.config.RefreshConfig`).
 
     Args:
         settings: method settings (``method.FIELD`` or ``FIELD`` keys), validated before any work.
@@ -227,6 +229,7 @@ def tolerate_files(model_path: Path, chip_path: Path, method: str, out: Path, *,
         raise InputError(f"--chip-out is for on-device methods; {method!r} leaves the chip file as it is "
                          "(its tuned file reproduces the result on it)")
     spec.make_config(dict(settings))  # validate before any work
+    refresh_cfg = RefreshConfig(budget=refresh) if refresh is not None else None
     if map_path is not None and (test or test_seed is not None):
         raise InputError("--miss-rate/--theta-noise/--test-seed describe a test run here; with --map the test is done")
     model, meta = load_checkpoint(model_path)
@@ -238,7 +241,8 @@ def tolerate_files(model_path: Path, chip_path: Path, method: str, out: Path, *,
     result, deployment = tolerate(model, chip, method, train=splits["train"], val=splits["val"], test=splits["test"],
                                   settings=settings, measured=measured, test_seed=test_seed or 0,
                                   test_config=test_config, seed=seed, progress=progress, time=time,
-                                  compensation=compensation)
+                                  compensation=compensation,
+                                  refresh=refresh_cfg)
     save_tuned(out, model, {**meta, "ondevice": chip_out is not None}, deployment, chip.chip_id)
     if chip_out is not None:
         chip.save(chip_out)

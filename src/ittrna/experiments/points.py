@@ -22,6 +22,11 @@ ModelPayload = dict[str, Any]
 
 _SPLITS: dict[tuple[str, str, str | None, int | None], Split] = {}
 _MODELS: dict[str, torch.nn.Module] = {}
+_RUNS: dict[str, Any] = {}
+"""Per process, the last method runs (:class:`~ittrna.experiments.tolerate.MethodRun`) by the point's identity
+without what happens after programming: the points of a time, compensation or refresh axis run their method
+once per worker (each evaluated on a copy, so a run stays as the method left it)."""
+_RUNS_KEPT = 2
 
 
 def package_version() -> str:
@@ -100,18 +105,28 @@ def evaluate_point(point: Point, key: str, data: DataSettings, payload: ModelPay
     """Fabricate the point's chip, run its method through :func:`~ittrna.experiments.tolerate.tolerate`
     (test, tune, program, measure) and return the flat record."""
     from ittrna.chip import Chip
-    from ittrna.config import ChipConfig
-    from ittrna.experiments.tolerate import tolerate
+    from ittrna.config import ChipConfig, RefreshConfig
+    from ittrna.experiments.tolerate import evaluate_run, run_method
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     model = payload_model(payload)
     ds = point.source.dataset
-    chip = Chip.fabricate(model, ChipConfig.from_dict(point.chip), point.chip_seed)
-    settings = {f"method.{k}": v for k, v in point.method_settings.items()}
-    result, _ = tolerate(model, chip, point.method, train=split(ds, "train", data), val=split(ds, "val", data),
-                         test=split(ds, data.split, data), settings=settings, test_seed=point.chip_seed,
-                         seed=method_seed(point.chip_seed), time=point.time)
+    train, test = split(ds, "train", data), split(ds, data.split, data)
+    run_key = json.dumps([payload["sha256"], data.identity(ds), point.method_content()], sort_keys=True)
+    run = _RUNS.get(run_key)
+    if run is None:
+        chip = Chip.fabricate(model, ChipConfig.from_dict(point.chip), point.chip_seed)
+        settings = {f"method.{k}": v for k, v in point.method_settings.items()}
+        run = run_method(model, chip, point.method, train=train, val=split(ds, "val", data), settings=settings,
+                         test_seed=point.chip_seed, seed=method_seed(point.chip_seed))
+        if _RUNS_KEPT > 0:
+            while len(_RUNS) >= _RUNS_KEPT:
+                _RUNS.pop(next(iter(_RUNS)))
+            _RUNS[run_key] = run
+    result = evaluate_run(model, run, train=train, test=test, time=point.time, compensation=point.compensation,
+                          refresh=RefreshConfig(budget=point.refresh) if point.refresh else None,
+                          seed=method_seed(point.chip_seed), in_place=False)
     val_acc = result.get("report", {}).get("val_accuracy")
     record: dict[str, Any] = {
         "key": key,
@@ -135,4 +150,7 @@ def evaluate_point(point: Point, key: str, data: DataSettings, payload: ModelPay
         "torch_version": str(torch.__version__),
         "model_sha256": payload["sha256"],
     }
+    for field in ("compensation_writes", "compensation_forward_passes", "refresh_writes", "refresh_full_writes"):
+        if field in result:  # only where the point compensates or refreshes (records of before unchanged)
+            record[field] = int(result[field])
     return record

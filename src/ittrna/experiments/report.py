@@ -138,6 +138,11 @@ def summarize(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
                    ondevice_writes_mean=statistics.fmean(float(r.get("ondevice_writes") or 0) for r in members),
                    iterations_mean=statistics.fmean(float(r.get("iterations") or 0) for r in members),
                    seconds_mean=statistics.fmean(float(r["seconds"]) for r in members))
+        if any("refresh_writes" in r for r in members):  # a refresh at the evaluation time: its own writes
+            row.update(refresh_writes_mean=statistics.fmean(float(r.get("refresh_writes") or 0) for r in members),
+                       refresh_fraction_mean=statistics.fmean(float(r.get("refresh_writes") or 0)
+                                                              / max(1, int(r.get("refresh_full_writes") or 0))
+                                                              for r in members))
         rows.append(row)
 
     def sort_key(row: dict[str, Any]) -> list[Any]:

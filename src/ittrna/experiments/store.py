@@ -63,12 +63,15 @@ OPTIONAL_FIELDS: dict[str, str] = {
     "read_noise": _SPREAD, "miss_rate": _FRACTION, "theta_noise": _SPREAD, "pattern": _STR,
     "wall_seconds": _NONNEG, "max_writes_per_cell": _COUNT, "cells_worn_out": _COUNT,
     "fraction_cells_written": _NONNEG, "val_accuracy": _ACC, "torch_version": _STR,
-    "iterations": _COUNT, "forward_passes": _COUNT, "ondevice_writes": _COUNT,
+    "iterations": _COUNT, "forward_passes": _COUNT, "ondevice_writes": _COUNT, "compensation": _STR,
+    "refresh": _FRACTION, "compensation_writes": _COUNT, "compensation_forward_passes": _COUNT,
+    "refresh_writes": _COUNT, "refresh_full_writes": _COUNT,
 }
 #: Measured fields (the rest of a record describes the point).
 MEASURES = ("software_accuracy", "chip_accuracy", "chip_accuracy_before", "writes", "writes_performed",
             "seconds", "wall_seconds", "max_writes_per_cell", "cells_worn_out", "fraction_cells_written",
-            "iterations", "forward_passes", "ondevice_writes", "val_accuracy")
+            "iterations", "forward_passes", "ondevice_writes", "val_accuracy", "compensation_writes",
+            "compensation_forward_passes", "refresh_writes", "refresh_full_writes")
 
 
 class StoreLockedError(InputError):

@@ -9,7 +9,10 @@ for, so ``evaluate_tuned`` reproduces the reported accuracy on that chip.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -18,8 +21,9 @@ import torch
 from torch import nn
 
 from ittrna._io import atomic_write
+from ittrna.boundary import chip_side, host_side
 from ittrna.chip import Chip
-from ittrna.config import ChipConfig, TestConfig, parse_time
+from ittrna.config import ChipConfig, RefreshConfig, TestConfig, parse_time
 from ittrna.data import Split
 from ittrna.errors import FileFormatError, InputError
 from ittrna.host import Deployment, MeasuredMap, design_config
@@ -30,8 +34,9 @@ from ittrna.nn import deploy
 from ittrna.session import ChipSession
 from ittrna.training import accuracy
 
-__all__ = ["CALIBRATION_IMAGES", "calibration_inputs", "check_map_fits", "deployment_mismatch", "evaluate_deployment",
-           "evaluate_tuned", "load_tuned", "save_tuned", "tolerate"]
+__all__ = ["CALIBRATION_IMAGES", "MethodRun", "calibration_inputs", "check_map_fits", "deployment_mismatch",
+           "evaluate_deployment", "evaluate_run", "evaluate_tuned", "load_tuned", "run_method", "save_tuned",
+           "tolerate"]
 
 
 def check_map_fits(measured: MeasuredMap, chip: Chip) -> None:
@@ -111,7 +116,8 @@ def evaluate_tuned(model: nn.Module, meta: Mapping[str, Any], deployment: Deploy
 def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, data: Split,
                         calibration: torch.Tensor | None = None, *, time: float = 0.0,
                         compensation: Sequence[str] = (), reference_images: torch.Tensor | None = None,
-                        report: dict[str, Any] | None = None) -> float:
+                        report: dict[str, Any] | None = None, refresh: RefreshConfig | None = None,
+                        measured: MeasuredMap | None = None, compensation_images: int | None = None) -> float:
     """Program ``deployment`` onto ``chip`` (in place) and return the accuracy on ``data`` ``time`` seconds
     later (ADCs, if any, calibrated on ``calibration`` inputs right after programming, see
     :func:`ittrna.nn.deploy`; then the chip waits ``time``, its cells relaxing; the read-noise stream restarted,
@@ -119,37 +125,65 @@ def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, da
 
     ``compensation`` (names of :data:`ittrna.methods.compensate.COMPENSATIONS`): zero-write steps the host runs
     at ``time`` through a session with no write budget, from a reference it read on ``reference_images``
-    (training images) right after programming; their counts go into ``report``."""
+    (training images; the first ``compensation_images`` of them if given) right after programming; their
+    counts go into ``report``.
+
+    ``refresh`` (:class:`~ittrna.config.RefreshConfig`): at ``time``, before any compensation, the
+    host rewrites the cells it ranks worst from ``measured`` (the chip's map) and the importance on
+    ``reference_images``, within the refresh's own write budget; its counts go into ``report``."""
+    time = parse_time(time, "time")
     tuned = copy.deepcopy(model)
     tuned.load_state_dict(deployment.state_dict)
     chip.program_deployment(deployment)
     chip.restart_reads()  # the same read-noise draws for every evaluation of this state
     analog = deploy(tuned, chip, program=False, calibration=calibration)
-    if not compensation:
+    if not compensation and refresh is None:
         if time:
             chip.wait(time)
         return accuracy(analog, data)
     from ittrna.methods.compensate import check_steps, compensate, take_reference
+    from ittrna.methods.refresh import full_writes
+    from ittrna.methods.refresh import refresh as run_refresh
 
     steps = check_steps(compensation)
     if reference_images is None:
-        raise InputError("compensation needs reference images (training images read right after programming)")
+        raise InputError("compensation and refresh need reference images (training images read right after "
+                         "programming)")
+    host_map = None
+    if refresh is not None:
+        if measured is None:
+            raise InputError("a refresh needs the chip's measured map")
+        host_map = measured.for_method()
+    budget = 0 if refresh is None or host_map is None else math.floor(refresh.budget * full_writes(host_map,
+                                                                                                     deployment))
     written = chip.writes_issued
-    session = ChipSession(chip, model, write_budget=0)
+    session = ChipSession(chip, model, write_budget=budget)
     session.adopt(deployment)
     host = copy.deepcopy(tuned)  # the host's copy of the deployed network (digital state)
-    reference = take_reference(session, host, reference_images)
-    if time:
-        chip.wait(time)
-    done = compensate(session, host, steps, reference)
+    with host_side():  # the host's steps: the chip only through the session (ittrna.boundary)
+        reference = take_reference(session, host, reference_images[:compensation_images]) if steps else None
+        if time:
+            with chip_side():
+                chip.wait(time)
+        refreshed = None
+        if refresh is not None and host_map is not None:
+            refreshed = run_refresh(session, host, host_map, deployment, refresh, time, reference_images)
+        after_refresh = session.counts()["writes_issued"]
+        done = compensate(session, host, steps, reference) if steps else None
     session.close()
-    assert session.counts()["writes_issued"] == 0  # zero-write by construction (budget 0)
+    assert session.counts()["writes_issued"] == after_refresh <= budget  # compensation writes nothing
     analog = deploy(host, chip, program=False)  # the registers are on the chip; the statistics in host
     chip.restart_reads()
     if report is not None:
-        report.update(compensation=list(steps), compensation_forward_passes=reference.forward_passes
-                      + int(done["forward_passes"]), compensation_writes=chip.writes_issued - written,
-                      compensation_report=done)
+        if steps:
+            assert reference is not None and done is not None
+            report.update(compensation=list(steps), compensation_forward_passes=reference.forward_passes
+                          + int(done["forward_passes"]),
+                          compensation_writes=chip.writes_issued - written - after_refresh,
+                          compensation_report=done)
+        if refreshed is not None and refresh is not None:
+            report.update(refresh=dataclasses.asdict(refresh), refresh_writes=int(refreshed["refresh_writes"]),
+                          refresh_full_writes=int(refreshed["refresh_full_writes"]), refresh_report=refreshed)
     return accuracy(analog, data)
 
 
@@ -171,6 +205,7 @@ def tolerate(
     time: float = 0.0,
     compensation: Sequence[str] = (),
     compensation_images: int = 256,
+    refresh: RefreshConfig | None = None,
 ) -> tuple[dict[str, Any], Deployment]:
     """Run ``method`` for ``chip`` and evaluate it on the test split.
 
@@ -187,12 +222,64 @@ def tolerate(
     ``compensation`` (names of :data:`ittrna.methods.compensate.COMPENSATIONS`): zero-write steps the host runs
     on the method's result at ``time``, from a reference read right after programming on
     ``compensation_images`` training images (drawn with ``seed``); ``chip_accuracy_before`` stays without them.
+    ``refresh`` (:class:`~ittrna.config.RefreshConfig`): at ``time``, before the compensation, the
+    host rewrites the cells it ranks worst from the measured map, within ``refresh.budget`` of the writes of
+    re-programming the whole chip (importance on ``refresh.images`` of the same training images); its writes
+    are ``refresh_writes``, apart from ``writes`` (the method's and the programming's).
 
     Returns:
         (result, deployment). ``result`` holds ``method``, ``ideal_accuracy``, ``chip_accuracy_before``,
         ``chip_accuracy``, ``writes`` (issued), ``seconds`` (the method's run), the evaluator-only wear
         figures, on-device ``iterations`` and chip ``forward_passes`` and the method's report.
     """
+    _check_later(time, compensation, compensation_images, refresh)  # before any work
+    run = run_method(model, chip, method, train=train, val=val, settings=settings, measured=measured,
+                     test_seed=test_seed, test_config=test_config, seed=seed, progress=progress, device=device)
+    result = evaluate_run(model, run, train=train, test=test, time=time, compensation=compensation,
+                          compensation_images=compensation_images, refresh=refresh, seed=seed)
+    return result, run.deployment
+
+
+def _check_later(time: float | str, compensation: Sequence[str], compensation_images: int,
+                 refresh: RefreshConfig | None) -> tuple[float, tuple[str, ...]]:
+    """(seconds, compensation steps in order); one-line errors for bad values."""
+    from ittrna.methods.compensate import check_steps
+
+    seconds = parse_time(time, "time")
+    steps = check_steps(compensation) if compensation else ()
+    if steps and (isinstance(compensation_images, bool) or not isinstance(compensation_images, int)
+                  or not 16 <= compensation_images <= 100_000):
+        raise InputError(f"compensation_images = {compensation_images!r}; accepted an integer in [16, 100000]")
+    if refresh is not None and not isinstance(refresh, RefreshConfig):
+        raise InputError(f"refresh = {refresh!r}; accepted a RefreshConfig or None")
+    return seconds, steps
+
+
+@dataclass
+class MethodRun:
+    """A method's run for one chip, before any evaluation (:func:`run_method`): what :func:`evaluate_run`
+    needs to measure it at any time, with any compensation or refresh, as often as asked."""
+
+    method: str
+    version: int
+    chip: Chip
+    """The chip after the method: as fabricated (off-device) or as the session left it (on-device)."""
+    fabricated: Chip
+    """A copy of the chip as fabricated (the accuracy before the method is measured on copies of it)."""
+    deployment: Deployment
+    measured: MeasuredMap
+    calibration: torch.Tensor | None
+    seconds: float
+    counts: dict[str, int]
+    issued_by_method: int
+
+
+def run_method(model: nn.Module, chip: Chip, method: str, *, train: Split, val: Split,
+               settings: Mapping[str, Any] | None = None, measured: MeasuredMap | None = None, test_seed: int = 0,
+               test_config: TestConfig | None = None, seed: int = 0, progress: bool = False,
+               device: str = "cpu") -> MethodRun:
+    """The first half of :func:`tolerate`: test the chip (unless ``measured`` is given), run ``method`` on the
+    map (on-device: on ``chip`` through a session) and return the run. Arguments as :func:`tolerate`'s."""
     spec = get_method(method)
     if any(layer.scale != 0.0 for layer in chip):
         raise InputError("the chip has been programmed already; start from the fabricated chip file")
@@ -205,19 +292,7 @@ def tolerate(
     except InputError as exc:
         raise InputError(f"the chip does not fit the model: {exc}") from None
     calibration = calibration_inputs(chip.config, lambda: val)
-    time = parse_time(time, "time")
-    if compensation:
-        from ittrna.methods.compensate import check_steps
-
-        compensation = check_steps(compensation)
-        if isinstance(compensation_images, bool) or not isinstance(compensation_images, int) or not (
-                16 <= compensation_images <= 100_000):
-            raise InputError(f"compensation_images = {compensation_images!r}; accepted an integer in [16, 100000]")
-    before_chip = copy.deepcopy(chip)
-    before_model = deploy(model, before_chip, calibration=calibration)
-    if time:
-        before_chip.wait(time)
-    before = accuracy(before_model, test)
+    fabricated = copy.deepcopy(chip)
     t0 = perf_counter()
     ctx = Context(train, val, seed=seed, progress=progress, device=device)
     session = None
@@ -232,39 +307,58 @@ def tolerate(
         if mismatch:  # reprogramming would write outside the session's budget: a method bug
             raise RuntimeError(f"on-device method {method!r} returned a deployment that is not the chip's state "
                                f"({mismatch})")
-    issued_by_method = chip.writes_issued
+    counts = session.counts() if session is not None else {"iterations": 0, "forward_passes": 0, "images": 0,
+                                                            "ondevice_writes": 0}
+    return MethodRun(method, spec.version, chip, fabricated, deployment, measured, calibration, seconds,
+                     dict(counts), chip.writes_issued)
+
+
+def evaluate_run(model: nn.Module, run: MethodRun, *, train: Split, test: Split, time: float | str = 0.0,
+                 compensation: Sequence[str] = (), compensation_images: int = 256,
+                 refresh: RefreshConfig | None = None, seed: int = 0, in_place: bool = True) -> dict[str, Any]:
+    """The second half of :func:`tolerate`: measure a method's run on the test split ``time`` after
+    programming, with the compensation and refresh asked for (arguments as :func:`tolerate`'s). With
+    ``in_place`` (and no time, compensation or refresh) the run's chip is programmed itself; otherwise a copy
+    is, so one run can be measured again (a sweep's time axis runs each method once)."""
+    time, compensation = _check_later(time, compensation, compensation_images, refresh)
+    deployment, calibration = run.deployment, run.calibration
+    before_chip = copy.deepcopy(run.fabricated)
+    before_model = deploy(model, before_chip, calibration=calibration)
+    if time:
+        before_chip.wait(time)
+    before = accuracy(before_model, test)
+    chip = run.chip if in_place else copy.deepcopy(run.chip)
     later: dict[str, Any] = {}
     ref_images = None
-    if compensation:
+    if compensation or refresh is not None:
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed ^ 0x434F4D50))
-        ref_images = train.x[pick[:compensation_images]]
-    if time or compensation:  # measured on a copy: the chip (and a saved programmed chip) stays as programmed
-        chip.program_deployment(deployment)
+        ref_images = train.x[pick[:max(compensation_images, refresh.images if refresh is not None else 0)]]
+    if time or compensation or refresh is not None:  # on a copy: the chip (a saved programmed chip) stays as
+        chip.program_deployment(deployment)  # programmed
         after = evaluate_deployment(model, copy.deepcopy(chip), deployment, test, calibration, time=time,
-                                    compensation=compensation, reference_images=ref_images, report=later)
+                                    compensation=compensation, reference_images=ref_images, report=later,
+                                    refresh=refresh, measured=run.measured, compensation_images=compensation_images)
     else:
         after = evaluate_deployment(model, chip, deployment, test, calibration)
     wear = chip.write_stats()
-    counts = session.counts() if session is not None else {"iterations": 0, "forward_passes": 0, "images": 0,
-                                                            "ondevice_writes": 0}
-    result = {
-        "method": method,
-        "version": spec.version,
+    counts = run.counts
+    return {
+        "method": run.method,
+        "version": run.version,
         "ideal_accuracy": accuracy(model, test),
         "chip_accuracy_before": before,
         "chip_accuracy": after,
         "writes": wear["writes_issued"],
-        "seconds": seconds,
+        "seconds": run.seconds,
         **{k: v for k, v in wear.items() if k != "writes_issued"},
         "iterations": counts["iterations"],
         "forward_passes": counts["forward_passes"],
         "ondevice_writes": counts["ondevice_writes"],
-        "evaluation_writes": chip.writes_issued - issued_by_method,
+        "evaluation_writes": chip.writes_issued - run.issued_by_method,
         "time": time,
         **later,
         "report": deployment.report,
     }
-    return result, deployment
 
 
 def save_tuned(path: str | Path, model: nn.Module, meta: Mapping[str, Any], deployment: Deployment,
