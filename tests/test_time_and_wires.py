@@ -653,7 +653,7 @@ def test_the_cli_takes_its_compensation_steps_from_the_registry(capsys):
 
 
 # --- refresh under a write budget --------------------------------------------------------------------------
-def _refresh_case(budget: float, **over):
+def _refresh_case(budget: float, rank: str = "importance", seed: int = 0, **over):
     from ittrna.experiments.tolerate import evaluate_deployment
     from ittrna.host import Deployment
     from ittrna.methods.refresh import RefreshConfig
@@ -668,8 +668,29 @@ def _refresh_case(budget: float, **over):
     dep = Deployment(model.state_dict())
     report: dict = {}
     acc = evaluate_deployment(model, chip, dep, test, time=365.25 * 86400, reference_images=train.x, report=report,
-                              refresh=RefreshConfig(budget=budget), measured=measured)
+                              refresh=RefreshConfig(budget=budget, rank=rank), measured=measured, seed=seed)
     return chip, measured, report, acc
+
+
+def _young(chip) -> dict:
+    return {(n, a): arr.written_at == chip.now for n, layer in chip.layers.items() for a, arr in layer.arrays.items()}
+
+
+def test_refresh_rankings_choose_other_cells_within_the_same_budget_and_random_is_seeded():
+    chips = {(rank, seed): _refresh_case(0.05, rank, seed) for rank, seed in
+             (("importance", 0), ("deviation", 0), ("random", 0), ("random", 1), ("importance", 1))}
+    writes = {k: v[2]["refresh_writes"] for k, v in chips.items()}
+    assert len(set(writes.values())) == 1  # the whole budget, whatever the rank
+    young = {k: _young(v[0]) for k, v in chips.items()}
+
+    def same(a, b):
+        return all(torch.equal(young[a][c], young[b][c]) for c in young[a])
+
+    assert same(("importance", 0), ("importance", 1))  # only the random rank uses the seed
+    assert not same(("importance", 0), ("deviation", 0)) and not same(("importance", 0), ("random", 0))
+    assert not same(("random", 0), ("random", 1))
+    removed = {k: v[2]["refresh_report"]["refresh_expected_removed"] for k, v in chips.items()}
+    assert removed[("random", 0)] < removed[("deviation", 0)]  # the same score (deviation), chosen at random
 
 
 def test_refresh_never_exceeds_its_budget_and_rewrites_only_cells_the_map_shows_healthy():
@@ -816,3 +837,30 @@ def test_the_points_of_a_time_axis_share_one_method_run_and_give_the_records_of_
     assert all(by_key[r["key"]] == {k: v for k, v in r.items() if k not in drop} for r in shared)
     assert {r["time"] for r in shared} == {0.0, 86400.0, 365.25 * 86400}
     assert all(("compensation_writes" in r) == (r["compensation"] == "registers") for r in shared)
+
+
+# --- IR drop in the host's programming ----------------------------------------------------------------------
+def test_wire_compensated_programming_brings_the_chip_back_to_the_intended_weights():
+    """A healthy chip with resistive wires: `program` with wires = "compensate" pre-distorts its targets through
+    the host's model of the tiles, so the matrix the chip computes is much closer to the intended one than
+    with the wires ignored; at r_wire = 0 the option changes nothing."""
+    from ittrna.methods import Context, apply_method
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 6))
+    train, val, _ = _splits(model, (32,))
+    ctx = Context(train, val, seed=0)
+    errors = {}
+    for r_wire in (0.0, 5.0):
+        cfg = ChipConfig().override({"mapping.rows": 32, "mapping.cols": 32, "wires.r_wire": r_wire})
+        for mode in ("ignore", "compensate"):
+            chip = Chip.fabricate(model, cfg, 1)
+            dep = apply_method("program", model, chip.test(), ctx, {"headroom_steps": 1, "search_passes": 1,
+                                                                     "wires": mode})
+            chip.program_deployment(dep)
+            err = [float((chip.effective_weight(n) - dep.state_dict[f"{n}.weight"]).norm()
+                         / dep.state_dict[f"{n}.weight"].norm()) for n in chip.layers]
+            errors[(r_wire, mode)] = max(err)
+    assert errors[(0.0, "compensate")] == errors[(0.0, "ignore")] < 1e-5
+    assert errors[(5.0, "ignore")] > 0.01  # the wires cost the weights a visible error
+    assert errors[(5.0, "compensate")] < 0.1 * errors[(5.0, "ignore")]

@@ -884,9 +884,16 @@ class RefreshConfig(_Section):
     """Fixed quantiles of the relaxation model's N(0, 1) draw the expected deviation averages over.
     Accepted [2, 256]."""
 
+    rank: str = "importance"
+    """How the candidates are ranked. ``importance``: expected squared deviation × the weight's importance
+    (the default, after SWIM); ``deviation``: the expected squared deviation alone (every weight alike);
+    ``random``: a random order of the candidates (the baselines a ranking is measured against). Accepted
+    ``importance``, ``deviation``, ``random``."""
+
     def __post_init__(self) -> None:
         self._range("budget", 0.0, 1.0, lo_open=True)
         self._range("min_error", 0.0, 1.0)
         self._int_range("images", 16, 100_000)
         self._int_range("batch_size", 1, 4096)
         self._int_range("quantiles", 2, 256)
+        self._choice("rank", ("importance", "deviation", "random"))

@@ -117,7 +117,8 @@ def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, da
                         calibration: torch.Tensor | None = None, *, time: float = 0.0,
                         compensation: Sequence[str] = (), reference_images: torch.Tensor | None = None,
                         report: dict[str, Any] | None = None, refresh: RefreshConfig | None = None,
-                        measured: MeasuredMap | None = None, compensation_images: int | None = None) -> float:
+                        measured: MeasuredMap | None = None, compensation_images: int | None = None,
+                        seed: int = 0) -> float:
     """Program ``deployment`` onto ``chip`` (in place) and return the accuracy on ``data`` ``time`` seconds
     later (ADCs, if any, calibrated on ``calibration`` inputs right after programming, see
     :func:`ittrna.nn.deploy`; then the chip waits ``time``, its cells relaxing; the read-noise stream restarted,
@@ -167,7 +168,7 @@ def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, da
                 chip.wait(time)
         refreshed = None
         if refresh is not None and host_map is not None:
-            refreshed = run_refresh(session, host, host_map, deployment, refresh, time, reference_images)
+            refreshed = run_refresh(session, host, host_map, deployment, refresh, time, reference_images, seed)
         after_refresh = session.counts()["writes_issued"]
         done = compensate(session, host, steps, reference) if steps else None
     session.close()
@@ -337,7 +338,8 @@ def evaluate_run(model: nn.Module, run: MethodRun, *, train: Split, test: Split,
         chip.program_deployment(deployment)  # programmed
         after = evaluate_deployment(model, copy.deepcopy(chip), deployment, test, calibration, time=time,
                                     compensation=compensation, reference_images=ref_images, report=later,
-                                    refresh=refresh, measured=run.measured, compensation_images=compensation_images)
+                                    refresh=refresh, measured=run.measured, compensation_images=compensation_images,
+                                    seed=seed)
     else:
         after = evaluate_deployment(model, chip, deployment, test, calibration)
     wear = chip.write_stats()

@@ -85,7 +85,19 @@ class ProgramConfig(NoneConfig):
     """At most this many input rows (a convolution: image x position) per layer, drawn at random from the
     method's generator, in the ``output`` search's second moments. Accepted [16, 10000000]."""
 
-    _added: ClassVar[dict[str, object]] = {"search": "accuracy", "output_images": 64, "output_rows": 4096}
+    wires: str = "ignore"
+    """IR drop in the programming. ``ignore``: targets as if the wires were ideal. ``compensate``: the final
+    targets are pre-distorted so that each tile, through the design's wires (``wires.r_wire``, known from the
+    design), presents the conductances meant, as the host model of the measured map predicts them
+    (:meth:`ittrna.methods.hostmodel.HostChip.wire_compensated`); the layers' targets are then explicit. The
+    scale search and any retraining still model ideal wires. Accepted ``ignore``, ``compensate``."""
+
+    wire_iterations: int = 2
+    """Fixed-point passes of the ``compensate`` pre-distortion (each an exact or iterative solve of every tile
+    of a layer's arrays). Accepted [1, 20]."""
+
+    _added: ClassVar[dict[str, object]] = {"search": "accuracy", "output_images": 64, "output_rows": 4096,
+                                           "wires": "ignore", "wire_iterations": 2}
 
     def _validate(self) -> None:
         super()._validate()
@@ -97,6 +109,8 @@ class ProgramConfig(NoneConfig):
         self._choice("search", ("accuracy", "output"))
         self._int_range("output_images", 1, 100_000)
         self._int_range("output_rows", 16, 10_000_000)
+        self._choice("wires", ("ignore", "compensate"))
+        self._int_range("wire_iterations", 1, 20)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ import torch
 
 from ittrna.config import CellConfig, ChipConfig
 from ittrna.device import HEALTHY, STUCK_ON, quantize_levels
+from ittrna.device.cells import read_conductance
+from ittrna.device.ir_drop import transfer_tiles
 from ittrna.errors import InputError
 from ittrna.host import MeasuredMap
 from ittrna.mapping import CONVERTERS, Converter, LayerLayout, TileGrid
@@ -249,6 +251,58 @@ class HostChip:
                          view: CellView | None = None) -> torch.Tensor:
         """Realised (K, N) matrix for logical ``matrix`` (differentiable, straight-through)."""
         return realise(matrix, view or self.view(name), scale, self.cell, rule, targets=False)[0]
+
+    def presented(self, name: str, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The conductances (siemens, physical arrays) the host expects the layer's cells to present for
+        ``targets``, from the map: target · e^theta where healthy, Gmin / Gmax where reported stuck (the
+        chip's :func:`~ittrna.device.cells.read_conductance` on the measured cells)."""
+        cells = self.measured.layers[name]
+        return {a: read_conductance(t.float(), cells[a]["fault"], cells[a]["theta"].float(), self.cell)
+                for a, t in targets.items()}
+
+    def wire_need(self, name: str, targets: dict[str, torch.Tensor]) -> float:
+        """How far above Gmax the first pass of :meth:`wire_compensated` would take the highest healthy target,
+        as a factor (<= 1: every target fits): a layer scale times this factor leaves the room it needs."""
+        wires = self.design.wires
+        if wires.r_wire == 0:
+            return 0.0
+        tiles = self.converter.array_tiles(self.grids[name])
+        cells = self.measured.layers[name]
+        got = self.presented(name, targets)
+        need = 0.0
+        for a, t in targets.items():
+            through = transfer_tiles(got[a], tiles[a], wires.r_wire, wires.solver)
+            lifted = t.float() * got[a] / through.clamp_min(1e-30)
+            healthy = cells[a]["fault"] == HEALTHY
+            if healthy.any():
+                need = max(need, float(lifted[healthy].max()) / self.cell.g_max)
+        return need
+
+    def wire_compensated(self, name: str, targets: dict[str, torch.Tensor], iterations: int = 2
+                         ) -> dict[str, torch.Tensor]:
+        """Targets pre-distorted for IR drop: each tile's transfer matrix through its wires (the design's
+        ``wires.r_wire`` and ``wires.solver``, :func:`~ittrna.device.ir_drop.transfer_tiles`) taken on the
+        conductances the host expects (:meth:`presented`), and every healthy cell's target multiplied by the
+        ratio of what it should present to what it presents through the wires, ``iterations`` times (a
+        fixed-point iteration: were each cell's attenuation its own, one pass would be exact; the coupling
+        through the shared wires is what the next passes take up), within [Gmin, Gmax]. At ``r_wire = 0`` the targets
+        are returned as they are. Cells reported stuck keep their targets."""
+        wires = self.design.wires
+        if wires.r_wire == 0 or iterations == 0:
+            return targets
+        grid = self.grids[name]
+        tiles = self.converter.array_tiles(grid)
+        cells = self.measured.layers[name]
+        want = self.presented(name, targets)  # what the cells would present on ideal wires
+        out = {a: t.float().clone() for a, t in targets.items()}
+        for _ in range(iterations):
+            got = self.presented(name, out)
+            for a in out:
+                through = transfer_tiles(got[a], tiles[a], wires.r_wire, wires.solver)  # (rows, cols)
+                healthy = (cells[a]["fault"] == HEALTHY) & (through > 0)
+                lifted = out[a] * want[a] / through.clamp_min(1e-30)  # each cell by its own attenuation
+                out[a] = torch.where(healthy, lifted.clamp(self.cell.g_min, self.cell.g_max), out[a])
+        return {a: quantize_levels(t, self.cell) for a, t in out.items()}
 
     def targets(self, name: str, matrix: torch.Tensor, scale: float, rule: str = "pair") -> dict[str, torch.Tensor]:
         """Physical target conductances (siemens) per array that make the chip realise ``matrix``.

@@ -11,9 +11,11 @@ write (healthy in the measured map, carrying a weight) by
 
 where
 
-- ``F(w)`` is the weight's importance, the diagonal of the empirical Fisher information of the deployed
-  network (squared gradients of the cross-entropy against the network's own predictions, on training images,
-  summed over mini-batches): SWIM's second-derivative ranking, in its first-order form;
+- ``F(w)`` is the weight's importance (``rank = "importance"``; ``deviation`` takes every weight alike, and
+  ``random`` orders the candidates at random: the baselines), the diagonal of the empirical Fisher
+  information of the deployed network (squared gradients of the cross-entropy against the network's own
+  predictions, on training images, summed over mini-batches): SWIM's second-derivative ranking, in its
+  first-order form;
 - ``dw/dG`` is the converter's weight per siemens at the layer's scale (design knowledge);
 - ``E[(G(t) - G0)^2]`` is the relaxation model's expected squared deviation at the cell's age, computed from
   the model and its parameters (the datasheet, the design's ``relaxation`` section), at the conductance the
@@ -119,7 +121,7 @@ def full_writes(measured: MeasuredMap, deployment: Deployment) -> int:
 
 
 def refresh(session: ChipAccess, model: nn.Module, measured: MeasuredMap, deployment: Deployment,
-            cfg: RefreshConfig, age: float, images: torch.Tensor) -> dict[str, Any]:
+            cfg: RefreshConfig, age: float, images: torch.Tensor, seed: int = 0) -> dict[str, Any]:
     """Rewrite the best-ranked cells within the budget (see the module docstring).
 
     Args:
@@ -130,6 +132,7 @@ def refresh(session: ChipAccess, model: nn.Module, measured: MeasuredMap, deploy
         cfg: the refresh's settings.
         age: seconds since the deployment was programmed (every cell's age, as the host counts it).
         images: training images for the importance (never test data).
+        seed: seeds the ``random`` rank's order (unused by the others).
 
     Returns:
         A report: ``refresh_writes`` (issued), ``refresh_full_writes``, ``refresh_candidates`` (cells over
@@ -140,7 +143,7 @@ def refresh(session: ChipAccess, model: nn.Module, measured: MeasuredMap, deploy
     cell, relaxation = design.cell, design.relaxation
     converter = CONVERTERS[design.mapping.scheme]
     names = session.layer_names
-    fisher = importance(model, names, images[:cfg.images], cfg.batch_size)
+    fisher = importance(model, names, images[:cfg.images], cfg.batch_size) if cfg.rank == "importance" else None
     scores: dict[tuple[str, str], torch.Tensor] = {}
     for name in names:
         grid = measured.grid(name)
@@ -148,7 +151,10 @@ def refresh(session: ChipAccess, model: nn.Module, measured: MeasuredMap, deploy
         weight = deployment.state_dict[f"{name}.weight"]
         scale = session.scale(name)
         targets: Mapping[str, torch.Tensor] = deployment.targets.get(name) or session.weight_targets(name, weight)
-        imp = to_physical(weight_to_matrix(fisher[name]).float(), grid, layout).abs()  # (Kph, Np)
+        if fisher is not None:
+            imp = to_physical(weight_to_matrix(fisher[name]).float(), grid, layout).abs()  # (Kph, Np)
+        else:  # every weight alike
+            imp = to_physical(torch.ones_like(weight_to_matrix(weight.detach())).float(), grid, layout).abs()
         used = _used(grid, layout)
         per_siemens = converter.weight_per_siemens(scale, cell)
         for aname, t in targets.items():
@@ -164,13 +170,17 @@ def refresh(session: ChipAccess, model: nn.Module, measured: MeasuredMap, deploy
     allowed = math.floor(cfg.budget * full)
     flat = torch.cat([s.flatten() for s in scores.values()]) if scores else torch.zeros(0, dtype=torch.float64)
     candidates = int((flat > 0).sum())
+    scored = flat  # the ranking's own score (what "removed" is measured in)
+    if cfg.rank == "random":  # a random order of the same candidates: the baseline of a ranking
+        gen = torch.Generator().manual_seed(int(seed) ^ 0x52465348)
+        flat = torch.where(flat > 0, torch.rand(flat.shape, generator=gen, dtype=torch.float64) + 1e-12, flat)
     k = min(allowed, candidates)
     threshold = float(torch.topk(flat, k).values[-1]) if k > 0 else math.inf
-    # ties at the threshold are broken by position (a stable top-k over the flat order), never past the budget
+    # ties at the threshold: top-k chooses among them (the same on every run of one build), never past the budget
     chosen = torch.zeros_like(flat, dtype=torch.bool)
     if k > 0:
         chosen[torch.topk(flat, k, sorted=False).indices] = True
-    removed = float(flat[chosen].sum() / flat.sum()) if candidates else 0.0
+    removed = float(scored[chosen].sum() / scored.sum()) if candidates else 0.0
     per_layer: dict[str, int] = {}
     offset = 0
     masks: dict[str, dict[str, torch.Tensor]] = {}

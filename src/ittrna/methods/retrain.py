@@ -89,6 +89,7 @@ class Pipeline:
                                  f"{self.host.grids[name].groups}) does not match the model: a map from another model")
             self.mods[name] = m
         self.scales = {n: weight_scale(m.weight, 100.0) for n, m in self.mods.items()}
+        self.wires, self.wire_iterations = "ignore", 2  # IR drop in the final targets (ProgramConfig.wires)
         self.report: dict[str, Any] = {}
         self._moments: tuple[Any, dict[str, torch.Tensor]] | None = None  # (key, input_moments) of the last call
 
@@ -241,6 +242,7 @@ class Pipeline:
     def choose_scales(self, cfg: ProgramConfig, rule: str = "pair") -> None:
         """Per-layer headroom, by ``cfg.search``: :meth:`choose_scales_by_accuracy` or
         :meth:`choose_scales_by_output`."""
+        self.wires, self.wire_iterations = cfg.wires, cfg.wire_iterations
         if cfg.search == "output":
             self.choose_scales_by_output(cfg, rule)
         else:
@@ -374,10 +376,22 @@ class Pipeline:
         self.report["remap_cost_before_after"] = costs
 
     def deployment(self, rule: str) -> Deployment:
-        """The current weights, scales and layouts; cell-by-cell targets under the ``pair`` rule."""
+        """The current weights, scales and layouts; cell-by-cell targets under the ``pair`` rule (and under
+        either with ``wires = "compensate"``, pre-distorted for the design's IR drop)."""
         targets = {}
-        if rule == "pair":
-            targets = {n: self.host.targets(n, self.matrix(n), self.scales[n], "pair") for n in self.mods}
+        if rule == "pair" or self.wires == "compensate":  # compensated targets are explicit under either rule
+            targets = {n: self.host.targets(n, self.matrix(n), self.scales[n], rule) for n in self.mods}
+        if self.wires == "compensate" and self.host.design.wires.r_wire > 0:
+            widened = {}
+            for n in self.mods:  # room above the largest target for the lift the wires ask for
+                need = self.host.wire_need(n, targets[n])
+                if need > 1.0:
+                    self.scales[n] *= need
+                    widened[n] = need
+                    targets[n] = self.host.targets(n, self.matrix(n), self.scales[n], rule)
+                targets[n] = self.host.wire_compensated(n, targets[n], self.wire_iterations)
+            self.report["wires"] = "compensate"
+            self.report["wire_scale_widened"] = widened
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         self.report.setdefault("val_accuracy", self.host_accuracy(self.ctx.val, rule))
         self.report["seconds"] = time.perf_counter() - self.t0
