@@ -864,3 +864,27 @@ def test_wire_compensated_programming_brings_the_chip_back_to_the_intended_weigh
     assert errors[(0.0, "compensate")] == errors[(0.0, "ignore")] < 1e-5
     assert errors[(5.0, "ignore")] > 0.01  # the wires cost the weights a visible error
     assert errors[(5.0, "compensate")] < 0.1 * errors[(5.0, "ignore")]
+
+
+def test_a_session_rewrite_is_checked_and_budgeted_before_anything_is_written():
+    from ittrna.errors import WriteBudgetError
+    from ittrna.host import Deployment
+    from ittrna.session import ChipSession
+
+    model = _model()
+    chip = Chip.fabricate(model, ChipConfig().override({"mapping.rows": 8, "mapping.cols": 8}), 1)
+    session = ChipSession(chip, model, write_budget=3)
+    session.deploy(Deployment(model.state_dict()))
+    shape = tuple(chip.layers["0"].arrays["pos"].g.shape)
+    before = (chip.writes_issued, session.counts())
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for bad, err, needle in (({"pos": mask.int()}, InputError, "must be bool"),
+                             ({"pos": mask[:2]}, InputError, "must be bool of shape"),
+                             ({"mid": mask}, InputError, "no array 'mid'"),
+                             ({"pos": ~mask}, WriteBudgetError, "refused")):
+        with pytest.raises(err, match=needle):
+            session.rewrite("0", bad)
+        assert (chip.writes_issued, session.counts()) == before  # nothing admitted, nothing written
+    mask[0, :2] = True
+    assert session.rewrite("0", {"pos": mask}) == 2 and chip.writes_issued == before[0] + 2
+    assert session.counts()["iterations"] == 1

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -296,17 +296,7 @@ class ChipSession:
         self._check_name(name)
         self._check_deployed()
         targets = {a: _finite(t, f"layer {name!r} array {a!r} targets") for a, t in targets.items()}
-        with _gate():
-            count = self.__chip.count_issued(name, targets)
-            if count == 0:
-                return 0
-            self._admit(count)
-            issued = self.__chip.program(name, targets)
-            self._recalibrate()
-        assert issued == count
-        self.__issued += issued
-        self.__ondevice += issued
-        return issued
+        return self._write(lambda: self.__chip.count_issued(name, targets), lambda: self.__chip.program(name, targets))
 
     def rewrite(self, name: str, cells: Mapping[str, torch.Tensor]) -> int:
         """Write the masked cells again with the targets the host programmed there (a refresh after
@@ -315,24 +305,7 @@ class ChipSession:
         self._check_name(name)
         self._check_deployed()
         own = {a: m.detach().to("cpu").clone() for a, m in cells.items()}  # no alias to the host
-        with _gate():
-            arrays = self.__chip.layer(name).arrays
-            for a, m in own.items():  # all checked before anything is admitted or written
-                if a not in arrays:
-                    raise InputError(f"layer {name!r} has no array {a!r}; it holds {list(arrays)}")
-                if m.dtype != torch.bool or tuple(m.shape) != tuple(arrays[a].g.shape):
-                    raise InputError(f"layer {name!r} array {a!r}: a rewrite mask must be bool of shape "
-                                     f"{tuple(arrays[a].g.shape)}, not {m.dtype} {tuple(m.shape)}")
-            count = sum(int(m.sum()) for m in own.values())
-            if count == 0:
-                return 0
-            self._admit(count)
-            issued = self.__chip.rewrite(name, own)
-            self._recalibrate()
-        assert issued == count
-        self.__issued += issued
-        self.__ondevice += issued
-        return issued
+        return self._write(lambda: self.__chip.count_rewrites(name, own), lambda: self.__chip.rewrite(name, own))
 
     def program_weights(self, name: str, weight: torch.Tensor, *, scale: float | None = None) -> int:
         self._check_name(name)
@@ -389,6 +362,21 @@ class ChipSession:
             self._recalibrate()
 
     # --- internals --------------------------------------------------------------------------------------
+    def _write(self, count: Callable[[], int], write: Callable[[], int]) -> int:
+        """Count a write request (checked: nothing written on an error), admit it against the budget and the
+        iteration limit, perform it and recalibrate; returns the writes issued."""
+        with _gate():
+            n = count()
+            if n == 0:
+                return 0
+            self._admit(n)
+            issued = write()
+            self._recalibrate()
+        assert issued == n
+        self.__issued += issued
+        self.__ondevice += issued
+        return issued
+
     def _recalibrate(self) -> None:
         """After programming, calibrate the ADCs (if any) on the session's calibration inputs, as the evaluator
         does, so the method sees the converter state it will be scored with (not counted as a forward pass)."""

@@ -76,6 +76,10 @@ class Chip(ChipState):
         age 0 on the chip's clock), as a refresh after relaxation does. Returns the writes issued."""
         return program.rewrite(self, name, cells, count_wear=count_wear)
 
+    def count_rewrites(self, name: str, cells: dict[str, torch.Tensor]) -> int:
+        """Writes :meth:`rewrite` would issue for ``cells`` (the masks checked; no state change)."""
+        return program.count_rewrites(self, name, cells)
+
     def count_issued(self, name: str, targets: dict[str, torch.Tensor]) -> int:
         """Writes :meth:`program` would issue for ``targets`` (no state change): changed quantised targets."""
         return program.count_issued(self, name, targets)

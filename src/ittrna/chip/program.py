@@ -21,8 +21,8 @@ from ittrna.errors import InputError
 from ittrna.host import Deployment
 from ittrna.mapping import LayerLayout, groups_of, to_physical, weight_scale, weight_to_matrix
 
-__all__ = ["check_model", "count_issued", "program", "program_deployment", "program_model", "program_weights",
-           "rewrite", "weight_targets"]
+__all__ = ["check_model", "count_issued", "count_rewrites", "program", "program_deployment", "program_model",
+           "program_weights", "rewrite", "weight_targets"]
 
 
 def program(chip: ChipState, name: str, targets: dict[str, torch.Tensor], *, count_wear: bool = True,
@@ -68,15 +68,23 @@ def program(chip: ChipState, name: str, targets: dict[str, torch.Tensor], *, cou
     return total
 
 
+def count_rewrites(chip: ChipState, name: str, cells: dict[str, torch.Tensor]) -> int:
+    """Writes :func:`rewrite` would issue (one per masked cell), the masks checked (no state change)."""
+    layer = chip.layer(name)
+    total = 0
+    for aname, mask in cells.items():
+        if aname not in layer.arrays:
+            raise InputError(f"layer {name!r} has no array {aname!r}; it holds {list(layer.arrays)}")
+        total += int(_mask(mask, layer.arrays[aname].g, name, aname).sum())
+    return total
+
+
 def rewrite(chip: ChipState, name: str, cells: dict[str, torch.Tensor], *, count_wear: bool = True) -> int:
     """Write the masked cells of a layer again with the targets they hold (a refresh, e.g. after relaxation:
     each is one write issued, performed by healthy cells with fresh programming noise at the chip's clock);
     returns the writes issued."""
     layer = chip.layer(name)
-    for aname, mask in cells.items():  # all checked before the first write
-        if aname not in layer.arrays:
-            raise InputError(f"layer {name!r} has no array {aname!r}; it holds {list(layer.arrays)}")
-        _mask(mask, layer.arrays[aname].g, name, aname)
+    count_rewrites(chip, name, cells)  # all checked before the first write
     return program(chip, name, {a: layer.arrays[a].g for a in cells}, count_wear=count_wear, rewrite=cells)
 
 
