@@ -25,6 +25,29 @@ import time
 from pathlib import Path
 
 
+def method_settings(method: str, epochs: int | None) -> dict:
+    """The benchmark's settings of ``method``: the ``output`` headroom search wherever a programming step is
+    (its own fields, or its nested ``program`` / ``base``), and ``epochs`` for every retraining step."""
+    from ittrna.methods import get_method
+
+    def own(fields: dict, name: str) -> dict:
+        out: dict = {}
+        if "search" in fields:
+            out["search"] = "output"
+        if epochs is not None and "epochs" in fields:
+            out["epochs"] = epochs
+        if "program" in fields:
+            out["program"] = {"search": "output"}
+        if name == "codesign":
+            base = "remap-fat"  # the auto base of a network with convolutions
+            out["base"] = {"method": base, **own(get_method(base).config().to_dict(), base)}
+        return out
+
+    if method == "none":
+        return {}
+    return own(get_method(method).config().to_dict(), method)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", type=Path, required=True, help="checkpoints (Fashion-MNIST)")
@@ -32,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2], help="development chip seeds")
     ap.add_argument("--batches", type=int, default=60, help="training batches timed for the epoch estimate")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="retraining epochs of the methods that retrain (codesign: of its base); default theirs")
     ap.add_argument("--out", type=Path, default=None, help="append one JSON line per (model, seed, method)")
     args = ap.parse_args(argv)
 
@@ -62,15 +87,14 @@ def main(argv: list[str] | None = None) -> None:
               f"{100 * software:.2f} %", flush=True)
         for seed in args.seeds:
             for method in args.methods:
-                settings = {} if method == "none" else {"search": "output"}
-                if method == "bn":
-                    settings = {"program": {"search": "output"}}
+                settings = method_settings(method, args.epochs)
                 t0 = time.perf_counter()
                 r, dep = tolerate(model, Chip.fabricate(model, cfg, seed), method, train=train, val=tune, test=judged,
                                   settings=settings)
                 total = time.perf_counter() - t0
                 sec = float(dep.report.get("seconds", total))  # the method's own run (none: no report of it)
-                rec = {"model": meta["model"], "seed": seed, "method": method, "software": software,
+                rec = {"model": meta["model"], "seed": seed, "method": method, "settings": settings,
+                       "software": software,
                        "chip_accuracy": r["chip_accuracy"], "method_seconds": sec, "total_seconds": total,
                        "epoch_seconds": epoch, "epochs": sec / epoch, "writes": r["writes"],
                        "torch": str(torch.__version__)}

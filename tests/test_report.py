@@ -321,3 +321,24 @@ def test_every_method_keeps_one_distinct_colour_across_a_report():
     colours = _method_colors(rows)
     assert list(colours)[:2] == ["none", "aft"] and len(colours) == 14
     assert len(set(colours.values())) == 14  # past ten methods the palette widens rather than repeats
+
+
+def test_a_tile_size_axis_gets_its_plot_with_the_columns_that_follow_it_folded_in(tmp_path):
+    """IR drop against tile size: rows and columns of a tile vary together, so the columns are no curve of
+    their own; one curve per wire resistance and method, along the tile size on a log2 axis."""
+    from ittrna.experiments.report import _series
+
+    recs = []
+    for r_wire in (0.0, 2.5):
+        for size in (64, 128, 256):
+            for chip in (1, 2):
+                acc = 0.98 - (0.01 * size / 256 if r_wire else 0.0) + 0.001 * chip
+                recs.append({**_records()[0], "key": f"{r_wire}-{size}-{chip}", "saf_rate": 0.0, "sigma": 0.0,
+                             "wires.r_wire": r_wire, "mapping.rows": size, "mapping.cols": size, "chip_seed": chip,
+                             "chip_accuracy": acc, "chip_accuracy_before": acc})
+    rows, shown = summarize(recs)
+    curves, _ = _series(rows, "mapping.rows", shown)
+    assert set(curves) == {"wires.r_wire=0, none", "wires.r_wire=2.5, none"}
+    assert [r["mapping.rows"] for r in curves["wires.r_wire=2.5, none"]] == [64, 128, 256]
+    rep = write_report(_store(tmp_path / "sweep", recs))
+    assert [p.name for p in rep.plots] == ["accuracy_vs_tile_size.png", "accuracy_vs_writes.png"]

@@ -21,7 +21,9 @@ __all__ = ["Pivot", "Report", "format_table", "pivot", "plot_collapse", "plot_cu
            "points", "summarize", "write_csv", "write_report"]
 
 _PLOT_AXES = {"saf_rate": "stuck-at-fault rate", "sigma": "variation σ (log G)",
-              "time": "time after programming (log)"}
+              "time": "time after programming (log)", "mapping.rows": "tile rows (crossbar size, log2)"}
+_PLOT_FILES = {"saf_rate": "saf_rate", "sigma": "sigma", "time": "time", "mapping.rows": "tile_size"}
+"""The plots a report draws: x column -> file name part (``plots/accuracy_vs_<part>.png``)."""
 _TIME_TICKS = {1.0: "1 s", 60.0: "1 min", 3600.0: "1 h", 86400.0: "1 d", 7 * 86400.0: "1 w",
                365.25 * 86400 / 12: "1 mo", 365.25 * 86400: "1 y", 10 * 365.25 * 86400: "10 y"}
 """Tick labels of a time axis (seconds)."""
@@ -279,9 +281,20 @@ def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[s
     return out
 
 
-def _curve_columns(shown: Sequence[str], x: str) -> list[str]:
-    """The shown columns that tell curves along ``x`` apart (the method among them; its version is not)."""
-    return [c for c in shown if c not in (x, "model", "dataset", "method_version")]
+def _curve_columns(shown: Sequence[str], x: str, rows: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """The shown columns that tell curves along ``x`` apart (the method among them; its version is not; nor a
+    column that only follows ``x``, like a tile's columns beside its rows)."""
+    return [c for c in shown if c not in (x, "model", "dataset", "method_version") and not _follows(rows, x, c)]
+
+
+def _follows(rows: Sequence[dict[str, Any]], x: str, column: str) -> bool:
+    """Whether ``column`` varies across ``rows`` but takes one value at each value of ``x``."""
+    if column == "method":
+        return False
+    at: dict[str, set[str]] = {}
+    for r in rows:
+        at.setdefault(json.dumps(r.get(x)), set()).add(json.dumps(r.get(column)))
+    return len(set.union(*at.values())) > 1 and all(len(v) == 1 for v in at.values()) if at else False
 
 
 def _series(rows: Sequence[dict[str, Any]], x: str,
@@ -292,7 +305,7 @@ def _series(rows: Sequence[dict[str, Any]], x: str,
         The curves by label, and the settings every kept curve shares ("sigma=0, program_noise=0"), which
         the labels leave out so that they name only what tells the curves apart (the method always stays).
     """
-    others = _curve_columns(shown, x)
+    others = _curve_columns(shown, x, rows)
     versions = _versions(rows)
     keyed: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
     for r in rows:
@@ -337,7 +350,7 @@ def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], shown: Sequenc
     import matplotlib.pyplot as plt
 
     color = _method_colors(rows)
-    variant_of = [c for c in _curve_columns(shown, x) if c != "method"]
+    variant_of = [c for c in _curve_columns(shown, x, rows) if c != "method"]
     fig, axes = plt.subplots(1, len(groups), figsize=(8.5 * len(groups), 4.4), squeeze=False)
     for ax, ((model, dataset), (series, shared)) in zip(axes[0], groups.items(), strict=True):
         soft = []
@@ -365,7 +378,12 @@ def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], shown: Sequenc
             ticks = [t for t in _TIME_TICKS if any(abs(t - r[x]) < 1e-6 * t for rs in series.values() for r in rs)]
             ax.set_xticks(ticks, [_TIME_TICKS[t] for t in ticks])
         ax.set_ylabel("chip accuracy (%), mean and 95 % CI")
-        ax.set_ylim(0, 101)
+        if x == "mapping.rows":  # tile sizes are powers of two; IR drop moves accuracy by points, not tens
+            sizes = sorted({r[x] for rs in series.values() for r in rs})
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sizes, [str(v) for v in sizes])
+        else:
+            ax.set_ylim(0, 101)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
@@ -530,8 +548,8 @@ def write_report(folder: str | Path, *, html: bool = False, title: str | None = 
     rows, shown = summarize(records)
     plots = []
     (root / "plots").mkdir(exist_ok=True)
-    for x in ("saf_rate", "sigma", "time"):
-        p = root / "plots" / f"accuracy_vs_{x}.png"
+    for x, part in _PLOT_FILES.items():
+        p = root / "plots" / f"accuracy_vs_{part}.png"
         if plot_curves(p, rows, shown, x):
             plots.append(p)
     p = root / "plots" / "accuracy_vs_writes.png"
