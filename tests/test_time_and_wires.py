@@ -888,3 +888,17 @@ def test_a_session_rewrite_is_checked_and_budgeted_before_anything_is_written():
     mask[0, :2] = True
     assert session.rewrite("0", {"pos": mask}) == 2 and chip.writes_issued == before[0] + 2
     assert session.counts()["iterations"] == 1
+
+
+def test_refresh_on_the_offset_scheme_counts_and_may_rewrite_its_reference_cells():
+    from ittrna.host import Deployment
+    from ittrna.methods.refresh import full_writes
+
+    chip, measured, report, _ = _refresh_case(0.2, **{"mapping.scheme": "offset", "faults.rate": 0.0})
+    # main cells of every weight, plus one reference cell per used row and tile of columns: layer 0 has 12 rows
+    # on 2 column tiles (10 outputs on 8-wide tiles), layer 2 has 10 rows on 1
+    assert report["refresh_full_writes"] == (12 * 10 + 10 * 4) + (12 * 2 + 10 * 1)
+    assert report["refresh_full_writes"] == full_writes(measured, Deployment(_model().state_dict()))
+    assert 0 < report["refresh_writes"] <= math.floor(0.2 * report["refresh_full_writes"])
+    young = _young(chip)
+    assert any(young[(n, "ref")].any() for n in chip.layers)  # a reference cell relaxes too and may be refreshed
