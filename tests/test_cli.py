@@ -314,3 +314,20 @@ def test_help_does_not_import_torch(argv):
     res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert "usage: ittrna" in res.stdout, res.stderr
     assert res.stderr.strip().endswith("HEAVY="), res.stderr[-300:]
+
+
+def test_tolerate_later_with_compensation_and_refresh(capsys, trained_ckpt, tmp_path):
+    chip = tmp_path / "chip.npz"
+    assert run(capsys, "chip", "make", "--model", str(trained_ckpt), "--preset", "cmo-hfox", "--saf-rate", "0.1",
+               "--seed", "5", "--out", str(chip))[0] == 0
+    code, out, err = run(capsys, "tolerate", "--method", "none", "--model", str(trained_ckpt), "--chip", str(chip),
+                         "--time", "1y", "--compensate", "registers", "--refresh", "0.01", "--out",
+                         str(tmp_path / "t.pt"), "--json", "--quiet")
+    assert code == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["time"] == pytest.approx(365.25 * 86400) and res["compensation"] == ["registers"]
+    assert res["compensation_writes"] == 0 and res["compensation_forward_passes"] > 0
+    assert 0 < res["refresh_writes"] <= 0.01 * res["refresh_full_writes"]
+    code, out, _ = run(capsys, "tolerate", "--method", "none", "--model", str(trained_ckpt), "--chip", str(chip),
+                       "--time", "1y", "--refresh", "0.01", "--out", str(tmp_path / "u.pt"), "--quiet")
+    assert code == 0 and "refresh at 3.15576e+07 s:" in out and "% of re-programming the whole chip" in out

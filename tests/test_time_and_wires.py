@@ -902,3 +902,15 @@ def test_refresh_on_the_offset_scheme_counts_and_may_rewrite_its_reference_cells
     assert 0 < report["refresh_writes"] <= math.floor(0.2 * report["refresh_full_writes"])
     young = _young(chip)
     assert any(young[(n, "ref")].any() for n in chip.layers)  # a reference cell relaxes too and may be refreshed
+
+
+@pytest.mark.parametrize(("value", "needle"), [("1.5", "out of range for refresh.budget; accepted (0, 1]"),
+                                                ("0", "out of range for refresh.budget"), ("lots", "not a number")])
+def test_the_cli_refuses_a_refresh_budget_out_of_range_in_one_line(value, needle, capsys):
+    from ittrna.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["tolerate", "--model", "m.pt", "--chip", "c.npz", "--method", "none", "--out", "o.pt",
+              "--refresh", value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1
