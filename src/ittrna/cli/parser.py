@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
              "  ittrna tolerate --method aft --model mlp.pt --chip chip.npz --map map.npz --epochs 2 "
              "--set method.tau=0.5 --out t.pt --json\n"
              "  ittrna evaluate --model t.pt --chip chip.npz      # reproduces chip_accuracy\n"
+             "  ittrna tolerate --method remap-fat --model mlp.pt --chip chip.npz --time 1y --compensate registers "
+             "--refresh 0.01 --out t.pt   # a year later: registers re-fitted, 1 % of the cells refreshed\n"
              "  ittrna tolerate --method codesign --model lenet5.pt --chip chip.npz --iterations 5 "
              "--write-budget 20000 --out c.pt   # also writes c.chip.npz, the programmed chip\n"
              "  ittrna evaluate --model c.pt --chip c.chip.npz    # reproduces an on-device result\n", cmd_tolerate)
