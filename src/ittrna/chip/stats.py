@@ -10,6 +10,7 @@ import torch
 
 from ittrna.chip.state import ChipState
 from ittrna.device import STUCK_OFF, STUCK_ON
+from ittrna.mapping import used_cells as tiling_used_cells
 
 __all__ = ["stats", "summary", "used_cells", "write_stats"]
 
@@ -18,20 +19,8 @@ def used_cells(chip: ChipState, name: str) -> dict[str, torch.Tensor]:
     """Per array, a bool mask of the cells that carry a weight under the layer's layout (padding and
     unused spare rows excluded; for the offset scheme, reference cells on rows that carry weights)."""
     layer = chip.layer(name)
-    grid, lay = layer.grid, layer.get_layout()
-    idx = grid.unpad(lay.index(grid)).cpu()  # (K, N) physical row of each weight
-    weights = torch.zeros(grid.physical, dtype=torch.bool)
-    weights[idx, grid.column_index.unsqueeze(0)] = True
-    out = {}
-    for aname, arr in layer.arrays.items():
-        if tuple(arr.fault.shape) == grid.physical:
-            out[aname] = weights
-        else:  # one reference column per tile column: the rows that carry weights there
-            ref = torch.zeros(tuple(arr.fault.shape), dtype=torch.bool)
-            for c in range(grid.tiles[1]):
-                ref[lay.row_map[c, : grid.k].cpu(), c] = True
-            out[aname] = ref
-    return out
+    return tiling_used_cells(layer.grid, layer.get_layout(),
+                             {a: (int(arr.fault.shape[0]), int(arr.fault.shape[1])) for a, arr in layer.arrays.items()})
 
 
 def stats(chip: ChipState) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from ittrna.graph import mapped_modules
 from ittrna.mapping.converters import CONVERTERS, Converter, Differential, Offset, weight_scale
 from ittrna.mapping.periphery import adc_full_scale, quantize_signed, tile_partials, tiled_matmul
-from ittrna.mapping.tiling import LayerLayout, TileGrid, to_logical, to_physical
+from ittrna.mapping.tiling import LayerLayout, TileGrid, to_logical, to_physical, used_cells
 from ittrna.mapping.unfold import (
     conv_columns,
     conv_padding,
@@ -56,6 +56,7 @@ __all__ = [
     "tiled_matmul",
     "to_logical",
     "to_physical",
+    "used_cells",
     "weight_scale",
     "weight_to_matrix",
 ]

@@ -24,7 +24,7 @@ import torch
 
 from ittrna.errors import InputError
 
-__all__ = ["LayerLayout", "TileGrid", "to_logical", "to_physical"]
+__all__ = ["LayerLayout", "TileGrid", "to_logical", "to_physical", "used_cells"]
 
 
 @dataclass(frozen=True)
@@ -207,3 +207,22 @@ def to_logical(physical: torch.Tensor, grid: TileGrid, layout: LayerLayout | Non
     idx = layout.index(grid).to(physical.device)  # (Kp, Np)
     logical = physical.gather(0, idx) * layout.col_sign.to(physical.device, physical.dtype)
     return grid.unpad(logical)
+
+
+def used_cells(grid: TileGrid, layout: LayerLayout, shapes: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """Per array (name -> physical shape, a converter's ``array_shapes``), a bool mask of the cells that carry a
+    weight under ``layout``: padding and unused spare rows excluded; an array of one column per tile column (the
+    offset scheme's reference) has the rows that carry weights there. Geometry only (CPU)."""
+    idx = grid.unpad(layout.index(grid)).cpu()  # (K, N) physical row of each weight
+    weights = torch.zeros(grid.physical, dtype=torch.bool)
+    weights[idx, grid.column_index.unsqueeze(0)] = True
+    out = {}
+    for aname, shape in shapes.items():
+        if tuple(shape) == grid.physical:
+            out[aname] = weights
+        else:  # one reference column per tile column: the rows that carry weights there
+            ref = torch.zeros(tuple(shape), dtype=torch.bool)
+            for c in range(grid.tiles[1]):
+                ref[layout.row_map[c, : grid.k].cpu(), c] = True
+            out[aname] = ref
+    return out

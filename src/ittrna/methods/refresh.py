@@ -43,7 +43,7 @@ from torch import nn
 from ittrna.config import CellConfig, RefreshConfig, RelaxationConfig
 from ittrna.device.relaxation import relax
 from ittrna.host import ChipAccess, Deployment, MeasuredMap
-from ittrna.mapping import LayerLayout, TileGrid, to_physical, weight_to_matrix
+from ittrna.mapping import LayerLayout, to_physical, used_cells, weight_to_matrix
 from ittrna.mapping.converters import CONVERTERS
 
 __all__ = ["RefreshConfig", "expected_sq_deviation", "full_writes", "importance", "refresh"]
@@ -91,32 +91,24 @@ def expected_sq_deviation(g0: torch.Tensor, target: torch.Tensor, age: float, cf
     return (total / quantiles).float()
 
 
-def _used(grid: TileGrid, layout: LayerLayout) -> torch.Tensor:
-    """(Kph, Np) bool: the physical positions that carry a weight under ``layout``."""
-    return to_physical(torch.ones(grid.k, grid.n), grid, layout) != 0
-
-
-def _per_array(values: torch.Tensor, shape: tuple[int, int], reduce: str) -> torch.Tensor:
-    """Physical (Kph, Np) values onto an array of ``shape``: itself, or per tile of columns (a reference column
-    per tile: the offset scheme), summed (``sum``) or any (``any``)."""
+def _per_array(values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Physical (Kph, Np) values onto an array of ``shape``: itself, or summed per tile of columns (a reference
+    column per tile: the offset scheme)."""
     if tuple(values.shape) == tuple(shape):
         return values
     rows, tiles = shape
-    per = values.reshape(rows, tiles, -1)
-    return per.any(-1) if reduce == "any" else per.sum(-1)
+    return values.reshape(rows, tiles, -1).sum(-1)
 
 
 def full_writes(measured: MeasuredMap, deployment: Deployment) -> int:
     """Writes of re-programming the whole chip: every cell the network's layers use (both cells of a pair,
     the offset scheme's reference cells on rows that carry weights), under the deployment's layouts."""
-    total = 0
     converter = CONVERTERS[measured.design.mapping.scheme]
+    total = 0
     for name in measured.layers:
         grid = measured.grid(name)
         layout = deployment.layouts.get(name, LayerLayout.identity(grid))
-        used = _used(grid, layout)
-        for shape in converter.array_shapes(grid).values():
-            total += int(_per_array(used, shape, "any").sum())
+        total += sum(int(m.sum()) for m in used_cells(grid, layout, converter.array_shapes(grid)).values())
     return total
 
 
@@ -155,7 +147,7 @@ def refresh(session: ChipAccess, model: nn.Module, measured: MeasuredMap, deploy
             imp = to_physical(weight_to_matrix(fisher[name]).float(), grid, layout).abs()  # (Kph, Np)
         else:  # every weight alike
             imp = to_physical(torch.ones_like(weight_to_matrix(weight.detach())).float(), grid, layout).abs()
-        used = _used(grid, layout)
+        used = used_cells(grid, layout, converter.array_shapes(grid))
         per_siemens = converter.weight_per_siemens(scale, cell)
         for aname, t in targets.items():
             t = t.detach().float().cpu()
@@ -163,8 +155,8 @@ def refresh(session: ChipAccess, model: nn.Module, measured: MeasuredMap, deploy
             shape = (int(t.shape[0]), int(t.shape[1]))
             g0 = t * torch.exp(m["theta"].float())  # what the host expects the write presented
             e2 = expected_sq_deviation(g0, t, age, relaxation, cell, cfg.quantiles)  # (rows, cols) S^2
-            ok = _per_array(used, shape, "any") & (m["fault"] == 0) & (e2 > (cfg.min_error * cell.g_max) ** 2)
-            score = _per_array(imp, shape, "sum") * per_siemens ** 2 * e2.double()
+            ok = used[aname] & (m["fault"] == 0) & (e2 > (cfg.min_error * cell.g_max) ** 2)
+            score = _per_array(imp, shape) * per_siemens ** 2 * e2.double()
             scores[(name, aname)] = torch.where(ok & (score > 0), score, torch.zeros_like(score))
     full = full_writes(measured, deployment)
     allowed = math.floor(cfg.budget * full)
