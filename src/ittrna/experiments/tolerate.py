@@ -150,13 +150,10 @@ def evaluate_deployment(model: nn.Module, chip: Chip, deployment: Deployment, da
     if reference_images is None:
         raise InputError("compensation and refresh need reference images (training images read right after "
                          "programming)")
-    host_map = None
-    if refresh is not None:
-        if measured is None:
-            raise InputError("a refresh needs the chip's measured map")
-        host_map = measured.for_method()
-    budget = 0 if refresh is None or host_map is None else math.floor(refresh.budget * full_writes(host_map,
-                                                                                                     deployment))
+    if refresh is not None and measured is None:
+        raise InputError("a refresh needs the chip's measured map")
+    host_map = measured.for_method() if refresh is not None and measured is not None else None
+    budget = math.floor(refresh.budget * full_writes(host_map, deployment)) if refresh and host_map else 0
     written = chip.writes_issued
     session = ChipSession(chip, model, write_budget=budget)
     session.adopt(deployment)
@@ -334,15 +331,16 @@ def evaluate_run(model: nn.Module, run: MethodRun, *, train: Split, test: Split,
     if compensation or refresh is not None:
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed ^ 0x434F4D50))
         ref_images = train.x[pick[:max(compensation_images, refresh.images if refresh is not None else 0)]]
-    if time or compensation or refresh is not None:  # on a copy: the chip (a saved programmed chip) stays as
-        chip.program_deployment(deployment)  # programmed
-        after = evaluate_deployment(model, copy.deepcopy(chip), deployment, test, calibration, time=time,
-                                    compensation=compensation, reference_images=ref_images, report=later,
+    if time or compensation or refresh is not None:  # the chip (a saved programmed chip) stays as programmed:
+        chip.program_deployment(deployment)  # its wear is the programming's; the later steps act on a copy
+        wear, issued = chip.write_stats(), chip.writes_issued
+        after = evaluate_deployment(model, copy.deepcopy(chip) if in_place else chip, deployment, test, calibration,
+                                    time=time, compensation=compensation, reference_images=ref_images, report=later,
                                     refresh=refresh, measured=run.measured, compensation_images=compensation_images,
                                     seed=seed)
     else:
         after = evaluate_deployment(model, chip, deployment, test, calibration)
-    wear = chip.write_stats()
+        wear, issued = chip.write_stats(), chip.writes_issued
     counts = run.counts
     return {
         "method": run.method,
@@ -356,7 +354,7 @@ def evaluate_run(model: nn.Module, run: MethodRun, *, train: Split, test: Split,
         "iterations": counts["iterations"],
         "forward_passes": counts["forward_passes"],
         "ondevice_writes": counts["ondevice_writes"],
-        "evaluation_writes": chip.writes_issued - run.issued_by_method,
+        "evaluation_writes": issued - run.issued_by_method,
         "time": time,
         **later,
         "report": deployment.report,

@@ -260,47 +260,53 @@ class HostChip:
         return {a: read_conductance(t.float(), cells[a]["fault"], cells[a]["theta"].float(), self.cell)
                 for a, t in targets.items()}
 
-    def wire_need(self, name: str, targets: dict[str, torch.Tensor]) -> float:
-        """How far above Gmax the first pass of :meth:`wire_compensated` would take the highest healthy target,
-        as a factor (<= 1: every target fits): a layer scale times this factor leaves the room it needs."""
+    def wire_through(self, name: str, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per array, what the cells the host expects for ``targets`` (:meth:`presented`) present through
+        each tile's wires (the design's ``wires.r_wire`` and ``wires.solver``,
+        :func:`~ittrna.device.ir_drop.transfer_tiles`): the (rows, cols) transfer matrices, siemens."""
         wires = self.design.wires
-        if wires.r_wire == 0:
-            return 0.0
         tiles = self.converter.array_tiles(self.grids[name])
+        return {a: transfer_tiles(g, tiles[a], wires.r_wire, wires.solver)
+                for a, g in self.presented(name, targets).items()}
+
+    def wire_need(self, name: str, targets: dict[str, torch.Tensor],
+                  through: dict[str, torch.Tensor] | None = None) -> float:
+        """How far above Gmax the first pass of :meth:`wire_compensated` would take the highest healthy target,
+        as a factor (<= 1: every target fits): a layer scale times this factor leaves the room it needs.
+        ``through``: :meth:`wire_through` of ``targets`` if already solved."""
+        if self.design.wires.r_wire == 0:
+            return 0.0
         cells = self.measured.layers[name]
         got = self.presented(name, targets)
+        through = through if through is not None else self.wire_through(name, targets)
         need = 0.0
         for a, t in targets.items():
-            through = transfer_tiles(got[a], tiles[a], wires.r_wire, wires.solver)
-            lifted = t.float() * got[a] / through.clamp_min(1e-30)
+            lifted = t.float() * got[a] / through[a].clamp_min(1e-30)
             healthy = cells[a]["fault"] == HEALTHY
             if healthy.any():
                 need = max(need, float(lifted[healthy].max()) / self.cell.g_max)
         return need
 
-    def wire_compensated(self, name: str, targets: dict[str, torch.Tensor], iterations: int = 2
-                         ) -> dict[str, torch.Tensor]:
+    def wire_compensated(self, name: str, targets: dict[str, torch.Tensor], iterations: int = 2,
+                         through: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Targets pre-distorted for IR drop: each tile's transfer matrix through its wires (the design's
         ``wires.r_wire`` and ``wires.solver``, :func:`~ittrna.device.ir_drop.transfer_tiles`) taken on the
         conductances the host expects (:meth:`presented`), and every healthy cell's target multiplied by the
         ratio of what it should present to what it presents through the wires, ``iterations`` times (a
         fixed-point iteration: were each cell's attenuation its own, one pass would be exact; the coupling
-        through the shared wires is what the next passes take up), within [Gmin, Gmax]. At ``r_wire = 0`` the targets
-        are returned as they are. Cells reported stuck keep their targets."""
-        wires = self.design.wires
-        if wires.r_wire == 0 or iterations == 0:
+        through the shared wires is what the next passes take up), within [Gmin, Gmax]. At ``r_wire = 0`` the
+        targets are returned as they are. Cells reported stuck keep their targets. ``through``:
+        :meth:`wire_through` of ``targets`` if already solved (the first pass then solves nothing)."""
+        if self.design.wires.r_wire == 0 or iterations == 0:
             return targets
-        grid = self.grids[name]
-        tiles = self.converter.array_tiles(grid)
         cells = self.measured.layers[name]
         want = self.presented(name, targets)  # what the cells would present on ideal wires
         out = {a: t.float().clone() for a, t in targets.items()}
-        for _ in range(iterations):
-            got = self.presented(name, out)
+        for i in range(iterations):
+            now = through if i == 0 and through is not None else self.wire_through(name, out)  # (rows, cols)
             for a in out:
-                through = transfer_tiles(got[a], tiles[a], wires.r_wire, wires.solver)  # (rows, cols)
-                healthy = (cells[a]["fault"] == HEALTHY) & (through > 0)
-                lifted = out[a] * want[a] / through.clamp_min(1e-30)  # each cell by its own attenuation
+                healthy = (cells[a]["fault"] == HEALTHY) & (now[a] > 0)
+                lifted = out[a] * want[a] / now[a].clamp_min(1e-30)  # each cell by its own attenuation
                 out[a] = torch.where(healthy, lifted.clamp(self.cell.g_min, self.cell.g_max), out[a])
         return {a: quantize_levels(t, self.cell) for a, t in out.items()}
 

@@ -167,11 +167,13 @@ def refresh(session: ChipAccess, model: nn.Module, measured: MeasuredMap, deploy
         gen = torch.Generator().manual_seed(int(seed) ^ 0x52465348)
         flat = torch.where(flat > 0, torch.rand(flat.shape, generator=gen, dtype=torch.float64) + 1e-12, flat)
     k = min(allowed, candidates)
-    threshold = float(torch.topk(flat, k).values[-1]) if k > 0 else math.inf
     # ties at the threshold: top-k chooses among them (the same on every run of one build), never past the budget
     chosen = torch.zeros_like(flat, dtype=torch.bool)
+    threshold = None
     if k > 0:
-        chosen[torch.topk(flat, k, sorted=False).indices] = True
+        top = torch.topk(flat, k, sorted=False)
+        chosen[top.indices] = True
+        threshold = float(top.values.min())
     removed = float(scored[chosen].sum() / scored.sum()) if candidates else 0.0
     per_layer: dict[str, int] = {}
     offset = 0
@@ -186,4 +188,4 @@ def refresh(session: ChipAccess, model: nn.Module, measured: MeasuredMap, deploy
         written += per_layer[name]
     return {"refresh_writes": written, "refresh_full_writes": full, "refresh_allowed": allowed,
             "refresh_candidates": candidates, "refresh_expected_removed": removed,
-            "refresh_threshold": threshold if k > 0 else None, "refresh_per_layer": per_layer, "age": age}
+            "refresh_threshold": threshold, "refresh_per_layer": per_layer, "age": age}

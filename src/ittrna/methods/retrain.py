@@ -384,12 +384,14 @@ class Pipeline:
         if self.wires == "compensate" and self.host.design.wires.r_wire > 0:
             widened = {}
             for n in self.mods:  # room above the largest target for the lift the wires ask for
-                need = self.host.wire_need(n, targets[n])
+                through: dict[str, torch.Tensor] | None = self.host.wire_through(n, targets[n])
+                need = self.host.wire_need(n, targets[n], through)
                 if need > 1.0:
                     self.scales[n] *= need
                     widened[n] = need
                     targets[n] = self.host.targets(n, self.matrix(n), self.scales[n], rule)
-                targets[n] = self.host.wire_compensated(n, targets[n], self.wire_iterations)
+                    through = None  # other targets: solved anew
+                targets[n] = self.host.wire_compensated(n, targets[n], self.wire_iterations, through)
             self.report["wires"] = "compensate"
             self.report["wire_scale_widened"] = widened
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
