@@ -1,5 +1,6 @@
 """Time and wires: conductance relaxation after programming, and IR drop on the crossbar lines."""
 
+import copy
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ from torch import nn
 
 from ittrna.chip import Chip, MeasuredMap
 from ittrna.config import TIME_MAX_S, CellConfig, ChipConfig, ConfigError, RelaxationConfig, WireConfig, parse_time
+from ittrna.device import HEALTHY
 from ittrna.device.ir_drop import solve, transfer, transfer_tiles
 from ittrna.device.relaxation import WAN2022_COEFFS, WAN2022_GMAX_REF, relax
 from ittrna.errors import InputError
@@ -914,3 +916,124 @@ def test_the_cli_refuses_a_refresh_budget_out_of_range_in_one_line(value, needle
               "--refresh", value])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+# --- off-device training that anticipates relaxation --------------------------------------------------------
+def test_realised_at_age_zero_is_the_pair_rule_and_later_ages_spread_like_the_model():
+    from ittrna.mapping import weight_to_matrix
+    from ittrna.methods.hostmodel import HostChip, realise, realise_relaxed
+
+    model = _model()
+    cfg = ChipConfig().override({"mapping.rows": 8, "mapping.cols": 8, "faults.rate": 0.4, "variation.sigma": 0.3,
+                                 "relaxation.model": "cmo-hfox"})
+    chip = Chip.fabricate(model, cfg, 5)
+    measured = chip.test(seed=1)
+    host = HostChip(measured, torch.device("cpu"))
+    name = "0"
+    view = host.view(name)
+    m = weight_to_matrix(model[0].weight.detach())  # (K, N) = (12, 10)
+    z = (torch.randn(m.shape, generator=torch.Generator().manual_seed(0)),
+         torch.randn(m.shape, generator=torch.Generator().manual_seed(1)))
+    exact = realise(m, view, 1.0, host.cell, "pair", targets=False)[0]
+    at0 = realise_relaxed(m, view, 1.0, host.cell, cfg.relaxation, 0.0, z)
+    assert torch.allclose(at0, exact, atol=1e-6 * float(exact.abs().max()))
+    late = realise_relaxed(m, view, 1.0, host.cell, cfg.relaxation, 3.15e7, z)
+    healthy = (view.fault_p == HEALTHY) & (view.fault_n == HEALTHY)
+    assert float((late - exact)[healthy].abs().mean()) > 0.01 * float(exact.abs().max())  # it does relax
+    stuck = (view.fault_p != HEALTHY) & (view.fault_n != HEALTHY)
+    assert stuck.any() and torch.equal(late[stuck], at0[stuck])  # both cells stuck: nothing to relax
+    one = (view.fault_p != HEALTHY) ^ (view.fault_n != HEALTHY)
+    assert one.any() and bool((late[one] != at0[one]).any())  # one stuck cell: its healthy partner relaxes
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(host.relaxed_matrix(name, m, 1.0, 3.15e7, g1), host.relaxed_matrix(name, m, 1.0, 3.15e7, g2))
+
+
+def _fat(model, cfg, chip_seed, horizon, small, chip=None, measured=None):
+    """``fat``'s deployment for ``measured`` (default: the test of a new chip), with ``chip`` live in this frame
+    as in `tolerate` (a method that reached for it past the boundary would find it)."""
+    from ittrna.methods import apply_method
+    from ittrna.methods.base import Context
+
+    _, tr, val, _ = small
+    chip = chip or Chip.fabricate(model, cfg, chip_seed)
+    measured = measured or chip.test(seed=4)
+    settings = {"epochs": 1, "search_images": 500, "headroom_steps": 4, "select": False,
+                **(horizon if isinstance(horizon, dict) else {"horizon": horizon})}
+    return apply_method("fat", model, measured, Context(tr.subset(512), val, seed=5), settings), chip
+
+
+def test_a_horizon_changes_the_training_only_where_the_design_relaxes(small):
+    model = small[0]
+    flat = ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.5})
+    relaxing = flat.override({"relaxation.model": "cmo-hfox", "relaxation.scale": 4.0})
+    base, _ = _fat(model, flat, 3, 0.0, small)
+    no_model, _ = _fat(model, flat, 3, "1y", small)  # the design does not relax: the horizon is moot
+    assert all(torch.equal(base.state_dict[k], no_model.state_dict[k]) for k in base.state_dict)
+    assert "horizon" not in no_model.report
+    r0, _ = _fat(model, relaxing, 3, 0.0, small)
+    r1, _ = _fat(model, relaxing, 3, "1y", small)
+    assert r1.report["horizon"] == pytest.approx(365.25 * 86400)
+    assert any(not torch.equal(r0.state_dict[k], r1.state_dict[k]) for k in r0.state_dict)
+
+
+def test_a_horizon_uses_the_datasheet_never_the_chips_own_draws(small):
+    """Twin chips with one measured map whose truths and relaxation draws differ: equal deployments."""
+    model = small[0]
+    cfg = ChipConfig().override({"faults.rate": 0.1, "variation.sigma": 0.5, "relaxation.model": "cmo-hfox",
+                                 "relaxation.scale": 4.0})
+    a = Chip.fabricate(model, cfg, 9)
+    b = copy.deepcopy(a)
+    b.seed = a.seed + 1  # other relaxation draws (a stream of the chip's seed)
+    for layer in b.layers.values():
+        for arr in layer.arrays.values():
+            arr.theta = arr.theta + 0.5
+    measured = a.test(seed=4)
+    dep_a, _ = _fat(model, cfg, 9, "1y", small, chip=a, measured=measured)
+
+    def no_die(*args, **kwargs):
+        raise AssertionError("the method drew the chip's own randomness")
+
+    with pytest.MonkeyPatch.context() as mp:  # a reach for the chip's own draws would fail here
+        mp.setattr("ittrna.chip.state.relaxation_draw", no_die)
+        mp.setattr("ittrna.chip.state._die_draw", no_die)
+        mp.setattr("ittrna.chip.readout.relaxation_draw", no_die)
+        dep_b, _ = _fat(model, cfg, 9, "1y", small, chip=b, measured=measured)
+    assert dep_a.report["horizon"] > 0
+    assert all(torch.equal(dep_a.state_dict[k], dep_b.state_dict[k]) for k in dep_a.state_dict)
+    assert dep_a.scales == dep_b.scales
+
+
+@pytest.mark.parametrize(("value", "needle"), [("2 weeks", "method.horizon"), (-1.0, "method.horizon")])
+def test_a_bad_horizon_is_refused_in_one_line(value, needle):
+    from ittrna.methods.configs import FatConfig
+
+    with pytest.raises(ConfigError, match=needle) as err:
+        FatConfig(horizon=value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_relaxation_draw_of_the_offset_scheme_gives_a_shared_reference_one_value():
+    from ittrna.methods.hostmodel import HostChip
+
+    model = _model()
+    cfg = ChipConfig().override({"mapping.rows": 8, "mapping.cols": 8, "mapping.scheme": "offset",
+                                 "relaxation.model": "cmo-hfox"})
+    host = HostChip(Chip.fabricate(model, cfg, 5).test(seed=1))
+    zp, zn = host.relaxation_draw("0", torch.Generator().manual_seed(0))  # (12, 10) each
+    assert zp.shape == zn.shape == (12, 10)
+    assert torch.equal(zn[:, :8], zn[:, :1].expand(12, 8))  # columns 0-7: one tile, one reference per row
+    assert not torch.equal(zn[:, 8], zn[:, 0]) and len(set(zp.flatten().tolist())) == zp.numel()
+
+
+def test_a_horizon_past_the_models_fit_is_refused_naming_the_setting(small):
+    cfg = ChipConfig().override({"faults.rate": 0.1, "relaxation.model": "wan2022"})
+    with pytest.raises(ConfigError, match="method.horizon = 2.592e[+]06 s is past relaxation.model = 'wan2022'") as err:
+        _fat(small[0], cfg, 3, "30d", small)
+    assert "\n" not in str(err.value)
+
+
+def test_horizon_zero_keeps_the_identity_of_earlier_records_and_a_unit_is_read():
+    from ittrna.methods.configs import FatConfig
+
+    assert "horizon" not in FatConfig(horizon=0).identity_dict()  # earlier records keep their store keys
+    assert FatConfig(horizon="1d").horizon == 86400.0 and FatConfig(horizon="1d").identity_dict()["horizon"] == 86400.0

@@ -353,6 +353,11 @@ class RelaxationConfig(_Section):
     reads a reference (the summed magnitude of its columns' outputs for an all-ones input); whenever the clock
     has moved it reads it again and scales the layer's outputs by the ratio, digitally. No cell is written."""
 
+    @property
+    def active(self) -> bool:
+        """Whether cells relax at all (a model other than ``none`` at a scale above 0)."""
+        return self.model != "none" and self.scale > 0
+
     def __post_init__(self) -> None:
         self._choice("model", RELAXATION_MODELS.names())
         self._choice("compensation", ("none", "global"))

@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 
 from ittrna.chip.state import ChipState, _read_stream, relaxation_draw
-from ittrna.device import HEALTHY, STUCK_OFF, STUCK_ON, lognormal_factor_log
+from ittrna.device import STUCK_OFF, STUCK_ON, lognormal_factor_log
 from ittrna.device.ir_drop import transfer_tiles
-from ittrna.device.relaxation import check_time, relax
+from ittrna.device.relaxation import check_time, relax_healthy
 from ittrna.errors import InputError
 from ittrna.mapping import LayerLayout, adc_full_scale, quantize_signed, tile_partials, to_logical
 
@@ -65,7 +65,7 @@ def conductances(chip: ChipState, name: str, *, read_noise: bool = False, used_o
     region = None
     if used_only and layer.grid.spare == 0 and layer.grid.groups == 1 and layer.get_layout().is_identity(layer.grid):
         region = (layer.grid.k, layer.grid.n)
-    relaxing = cfg.relaxation.model != "none" and cfg.relaxation.scale > 0
+    relaxing = cfg.relaxation.active
     out = {}
     for aname, arr in layer.arrays.items():
         noise = (lognormal_factor_log(tuple(arr.g.shape), sigma, chip._read_gen, device=arr.g.device)
@@ -76,9 +76,9 @@ def conductances(chip: ChipState, name: str, *, read_noise: bool = False, used_o
         sl = (slice(0, region[0]), slice(0, region[1])) if region is not None else (slice(None), slice(None))
         g0 = arr.conductance(cfg, None, region)  # right after each cell's write
         age = (chip.now - arr.written_at[sl]).clamp(min=0.0)  # (rows, cols) seconds
-        g = relax(g0, arr.g[sl], age, relaxation_draw(chip, name, aname)[sl], cfg.relaxation, cfg.cell)
         fault = arr.fault[sl]
-        g = torch.where(fault == HEALTHY, g, g0)  # stuck cells do not relax
+        g = relax_healthy(g0, arr.g[sl], age, relaxation_draw(chip, name, aname)[sl], fault, cfg.relaxation,
+                          cfg.cell)
         if noise is not None:  # the read's own noise on top, stuck cells exact as without relaxation
             g = g * torch.exp(noise[sl])
             g = g.masked_fill(fault == STUCK_OFF, cfg.cell.g_min).masked_fill(fault == STUCK_ON, cfg.cell.g_max)

@@ -37,10 +37,11 @@ import torch
 
 from ittrna import registry as _registry
 from ittrna.config import TIME_MAX_S, CellConfig, RelaxationConfig, parse_time
-from ittrna.errors import InputError
+from ittrna.device.faults import HEALTHY
+from ittrna.errors import ConfigError, InputError
 from ittrna.registry import Registry
 
-__all__ = ["MODELS", "WAN2022_COEFFS", "check_time", "relax"]
+__all__ = ["MODELS", "WAN2022_COEFFS", "check_fitted", "check_time", "relax", "relax_healthy"]
 
 US = 1e-6
 """One microsiemens in siemens."""
@@ -70,6 +71,23 @@ def check_time(t: object, what: str = "time") -> float:
     return parse_time(t, what)
 
 
+def check_fitted(cfg: RelaxationConfig, t: float, where: str) -> None:
+    """Refuse, before any work, a time ``t`` (seconds) past the relaxation model's fitted range: ``wan2022``
+    without ``extrapolate`` is fitted up to 2 days. Raises :class:`~ittrna.errors.ConfigError` naming
+    ``where`` (the setting that asked for the time)."""
+    last = max(WAN2022_COEFFS)
+    if cfg.model == "wan2022" and not cfg.extrapolate and t > last:
+        raise ConfigError(f"{where} = {t:g} s is past relaxation.model = 'wan2022''s fit (up to {last:g} "
+                          "s, 2 days); accepted times up to 2 days, or \"relaxation.extrapolate\" = true")
+
+
+def relax_healthy(g0: torch.Tensor, target: torch.Tensor, age: torch.Tensor, z: torch.Tensor, fault: torch.Tensor,
+                  cfg: RelaxationConfig, cell: CellConfig) -> torch.Tensor:
+    """:func:`relax` for the healthy cells; a stuck cell (``fault`` not ``HEALTHY``, same shape) keeps ``g0``:
+    it was never programmed and does not relax."""
+    return torch.where(fault == HEALTHY, relax(g0, target, age, z, cfg, cell), g0)
+
+
 def relax(g0: torch.Tensor, target: torch.Tensor, age: torch.Tensor, z: torch.Tensor, cfg: RelaxationConfig,
           cell: CellConfig) -> torch.Tensor:
     """The conductance (siemens) healthy cells read at ``age`` seconds after their write.
@@ -89,7 +107,7 @@ def relax(g0: torch.Tensor, target: torch.Tensor, age: torch.Tensor, z: torch.Te
         InputError: an age beyond the model's valid range (10 years; ``wan2022``: 2 days without
             ``extrapolate``).
     """
-    if cfg.model == "none" or cfg.scale == 0.0:
+    if not cfg.active:
         return g0
     age = age.to(device=g0.device, dtype=torch.float64)
     oldest = float(age.max()) if age.numel() else 0.0

@@ -488,12 +488,9 @@ def _refresh(value: Any, where: str) -> float:
 
 def _check_times(cfg: ChipConfig, times: Sequence[float], where: str) -> None:
     """Times past the relaxation model's fitted range are refused with the grid, before any work."""
-    from ittrna.device.relaxation import WAN2022_COEFFS
+    from ittrna.device.relaxation import check_fitted
 
-    last = max(WAN2022_COEFFS)
-    if cfg.relaxation.model == "wan2022" and not cfg.relaxation.extrapolate and max(times) > last:
-        raise ConfigError(f"{where}.time = {max(times):g} s is past relaxation.model = 'wan2022''s fit (up to {last:g} "
-                          "s, 2 days); accepted times up to 2 days, or \"relaxation.extrapolate\" = true")
+    check_fitted(cfg.relaxation, max(times), f"{where}.time")
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

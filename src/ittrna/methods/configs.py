@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ittrna.config import ConfigError
+from ittrna.config import ConfigError, parse_time
 from ittrna.methods.base import MethodConfig
 
 __all__ = [
@@ -251,11 +251,24 @@ class FatConfig(RemapConfig, RetrainConfig):
     """Inject the test's stated imperfections while retraining: theta + N(0, test.theta_noise^2) per
     cell and, with ``test.miss_rate`` > 0, the expected share of missed faults, fresh every batch."""
 
+    horizon: float = 0.0
+    """Anticipate relaxation: the deployment horizon, seconds after programming (a number, or a number with a
+    unit as ``time`` takes it: ``"1d"``, ``"1y"``). With a horizon > 0 and a design whose cells relax
+    (``relaxation.model`` not ``none``, ``relaxation.scale`` > 0), every retraining batch sees the healthy
+    cells relaxed to that age by a fresh draw of the design's relaxation model (the datasheet a host knows;
+    never the chip's own draws), and the best epoch and the choice of the retrained network over the start
+    are scored at that age on one fixed sampled draw. 0: the
+    chip as programmed (earlier versions). Accepted [0, 10 years]; with ``wan2022`` at most its fit's 2 days
+    unless ``relaxation.extrapolate``."""
+
+    _added: ClassVar[dict[str, object]] = {**ProgramConfig._added, "horizon": 0.0}
+
     def _validate(self) -> None:
         super()._validate()
         for name in ("remap", "inject_test_error"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"method.{name} = {getattr(self, name)!r}; accepted true/false")
+        object.__setattr__(self, "horizon", parse_time(self.horizon, "method.horizon"))
 
 
 @dataclass(frozen=True)

@@ -28,15 +28,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ittrna.config import CellConfig, ChipConfig
+from ittrna.config import CellConfig, ChipConfig, RelaxationConfig
 from ittrna.device import HEALTHY, STUCK_ON, quantize_levels
 from ittrna.device.cells import read_conductance
 from ittrna.device.ir_drop import transfer_tiles
+from ittrna.device.relaxation import relax_healthy
 from ittrna.errors import InputError
 from ittrna.host import MeasuredMap
 from ittrna.mapping import CONVERTERS, Converter, LayerLayout, TileGrid
 
-__all__ = ["RULES", "CellView", "HostChip", "realise", "sample_view"]
+__all__ = ["RULES", "CellView", "HostChip", "realise", "realise_relaxed", "sample_view"]
 
 RULES = ("plain", "pair")
 
@@ -162,6 +163,43 @@ def realise(
     return _straight_through(w, exact, view), tp, tn
 
 
+def realise_relaxed(
+    w: torch.Tensor, view: CellView, scale: float, cell: CellConfig, relaxation: RelaxationConfig, age: float,
+    z: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """What the chip realises for logical weights ``w`` under the ``pair`` rule ``age`` seconds after
+    programming, for one draw ``z`` of the relaxation model's per-cell randomness: every healthy cell's read
+    value right after its write (target · e^theta) relaxed at that age
+    (:func:`ittrna.device.relaxation.relax_healthy`), stuck cells as they are. A host knows the model and its
+    parameters (the design's ``relaxation`` section, a datasheet), not any cell's draw: ``z`` is the host's own
+    sample, which makes this an injection of the model's spread at ``age``, not a prediction of the chip.
+
+    Args:
+        w: (K, N) logical weights.
+        view: the layer's cells (:meth:`HostChip.view`).
+        scale: the layer's scale (weight units at full conductance span).
+        cell: the conductance range and levels.
+        relaxation: the design's relaxation model and parameters.
+        age: seconds after programming (0: :func:`realise`'s ``pair`` rule).
+        z: (z+, z-), each (K, N), N(0, 1): the draw of each weight's positive and negative cell
+            (:meth:`HostChip.relaxation_draw`; a shared reference cell has one value wherever it serves).
+
+    Returns:
+        (K, N) realised weights (weight units), straight-through gradients (:func:`realise`).
+    """
+    _, tp, tn = realise(w, view, scale, cell, "pair")
+    assert tp is not None and tn is not None  # tn: Gref in a shared-reference scheme
+    a = view.converter.weight_per_siemens(scale, cell)
+    sign = view.sign.to(w.dtype).unsqueeze(0)  # (1, N)
+    ages = torch.tensor(float(age), dtype=torch.float64, device=tp.device)  # broadcast over the cells
+    reads = []
+    for t, fault, theta, draw in ((tp, view.fault_p, view.theta_p, z[0]), (tn, view.fault_n, view.theta_n, z[1])):
+        g0 = read_conductance(t.float(), fault, theta.float(), cell)  # (K, N) siemens right after the write
+        reads.append(relax_healthy(g0, t.float(), ages, draw.to(g0.device), fault, relaxation, cell))
+    exact = (reads[0] - reads[1]).to(w.dtype) * a * sign  # (K, N)
+    return _straight_through(w, exact, view)
+
+
 def _straight_through(w: torch.Tensor, exact: torch.Tensor, view: CellView) -> torch.Tensor:
     """``exact`` in the forward pass; gradient 1 to weights whose pair has a programmable cell, else 0."""
     if not (w.requires_grad and torch.is_grad_enabled()):
@@ -251,6 +289,30 @@ class HostChip:
                          view: CellView | None = None) -> torch.Tensor:
         """Realised (K, N) matrix for logical ``matrix`` (differentiable, straight-through)."""
         return realise(matrix, view or self.view(name), scale, self.cell, rule, targets=False)[0]
+
+    def relaxed_matrix(self, name: str, matrix: torch.Tensor, scale: float, age: float,
+                       generator: torch.Generator, view: CellView | None = None) -> torch.Tensor:
+        """Realised (K, N) matrix for logical ``matrix`` at ``age`` seconds after programming, for a fresh draw of
+        the design's relaxation model from the host's ``generator`` (:func:`realise_relaxed`; differentiable,
+        straight-through)."""
+        return realise_relaxed(matrix, view or self.view(name), scale, self.cell, self.design.relaxation, age,
+                               self.relaxation_draw(name, generator))
+
+    def relaxation_draw(self, name: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One host-side draw of the relaxation model's N(0, 1) per-cell randomness for layer ``name``: (z+, z-),
+        each (K, N), of every weight's positive and negative cell. Where each cell carries one weight the draw
+        is per weight; a scheme with a shared reference cell draws per physical cell and gathers through the
+        layout as :meth:`view` gathers the map, so the reference has one value for every weight it serves."""
+        grid, layout = self.grids[name], self.layouts[name]
+        if not self.converter.shared_reference:
+            shape = tuple(self.view(name).fault_p.shape)  # (K, N)
+            return (torch.randn(shape, generator=generator).to(self.device),
+                    torch.randn(shape, generator=generator).to(self.device))
+        arrays = {a: {"z": torch.randn(shape, generator=generator)}
+                  for a, shape in self.converter.array_shapes(grid).items()}  # physical arrays
+        cols = torch.arange(grid.padded[1]).unsqueeze(0)  # (1, Np)
+        pos, neg = self.converter.pair_cells(arrays, layout.index(grid), cols, grid)
+        return grid.unpad(pos["z"]).to(self.device), grid.unpad(neg["z"]).to(self.device)
 
     def presented(self, name: str, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The conductances (siemens, physical arrays) the host expects the layer's cells to present for

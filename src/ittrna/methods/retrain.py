@@ -14,10 +14,13 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +31,7 @@ from torch.nn.utils import parametrize
 
 from ittrna._resources import available_memory, check_memory
 from ittrna.data import Split
+from ittrna.device.relaxation import check_fitted
 from ittrna.errors import InputError
 from ittrna.graph import MAPPED, dataflow_order
 from ittrna.host import Deployment, MeasuredMap
@@ -60,6 +64,18 @@ __all__ = [
     "test_error",
     "unparametrize",
 ]
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """The deployment horizon a retraining anticipates (``FatConfig.horizon``)."""
+
+    age: float
+    """Seconds after programming (> 0)."""
+
+    def __post_init__(self) -> None:
+        if not self.age > 0:
+            raise ValueError(f"Horizon.age = {self.age!r}; accepted > 0 seconds")
 
 
 class Pipeline:
@@ -104,10 +120,19 @@ class Pipeline:
     def matrix(self, name: str) -> torch.Tensor:
         return weight_to_matrix(self.mods[name].weight.detach())
 
-    def effective(self, name: str, scale: float, rule: str, shrink: float = 1.0) -> torch.Tensor:
-        """Realised weight (layer shape) for the current weights (times ``shrink``)."""
+    def effective(self, name: str, scale: float, rule: str, shrink: float = 1.0,
+                  relaxed: tuple[Horizon, torch.Generator] | None = None) -> torch.Tensor:
+        """Realised weight (layer shape) for the current weights (times ``shrink``); ``relaxed`` = (the horizon,
+        the host's generator): at that age, for one draw of the design's relaxation model (``pair`` rule,
+        :meth:`HostChip.relaxed_matrix`)."""
+        if relaxed is not None and rule != "pair":
+            raise ValueError(f"a relaxed realisation follows the 'pair' rule; got rule {rule!r}")
         with torch.no_grad():
-            eff = self.host.effective_matrix(name, shrink * self.matrix(name), scale, rule)
+            m = shrink * self.matrix(name)
+            if relaxed is not None:
+                eff = self.host.relaxed_matrix(name, m, scale, relaxed[0].age, relaxed[1])
+            else:
+                eff = self.host.effective_matrix(name, m, scale, rule)
         return matrix_to_weight(eff, tuple(self.mods[name].weight.shape))
 
     def score(self, weights: dict[str, torch.Tensor], data: Split) -> tuple[torch.Tensor, float]:
@@ -206,17 +231,20 @@ class Pipeline:
             for anc, _, _ in levels:
                 del anc.forward
 
-    def snapshot(self, rule: str = "pair") -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]:
-        """(weights, scales, host-model per-image validation correctness) of the current state, to return to."""
+    def snapshot(self, rule: str = "pair", horizon: Horizon | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]:
+        """(weights, scales, host-model per-image validation correctness) of the current state, to return to
+        (with a ``horizon``: scored at that age, :meth:`host_correct`)."""
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        return state, dict(self.scales), self.host_correct(self.ctx.val, rule)
+        return state, dict(self.scales), self.host_correct(self.ctx.val, rule, horizon)
 
     def keep_if_better(self, start: tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor],
-                       cfg: RetrainConfig, rule: str = "pair") -> None:
+                       cfg: RetrainConfig, rule: str = "pair", horizon: Horizon | None = None) -> None:
         """After retraining: go back to ``start`` unless the host model scores the retrained network
-        significantly better on the validation split (:func:`significantly_better`; validation data only)."""
+        significantly better on the validation split (:func:`significantly_better`; validation data only),
+        both scored at ``horizon`` as :meth:`snapshot` did."""
         state, scales, start_right = start
-        right = self.host_correct(self.ctx.val, rule)
+        right = self.host_correct(self.ctx.val, rule, horizon)
         kept = significantly_better(right, start_right, cfg.keep_z) or not cfg.select
         self.report.update(start_val_accuracy=mean_correct(start_right), retrained_val_accuracy=mean_correct(right),
                            kept="retrained" if kept else "start")
@@ -224,10 +252,20 @@ class Pipeline:
             self.model.load_state_dict(state)
             self.scales = scales
 
-    def host_correct(self, data: Split, rule: str = "pair") -> torch.Tensor:
-        """Per-image correctness on ``data`` that the host model predicts for the chip."""
-        weights = {f"{n}.weight": self.effective(n, self.scales[n], rule) for n in self.mods}
+    def host_correct(self, data: Split, rule: str = "pair", horizon: Horizon | None = None) -> torch.Tensor:
+        """Per-image correctness on ``data`` that the host model predicts for the chip; with a ``horizon``: at
+        that age after programming, for one draw of the design's relaxation model from a generator of its own
+        (the same draw at every call, so two networks are compared on the same sampled chip)."""
+        weights = {f"{n}.weight": self.effective(n, self.scales[n], rule,
+                                                 relaxed=None if horizon is None else (horizon, self.fixed_draw(n)))
+                   for n in self.mods}
         return self.score(weights, data)[0]
+
+    def fixed_draw(self, name: str) -> torch.Generator:
+        """The host's generator of layer ``name``'s one fixed relaxation draw (its own stream of the run's
+        seed; a new generator in the same state at every call), which every host-model score at a horizon
+        uses, so that two networks are compared on the same sampled chip."""
+        return self.ctx.generator(31 + 2 * zlib.crc32(name.encode()))
 
     def host_accuracy(self, data: Split, rule: str = "pair") -> float:
         return mean_correct(self.host_correct(data, rule))
@@ -418,15 +456,30 @@ class HostEffective(nn.Module):
     """Parametrization: weight -> what the host model predicts the chip realises (straight-through)."""
 
     def __init__(self, host: HostChip, name: str, scale: float, inject: tuple[float, float, float] | None,
-                 generator: torch.Generator):
+                 generator: torch.Generator, horizon: Horizon | None = None,
+                 fixed_draw: Callable[[], torch.Generator] | None = None):
+        """``inject``: the test's stated error (theta sigma, missed-fault rate, stuck-on share), fresh every
+        training batch (not in eval mode). With a ``horizon``: the design's relaxation at that age
+        too, a fresh draw every training batch (:meth:`HostChip.relaxed_matrix`) and in eval mode the one
+        draw of ``fixed_draw()`` (a new generator in the same state each call: every validation pass scores
+        the same sampled chip), which a horizon therefore needs."""
         super().__init__()
+        if horizon is not None and fixed_draw is None:
+            raise ValueError("HostEffective: a horizon needs the fixed_draw its eval mode scores")
         self.host, self.name, self.scale, self.inject, self.generator = host, name, scale, inject, generator
+        self.horizon, self.fixed_draw = horizon, fixed_draw
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         view = self.host.view(self.name)
         if self.training and self.inject is not None:
             view = view.with_noise(*self.inject, generator=self.generator)
-        eff = realise(weight_to_matrix(w), view, self.scale, self.host.cell, "pair", targets=False)[0]
+        m = weight_to_matrix(w)
+        if self.horizon is not None:
+            assert self.fixed_draw is not None
+            gen = self.generator if self.training else self.fixed_draw()
+            eff = self.host.relaxed_matrix(self.name, m, self.scale, self.horizon.age, gen, view)
+        else:
+            eff = realise(m, view, self.scale, self.host.cell, "pair", targets=False)[0]
         return matrix_to_weight(eff, tuple(w.shape))
 
 
@@ -503,16 +556,29 @@ def test_error(host: HostChip, measured: MeasuredMap) -> tuple[float, float, flo
 
 
 def retrain_fat(p: Pipeline, cfg: FatConfig, measured: MeasuredMap) -> None:
-    start = p.snapshot()
+    """``fat``'s retraining through the host model (with ``cfg.horizon`` > 0 on a relaxing design: anticipating
+    the design's relaxation at that age, in training and in the choice of the retrained network over the
+    start; the report's ``start_val_accuracy``, ``retrained_val_accuracy`` and ``val_history`` are then host-model
+    scores at that age, its ``horizon``)."""
+    relaxation = measured.design.relaxation
+    horizon = None
+    if relaxation.active and cfg.horizon > 0:
+        check_fitted(relaxation, cfg.horizon, "method.horizon")
+        horizon = Horizon(cfg.horizon)
+    start = p.snapshot(horizon=horizon)
     inject = None
     if cfg.inject_test_error:
         sig, missed, share = test_error(p.host, measured)
         if sig > 0 or missed > 0:
             inject = (sig, missed, share)
     gen = p.ctx.generator(11)
-    with parametrized(p.model, {n: [HostEffective(p.host, n, p.scales[n], inject, gen)] for n in p.mods}, keep=False):
+    layers = {n: [HostEffective(p.host, n, p.scales[n], inject, gen, horizon,
+                                fixed_draw=functools.partial(p.fixed_draw, n))] for n in p.mods}
+    with parametrized(p.model, layers, keep=False):
         rep = retrain(p.model, lambda: p.teacher, cfg, p.ctx, desc="fat", val=p.ctx.val)
-    p.keep_if_better(start, cfg)
+    p.keep_if_better(start, cfg, horizon=horizon)
+    if horizon is not None:
+        p.report.update(horizon=horizon.age)
     p.report.update(epochs=rep.epochs, best_epoch=rep.best_epoch, val_history=rep.val_history)
 
 
