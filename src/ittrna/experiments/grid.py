@@ -317,6 +317,8 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
         raise ConfigError("grid.part is invalid; accepted one or more [[grid.part]] tables")
     base_axes = _axes({k: v for k, v in grid.items() if k != "part"}, "grid")
     points: dict[str, Point] = {}
+    parts: list[tuple[str, dict[str, list[Any]], dict[str, Any], dict[str, tuple[str, dict[str, Any]]], bool,
+                      list[float], list[Any], list[str]]] = []
     total = 0
     for i, part in enumerate(parts_raw):
         where = f"grid.part[{i}]" if "part" in grid else "grid"
@@ -359,6 +361,9 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> SweepS
         if total > MAX_POINTS:
             raise ConfigError(f"{where} brings the grid to {total} points (method settings included, all parts "
                               f"together); accepted at most {MAX_POINTS}")
+        parts.append((where, axes, defs, ckpts, timed, times, later, chip_names))
+    # every part is checked and counted before any is expanded: a grid over the limit is refused at once
+    for where, axes, defs, ckpts, timed, times, later, chip_names in parts:
         for combo in itertools.product(*(axes[k] for k in chip_names)):
             overrides = {_dotted(k): v for k, v in zip(chip_names, combo, strict=True)}
             cfg = _override(base_cfg, overrides, dict(zip(chip_names, combo, strict=True)), where)
