@@ -4,6 +4,7 @@ results as jobs finish; the caller (the driver) is the only writer of the store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -44,6 +45,28 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+_WORKER_THREADS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+"""Thread pools a worker process must start with one thread each: numpy's and scipy's OpenBLAS (the exact
+IR-drop solve's SuperLU calls it) read these when they load, before any initializer runs. With their default
+of one thread per core, two workers on two cores ran the exact solve 2.5-3x slower than one thread each."""
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Processes spawned inside inherit one-thread settings for every BLAS/OpenMP pool; this process's own
+    environment is restored on exit (its libraries, already loaded, are unaffected)."""
+    saved = {k: os.environ.get(k) for k in _WORKER_THREADS_ENV}
+    os.environ.update({k: "1" for k in _WORKER_THREADS_ENV})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class LocalBackend(Backend):
     """Jobs in this process, one after the other (``workers = 1``), or in a pool of ``workers`` processes."""
 
@@ -70,7 +93,8 @@ class LocalBackend(Backend):
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                              initializer=_init_worker, initargs=(1,))
-        futures = {self._pool.submit(fn, *args): i for i, args in enumerate(jobs)}
+        with _single_threaded_children():  # a spawn pool starts its workers in submit
+            futures = {self._pool.submit(fn, *args): i for i, args in enumerate(jobs)}
         pending = set(futures)
         try:
             while pending:
@@ -101,7 +125,7 @@ class RayBackend(Backend):
             raise InputError("--backend ray needs Ray: pip install 'ittrna[ray]'") from None
         self._ray = ray
         self._started = False
-        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        env = {**{k: "1" for k in _WORKER_THREADS_ENV}, "PYTHONWARNINGS": "ignore"}
         if "ITTRNA_DATA" in os.environ:
             env["ITTRNA_DATA"] = os.environ["ITTRNA_DATA"]
         if not ray.is_initialized():
