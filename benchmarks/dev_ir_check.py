@@ -11,6 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
+from _dev import dev_setup
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -21,18 +23,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 
-    import torch
 
     from ittrna.chip import Chip
     from ittrna.config import ChipConfig
-    from ittrna.data import Split, load
     from ittrna.experiments.tolerate import tolerate
-    from ittrna.models import load_checkpoint
 
-    torch.set_num_threads(args.threads)
-    model, meta = load_checkpoint(args.model)
-    train, val = load(str(meta["dataset"]), "train"), load(str(meta["dataset"]), "val")
-    judged, tune = val.subset(2500), Split(val.x[2500:], val.y[2500:])
+    model, _meta, train, judged, tune = dev_setup(args.model, args.threads)
     for tile in args.tiles:
         for r in args.r_wire:
             cfg = ChipConfig().override({"mapping.rows": tile, "mapping.cols": tile, "wires.r_wire": r})

@@ -12,6 +12,8 @@ import argparse
 import statistics
 from pathlib import Path
 
+from _dev import dev_setup
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,19 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 
-    import torch
 
     from ittrna.chip import Chip
     from ittrna.config import ChipConfig, RefreshConfig
-    from ittrna.data import Split, load
     from ittrna.experiments.tolerate import evaluate_run, run_method
-    from ittrna.models import load_checkpoint
 
-    torch.set_num_threads(args.threads)
-    model, meta = load_checkpoint(args.model)
+    model, meta, train, judged, tune = dev_setup(args.model, args.threads)
     ds = str(meta["dataset"])
-    train, val = load(ds, "train"), load(ds, "val")
-    judged, tune = val.subset(2500), Split(val.x[2500:], val.y[2500:])
     cfg = ChipConfig().override({"faults.rate": args.saf_rate, "relaxation.model": "power-law",
                                  "relaxation.nu_mean": args.nu[0], "relaxation.nu_std": args.nu[1]})
     rows: dict[str, list[float]] = {}
