@@ -27,3 +27,12 @@ def dev_setup(model_path: Path, threads: int) -> tuple[Any, dict[str, Any], Any,
     ds = str(meta["dataset"])
     train, val = load(ds, "train"), load(ds, "val")
     return model, meta, train, val.subset(JUDGED), Split(val.x[JUDGED:], val.y[JUDGED:])
+
+
+def print_losses(header: str, rows: dict[str, list[float]], width: int = 44) -> None:
+    """Print ``header``, then each row's losses (points) as mean +- sample std over the seeds."""
+    import statistics
+
+    print(header)
+    for label, losses in rows.items():
+        print(f"  {label:{width}s} {statistics.fmean(losses):6.2f} +- {statistics.stdev(losses):.2f}")

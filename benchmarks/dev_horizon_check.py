@@ -9,10 +9,9 @@ without and with the zero-write register compensation, under a relaxation model 
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
-from _dev import dev_setup
+from _dev import dev_setup, print_losses
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,10 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"seed {seed} done", flush=True)
     model_txt = (f"power-law nu {args.nu[0]:g} +- {args.nu[1]:g}" if args.relaxation == "power-law"
                  else f"cmo-hfox x{args.cmo_scale:g}")
-    print(f"{args.method} on {ds}, SAF {args.saf_rate:g}, sigma {args.sigma:g}, {model_txt}; loss in pp on "
-          f"{len(judged)} validation images, mean +- std over seeds {args.seeds}")
-    for label, losses in rows.items():
-        print(f"  {label:44s} {statistics.fmean(losses):6.2f} +- {statistics.stdev(losses):.2f}")
+    print_losses(f"{args.method} on {ds}, SAF {args.saf_rate:g}, sigma {args.sigma:g}, {model_txt}; loss in pp on "
+                 f"{len(judged)} validation images, mean +- std over seeds {args.seeds}", rows, 44)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ and at random (``random``), one year after programming, on a model where relaxat
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
-from _dev import dev_setup
+from _dev import dev_setup, print_losses
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,10 +50,8 @@ def main(argv: list[str] | None = None) -> None:
                                seed=seed, in_place=False)
             rows.setdefault(label, []).append(100 * (out["ideal_accuracy"] - out["chip_accuracy"]))
         print(f"seed {seed} done", flush=True)
-    print(f"{args.method} on {ds}, SAF {args.saf_rate:g}, power-law nu {args.nu[0]:g} +- {args.nu[1]:g}; loss in pp "
-          f"on {len(judged)} validation images, mean +- std over seeds {args.seeds}")
-    for label, losses in rows.items():
-        print(f"  {label:48s} {statistics.fmean(losses):6.2f} +- {statistics.stdev(losses):.2f}")
+    print_losses(f"{args.method} on {ds}, SAF {args.saf_rate:g}, power-law nu {args.nu[0]:g} +- {args.nu[1]:g}; "
+                 f"loss in pp on {len(judged)} validation images, mean +- std over seeds {args.seeds}", rows, 48)
 
 
 if __name__ == "__main__":
