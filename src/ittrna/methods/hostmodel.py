@@ -272,9 +272,7 @@ class HostChip:
         if name in self._views:
             return self._views[name]
         grid, layout = self.grids[name], self.layouts[name]
-        idx = layout.index(grid)  # (Kp, Np) physical row of each logical entry
-        cols = torch.arange(grid.padded[1]).unsqueeze(0)  # (1, Np)
-        pos, neg = self.converter.pair_cells(self.measured.layers[name], idx, cols, grid)
+        pos, neg = self._pair_cells(name, self.measured.layers[name])
 
         def logical(t: torch.Tensor) -> torch.Tensor:
             return grid.unpad(t).to(self.device)
@@ -303,16 +301,24 @@ class HostChip:
         each (K, N), of every weight's positive and negative cell. Where each cell carries one weight the draw
         is per weight; a scheme with a shared reference cell draws per physical cell and gathers through the
         layout as :meth:`view` gathers the map, so the reference has one value for every weight it serves."""
-        grid, layout = self.grids[name], self.layouts[name]
+        grid = self.grids[name]
         if not self.converter.shared_reference:
             shape = tuple(self.view(name).fault_p.shape)  # (K, N)
             return (torch.randn(shape, generator=generator).to(self.device),
                     torch.randn(shape, generator=generator).to(self.device))
         arrays = {a: {"z": torch.randn(shape, generator=generator)}
                   for a, shape in self.converter.array_shapes(grid).items()}  # physical arrays
-        cols = torch.arange(grid.padded[1]).unsqueeze(0)  # (1, Np)
-        pos, neg = self.converter.pair_cells(arrays, layout.index(grid), cols, grid)
+        pos, neg = self._pair_cells(name, arrays)
         return grid.unpad(pos["z"]).to(self.device), grid.unpad(neg["z"]).to(self.device)
+
+    def _pair_cells(self, name: str, arrays: dict[str, dict[str, torch.Tensor]]
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-cell fields of layer ``name``'s physical ``arrays`` gathered to each padded logical entry's
+        positive and negative cell under the current layout (:meth:`Converter.pair_cells`)."""
+        grid, layout = self.grids[name], self.layouts[name]
+        idx = layout.index(grid)  # (Kp, Np) physical row of each logical entry
+        cols = torch.arange(grid.padded[1]).unsqueeze(0)  # (1, Np)
+        return self.converter.pair_cells(arrays, idx, cols, grid)
 
     def presented(self, name: str, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The conductances (siemens, physical arrays) the host expects the layer's cells to present for
