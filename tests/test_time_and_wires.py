@@ -852,20 +852,30 @@ def test_wire_compensated_programming_brings_the_chip_back_to_the_intended_weigh
     model = nn.Sequential(nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 6))
     train, val, _ = _splits(model, (32,))
     ctx = Context(train, val, seed=0)
-    errors = {}
+    errors, writes, written = {}, {}, {}
     for r_wire in (0.0, 5.0):
         cfg = ChipConfig().override({"mapping.rows": 32, "mapping.cols": 32, "wires.r_wire": r_wire})
-        for mode in ("ignore", "compensate"):
+        for mode, cells in (("ignore", "written"), ("compensate", "written"), ("compensate", "all")):
             chip = Chip.fabricate(model, cfg, 1)
             dep = apply_method("program", model, chip.test(), ctx, {"headroom_steps": 1, "search_passes": 1,
-                                                                     "wires": mode})
-            chip.program_deployment(dep)
+                                                                     "wires": mode, "wire_cells": cells})
+            writes[(r_wire, mode, cells)] = chip.program_deployment(dep)
+            written[(r_wire, mode, cells)] = {(n, a): arr.g != chip.config.cell.g_min
+                                              for n, lay in chip.layers.items() for a, arr in lay.arrays.items()}
             err = [float((chip.effective_weight(n) - dep.state_dict[f"{n}.weight"]).norm()
                          / dep.state_dict[f"{n}.weight"].norm()) for n in chip.layers]
-            errors[(r_wire, mode)] = max(err)
-    assert errors[(0.0, "compensate")] == errors[(0.0, "ignore")] < 1e-5
-    assert errors[(5.0, "ignore")] > 0.01  # the wires cost the weights a visible error
-    assert errors[(5.0, "compensate")] < 0.1 * errors[(5.0, "ignore")]
+            errors[(r_wire, mode, cells)] = max(err)
+    assert errors[(0.0, "compensate", "written")] == errors[(0.0, "ignore", "written")] < 1e-5
+    assert errors[(5.0, "ignore", "written")] > 0.01  # the wires cost the weights a visible error
+    for cells in ("written", "all"):
+        assert errors[(5.0, "compensate", cells)] < 0.1 * errors[(5.0, "ignore", "written")]
+    # compensating only the cells programming writes anyway costs no write more, and no other cell is touched
+    plain, comp = written[(5.0, "ignore", "written")], written[(5.0, "compensate", "written")]
+    assert writes[(5.0, "compensate", "written")] == writes[(5.0, "ignore", "written")]
+    assert all(torch.equal(plain[k], comp[k]) for k in plain)
+    # lifting the cells at Gmin too (idle partners, padding) writes every cell of every tile
+    total = sum(int(m.numel()) for m in plain.values())
+    assert writes[(5.0, "compensate", "all")] == total > writes[(5.0, "ignore", "written")]
 
 
 def test_a_session_rewrite_is_checked_and_budgeted_before_anything_is_written():
@@ -1037,3 +1047,20 @@ def test_horizon_zero_keeps_the_identity_of_earlier_records_and_a_unit_is_read()
 
     assert "horizon" not in FatConfig(horizon=0).identity_dict()  # earlier records keep their store keys
     assert FatConfig(horizon="1d").horizon == 86400.0 and FatConfig(horizon="1d").identity_dict()["horizon"] == 86400.0
+
+
+def test_wire_cells_keys_only_compensated_records_and_keeps_the_earlier_ones():
+    """`wire_cells` acts only with wires = "compensate": records with the wires ignored keep their store keys
+    whatever it says, and `all` (how `compensate` ran before the field existed) keeps those records' keys too,
+    so only the new default, `written`, makes new points; bad values are refused in one line."""
+    from ittrna.methods import METHODS
+
+    for method in ("program", "remap", "fat", "remap-fat", "dynamic"):
+        make = METHODS[method].make_config
+        ignored = make({"wires": "ignore"}).identity_dict()
+        assert ignored == make({"wires": "ignore", "wire_cells": "all"}).identity_dict()
+        assert "wire_cells" not in make({"wires": "compensate", "wire_cells": "all"}).identity_dict()
+        assert make({"wires": "compensate"}).identity_dict()["wire_cells"] == "written"
+        assert make({"wires": "compensate"}).to_dict()["wire_cells"] == "written"
+    with pytest.raises(ConfigError, match=r"method.wire_cells = 'some'.*accepted"):
+        METHODS["program"].make_config({"wire_cells": "some"})

@@ -41,6 +41,11 @@ class MethodConfig(_Section):
     """Fields added after results were stored, with the value that behaves as before they existed: at that
     value :meth:`identity_dict` leaves them out, so the store keys of earlier records stay what they were."""
 
+    _acts_with: ClassVar[dict[str, tuple[str, Any]]] = {}
+    """Fields that act only while another field holds a value: field -> (that field, its value). Otherwise
+    :meth:`identity_dict` leaves them out (they change nothing), so the store keys of records they cannot
+    affect stay what they were."""
+
     def to_dict(self) -> dict[str, Any]:
         return self._as_dict(identity=False)
 
@@ -55,6 +60,10 @@ class MethodConfig(_Section):
             value = getattr(self, f.name)
             if identity and f.name in self._added and value == self._added[f.name]:
                 continue
+            if identity and f.name in self._acts_with:
+                other, active = self._acts_with[f.name]
+                if getattr(self, other) != active:
+                    continue
             if isinstance(value, MethodConfig):
                 inner = value._as_dict(identity)
                 value = {"method": config_name(type(value)), **inner} if self._nested.get(f.name) is None else inner

@@ -96,8 +96,18 @@ class ProgramConfig(NoneConfig):
     """Fixed-point passes of the ``compensate`` pre-distortion (each an exact or iterative solve of every tile
     of a layer's arrays). Accepted [1, 20]."""
 
+    wire_cells: str = "written"
+    """Which healthy cells the ``compensate`` pre-distortion lifts. ``written``: only those programming writes
+    anyway (target above Gmin); a cell left at Gmin (the idle cell of a pair, padding, unused spare rows) stays
+    unwritten, so compensation costs no extra writes, and its attenuated Gmin current is left as it is.
+    ``all``: every healthy cell, those at Gmin too: their small current is made exact at the price of writing
+    every cell of every tile (on the ``mlp`` (784-256-128-10) at 128x128 tiles, 557,056 writes instead of
+    234,752; the behaviour of ``compensate`` before this field existed). Acts only with ``wires =
+    "compensate"``. Accepted ``written``, ``all``."""
+
     _added: ClassVar[dict[str, object]] = {"search": "accuracy", "output_images": 64, "output_rows": 4096,
-                                           "wires": "ignore", "wire_iterations": 2}
+                                           "wires": "ignore", "wire_iterations": 2, "wire_cells": "all"}
+    _acts_with: ClassVar[dict[str, tuple[str, object]]] = {"wire_cells": ("wires", "compensate")}
 
     def _validate(self) -> None:
         super()._validate()
@@ -111,6 +121,7 @@ class ProgramConfig(NoneConfig):
         self._int_range("output_rows", 16, 10_000_000)
         self._choice("wires", ("ignore", "compensate"))
         self._int_range("wire_iterations", 1, 20)
+        self._choice("wire_cells", ("written", "all"))
 
 
 @dataclass(frozen=True)

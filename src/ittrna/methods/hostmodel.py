@@ -338,44 +338,56 @@ class HostChip:
                 for a, g in self.presented(name, targets).items()}
 
     def wire_need(self, name: str, targets: dict[str, torch.Tensor],
-                  through: dict[str, torch.Tensor] | None = None) -> float:
-        """How far above Gmax the first pass of :meth:`wire_compensated` would take the highest healthy target,
+                  through: dict[str, torch.Tensor] | None = None, cells: str = "written") -> float:
+        """How far above Gmax the first pass of :meth:`wire_compensated` would take the highest target it lifts,
         as a factor (<= 1: every target fits): a layer scale times this factor leaves the room it needs.
-        ``through``: :meth:`wire_through` of ``targets`` if already solved."""
+        ``through``: :meth:`wire_through` of ``targets`` if already solved; ``cells``: which cells are lifted
+        (:meth:`wire_lifts`)."""
         if self.design.wires.r_wire == 0:
             return 0.0
-        cells = self.measured.layers[name]
         got = self.presented(name, targets)
         through = through if through is not None else self.wire_through(name, targets)
         need = 0.0
         for a, t in targets.items():
             lifted = t.float() * got[a] / through[a].clamp_min(1e-30)
-            healthy = cells[a]["fault"] == HEALTHY
-            if healthy.any():
-                need = max(need, float(lifted[healthy].max()) / self.cell.g_max)
+            lifts = self.wire_lifts(name, a, t, cells)
+            if lifts.any():
+                need = max(need, float(lifted[lifts].max()) / self.cell.g_max)
         return need
 
+    def wire_lifts(self, name: str, array: str, target: torch.Tensor, cells: str = "written") -> torch.Tensor:
+        """Bool mask of the cells of layer ``name``'s ``array`` that wire compensation may lift: the healthy
+        ones (by the map) whose ``target`` is above Gmin (``cells = "written"``: the cells programming writes
+        anyway; one left at Gmin stays unwritten) or every healthy one (``"all"``)."""
+        if cells not in ("written", "all"):
+            raise InputError(f"wire compensation cells = {cells!r}; accepted 'written', 'all'")
+        healthy = self.measured.layers[name][array]["fault"] == HEALTHY
+        return healthy & (target > self.cell.g_min) if cells == "written" else healthy
+
     def wire_compensated(self, name: str, targets: dict[str, torch.Tensor], iterations: int = 2,
-                         through: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                         through: dict[str, torch.Tensor] | None = None, cells: str = "written"
+                         ) -> dict[str, torch.Tensor]:
         """Targets pre-distorted for IR drop: each tile's transfer matrix through its wires (the design's
         ``wires.r_wire`` and ``wires.solver``, :func:`~ittrna.device.ir_drop.transfer_tiles`) taken on the
-        conductances the host expects (:meth:`presented`), and every healthy cell's target multiplied by the
-        ratio of what it should present to what it presents through the wires, ``iterations`` times (a
-        fixed-point iteration: were each cell's attenuation its own, one pass would be exact; the coupling
-        through the shared wires is what the next passes take up), within [Gmin, Gmax]. At ``r_wire = 0`` the
-        targets are returned as they are. Cells reported stuck keep their targets. ``through``:
-        :meth:`wire_through` of ``targets`` if already solved (the first pass then solves nothing)."""
+        conductances the host expects (:meth:`presented`), and every lifted cell's target (:meth:`wire_lifts`:
+        healthy by the map and, with ``cells = "written"``, above Gmin, so that no cell is written that
+        programming leaves alone) multiplied by the ratio of what it should present to what it presents
+        through the wires, ``iterations`` times (a fixed-point iteration: were each cell's attenuation its own,
+        one pass would be exact; the coupling through the shared wires is what the next passes take up),
+        within [Gmin, Gmax]. At ``r_wire = 0`` the targets are returned as they are. Cells reported stuck keep
+        their targets. ``through``: :meth:`wire_through` of ``targets`` if already solved (the first pass then
+        solves nothing)."""
         if self.design.wires.r_wire == 0 or iterations == 0:
             return targets
-        cells = self.measured.layers[name]
         want = self.presented(name, targets)  # what the cells would present on ideal wires
+        lifts = {a: self.wire_lifts(name, a, t, cells) for a, t in targets.items()}  # fixed by the plain targets
         out = {a: t.float().clone() for a, t in targets.items()}
         for i in range(iterations):
             now = through if i == 0 and through is not None else self.wire_through(name, out)  # (rows, cols)
             for a in out:
-                healthy = (cells[a]["fault"] == HEALTHY) & (now[a] > 0)
+                lift = lifts[a] & (now[a] > 0)
                 lifted = out[a] * want[a] / now[a].clamp_min(1e-30)  # each cell by its own attenuation
-                out[a] = torch.where(healthy, lifted.clamp(self.cell.g_min, self.cell.g_max), out[a])
+                out[a] = torch.where(lift, lifted.clamp(self.cell.g_min, self.cell.g_max), out[a])
         return {a: quantize_levels(t, self.cell) for a, t in out.items()}
 
     def targets(self, name: str, matrix: torch.Tensor, scale: float, rule: str = "pair") -> dict[str, torch.Tensor]:

@@ -105,7 +105,7 @@ class Pipeline:
                                  f"{self.host.grids[name].groups}) does not match the model: a map from another model")
             self.mods[name] = m
         self.scales = {n: weight_scale(m.weight, 100.0) for n, m in self.mods.items()}
-        self.wires, self.wire_iterations = "ignore", 2  # IR drop in the final targets (ProgramConfig.wires)
+        self.wires, self.wire_iterations, self.wire_cells = "ignore", 2, "written"  # IR drop in the final targets
         self.report: dict[str, Any] = {}
         self._moments: tuple[Any, dict[str, torch.Tensor]] | None = None  # (key, input_moments) of the last call
 
@@ -280,7 +280,7 @@ class Pipeline:
     def choose_scales(self, cfg: ProgramConfig, rule: str = "pair") -> None:
         """Per-layer headroom, by ``cfg.search``: :meth:`choose_scales_by_accuracy` or
         :meth:`choose_scales_by_output`."""
-        self.wires, self.wire_iterations = cfg.wires, cfg.wire_iterations
+        self.wires, self.wire_iterations, self.wire_cells = cfg.wires, cfg.wire_iterations, cfg.wire_cells
         if cfg.search == "output":
             self.choose_scales_by_output(cfg, rule)
         else:
@@ -423,13 +423,14 @@ class Pipeline:
             widened = {}
             for n in self.mods:  # room above the largest target for the lift the wires ask for
                 through: dict[str, torch.Tensor] | None = self.host.wire_through(n, targets[n])
-                need = self.host.wire_need(n, targets[n], through)
+                need = self.host.wire_need(n, targets[n], through, self.wire_cells)
                 if need > 1.0:
                     self.scales[n] *= need
                     widened[n] = need
                     targets[n] = self.host.targets(n, self.matrix(n), self.scales[n], rule)
                     through = None  # other targets: solved anew
-                targets[n] = self.host.wire_compensated(n, targets[n], self.wire_iterations, through)
+                targets[n] = self.host.wire_compensated(n, targets[n], self.wire_iterations, through,
+                                                        self.wire_cells)
             self.report["wires"] = "compensate"
             self.report["wire_scale_widened"] = widened
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
