@@ -15,7 +15,7 @@ help:
 	@echo "make bench      simulation overhead benchmark"
 	@echo "make bench-compare BEFORE=REV  the simulation benchmark before (REV) and after, side by side in one run"
 	@echo "make bench-sweep  sweep throughput, local backend vs Ray with 2 workers"
-	@echo "make bench-ir-drop  IR drop: exact vs iterative solver, speed and error"
+	@echo "make bench-ir-drop  IR drop: exact vs block vs iterative solver, speed and error"
 	@echo "make mutants    mutation check: every deliberate defect must fail a test"
 
 $(BIN)/python:

@@ -359,6 +359,40 @@ def test_iterative_solver_matches_the_exact_one(shape):
     assert torch.equal(transfer_iterative(g, 0.0), g)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (6, 1), (16, 12), (9, 40), (45, 33)])
+def test_block_solver_is_the_exact_solution(shape):
+    """Block elimination gives the sparse LU's transfer matrix to rounding (chunks of row-wire inverses
+    included: 45 rows span two), for wires from nearly ideal to dominant; ``g`` itself at r_wire = 0."""
+    from ittrna.device.ir_drop import transfer_block
+
+    g = (torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7)) * 0.9 + 0.1) * 1e-4
+    for r in (0.5, 2.5, 100.0, 1000.0):
+        exact, block = transfer(g, r), transfer_block(g, r)
+        assert block.dtype == torch.float64 and block.shape == g.shape
+        assert float((exact - block).abs().max()) <= 1e-12 * shape[0] * float(g.max())
+    assert torch.equal(transfer_block(g, 0.0), g)
+    v = torch.rand(3, shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    assert torch.allclose(v @ transfer_block(g, 2.5), solve(g, v, 2.5), rtol=1e-10)  # the nodal solution
+
+
+def test_block_solver_runs_a_design_and_agrees_with_the_exact_chip():
+    """``wires.solver = "block"`` on a chip reads the weights the exact solver's chip reads."""
+    model = _model()
+    exact = _chip(model, **{"wires.r_wire": 5.0})
+    block = _chip(model, **{"wires.r_wire": 5.0, "wires.solver": "block"})
+    for name in exact.layers:
+        assert torch.allclose(block.read_weight(name), exact.read_weight(name), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_block_solver_on_cuda_matches_the_cpu():
+    from ittrna.device.ir_drop import transfer_block
+
+    g = (torch.rand(40, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) * 0.9 + 0.1) * 1e-4
+    on_gpu = transfer_block(g.cuda(), 2.5)
+    assert on_gpu.is_cuda and torch.allclose(on_gpu.cpu(), transfer_block(g, 2.5), rtol=1e-10, atol=0)
+
+
 # --- hostile inputs of this stop's adversarial sweep --------------------------------------------------------
 def _forge(path, tmp_path, name, edit_header=None, drop=()):
     """A copy of the chip archive ``path`` with its JSON header edited and some arrays dropped."""

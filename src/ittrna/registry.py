@@ -139,5 +139,6 @@ PROGRAM_ERROR_MODELS: Registry = Registry("programming-error model", dict.fromke
 RECIPES: Registry = Registry("recipe", dict.fromkeys(("converged", "converged-augmented"), "ittrna.training"))
 """Named training recipes (:class:`ittrna.training.Recipe`; ``ittrna train --recipe``, a sweep's ``[train] recipe``)."""
 
-WIRE_SOLVERS: Registry = Registry("wire solver", dict.fromkeys(("exact", "iterative"), "ittrna.device.ir_drop"))
+WIRE_SOLVERS: Registry = Registry("wire solver", dict.fromkeys(("exact", "iterative", "block"),
+                                                                          "ittrna.device.ir_drop"))
 """Solvers of a tile's resistive network under IR drop (``wires.solver``), filled by :mod:`ittrna.device.ir_drop`."""
