@@ -197,6 +197,15 @@ def test_tolerate_then_evaluate_reproduces_chip_accuracy(capsys, trained_ckpt, t
     code, out, err = run(capsys, "evaluate", "--model", str(tuned), "--chip", str(chip), "--json")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["accuracy_mean"] == pytest.approx(res["chip_accuracy"], abs=0)
+    # the per-layer ablation of that chip: its whole-chip reading is the one just reproduced
+    code, out, err = run(capsys, "evaluate", "--model", str(tuned), "--chip", str(chip), "--ablate", "--json")
+    assert code == 0, err
+    ab = json.loads(out.strip().splitlines()[-1])["ablation"]
+    assert ab["chip"] == res["chip_accuracy"] and [r["layer"] for r in ab["layers"]] == ["1", "3", "5"]
+    assert all(r["gain_if_ideal"] == pytest.approx(r["ideal"] - ab["chip"]) for r in ab["layers"])
+    assert "per layer" in out and "alone on chip" in out
+    code, _, err = run(capsys, "evaluate", "--model", str(tuned), "--ablate")  # fresh chips: nothing to ablate
+    assert code != 0 and one_line_error(err) and "--chip" in err
     # the tuned file belongs to its chip
     other = tmp_path / "other.npz"
     run(capsys, "chip", "make", "--model", str(trained_ckpt), "--saf-rate", "0.2", "--seed", "6", "--out", str(other))

@@ -791,3 +791,44 @@ def test_a_batchnorm_called_twice_is_re_estimated_from_both_calls_off_and_on_the
                           test=test, settings=settings)
     assert out["ondevice_writes"] == 0
     assert torch.allclose(tuned.state_dict["bn.running_mean"].double(), both.mean(1), atol=1e-4)
+
+
+def test_layer_ablation_makes_one_layer_digital_at_a_time_on_a_third_party_resnet():
+    """`digital_layers` swaps chip layers for their own digital modules and restores them; all of them
+    digital is the software network bit for bit; `layer_ablation` reads the chip, all-digital and per layer
+    (data-flow order), each reading with the chip's read noise restarted, and writes nothing."""
+    from ittrna.data import Split
+    from ittrna.nn import digital_layers, layer_ablation
+    from ittrna.training import accuracy
+
+    import_or_fail("pytorchcv.models.resnet_cifar", "ITTRNA_REQUIRE_PYTORCHCV")
+    model = build("pytorchcv.models.resnet_cifar:resnet20_cifar10", (1, 32, 32), 10, seed=0,
+                  args={"in_channels": 1, "in_size": [32, 32]}).eval()
+    chip = Chip.fabricate(model, ChipConfig().override({"faults.rate": 0.2, "variation.read_noise": 0.05}), 3)
+    deployed = deploy(model, chip).eval()
+    x = torch.rand(24, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    names = list(chip.layers)
+    with torch.no_grad():
+        chip.restart_reads()
+        on_chip = deployed(x)
+        with digital_layers(deployed, names) as d:
+            assert torch.equal(d(x), model(x))  # every layer digital: the software network
+        with digital_layers(deployed, [names[0]]):
+            one = deployed(x)
+        chip.restart_reads()
+        assert torch.equal(deployed(x), on_chip)  # restored
+    assert not torch.allclose(one, on_chip)
+    with pytest.raises(InputError, match="not on the chip"):
+        with digital_layers(deployed, ["features.nope"]):
+            pass
+    data = Split(x, model(x).argmax(1).detach())  # labels: the software network's own answers
+    writes = chip.writes_issued
+    ab = layer_ablation(deployed, data, layers=names[:3])
+    assert chip.writes_issued == writes
+    assert ab["digital"] == 1.0 and [r["layer"] for r in ab["layers"]] == names[:3]
+    chip.restart_reads()
+    assert ab["chip"] == accuracy(deployed, data)
+    with digital_layers(deployed, [n for n in names if n != names[1]]):
+        chip.restart_reads()
+        assert ab["layers"][1]["alone"] == accuracy(deployed, data)
+    assert all(r["loss_alone"] == ab["digital"] - r["alone"] for r in ab["layers"])

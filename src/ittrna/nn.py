@@ -3,6 +3,8 @@
 - :func:`deploy` returns a copy of the model whose chip-mapped ``Linear``/``Conv2d`` layers compute with the
   chip's effective weights (programming the weights first, by default); :func:`undeploy` is its inverse.
 - :func:`evaluate` measures accuracy on one chip, :func:`monte_carlo` over many fabricated chips.
+- :func:`digital_layers` lets some layers of a deployed model compute digitally for a while;
+  :func:`layer_ablation` uses it to say which layers carry a chip's loss.
 
 Deployed layers compute with :meth:`Chip.read_weight <ittrna.chip.Chip.read_weight>`, which the chip keeps
 until the layer is reprogrammed, so an ideal-periphery chip costs one ordinary ``F.linear``/``F.conv2d`` per
@@ -15,8 +17,9 @@ Deployed layers hold their chip privately: code standing where a host stands nev
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -32,7 +35,8 @@ from ittrna.errors import InputError
 from ittrna.mapping import conv_rows, rows_to_output, tiled_matmul
 from ittrna.training import accuracy
 
-__all__ = ["AnalogConv", "AnalogConv2d", "AnalogLinear", "deploy", "evaluate", "monte_carlo", "undeploy"]
+__all__ = ["AnalogConv", "AnalogConv2d", "AnalogLinear", "deploy", "digital_layers", "evaluate", "layer_ablation",
+           "monte_carlo", "undeploy"]
 
 
 class _AnalogLayer(nn.Module):
@@ -223,6 +227,80 @@ def undeploy(model: nn.Module, *, effective: bool = False, inplace: bool = False
                     digital.weight.copy_(w)  # type: ignore[operator]
             _set_module(target, name, digital)
     return target
+
+
+def _analog_layers(model: nn.Module) -> dict[str, _AnalogLayer]:
+    """The deployed (analog) layers of ``model`` by chip layer name, in the chip's (data-flow) order."""
+    found = {m._chip_layer: (name, m) for name, m in model.named_modules() if isinstance(m, _AnalogLayer)}
+    chips = {id(m._chip): m._chip for _, m in found.values()}
+    order = [n for chip in chips.values() for n in chip.layers if n in found]
+    return {n: found[n][1] for n in order}
+
+
+@contextlib.contextmanager
+def digital_layers(model: nn.Module, names: Sequence[str]) -> Iterator[nn.Module]:
+    """Within the block, the deployed layers ``names`` (chip layer names) of ``model`` compute digitally with
+    their own weights (the deployed network's, as the method meant them: no cell, no periphery, no
+    registers); the rest stays on the chip. ``model`` is changed in place and restored on exit.
+
+    Raises:
+        InputError: a name that is not a deployed layer of ``model``.
+    """
+    analog = _analog_layers(model)
+    unknown = [n for n in names if n not in analog]
+    if unknown:
+        raise InputError(f"layer {unknown[0]!r} is not on the chip of this deployed model; accepted {list(analog)}")
+    paths = {m: name for name, m in model.named_modules() if isinstance(m, _AnalogLayer)}
+    swapped = [(paths[analog[n]], analog[n]) for n in dict.fromkeys(names)]
+    try:
+        for path, layer in swapped:
+            _set_module(model, path, layer.digital)
+        yield model
+    finally:
+        for path, layer in swapped:
+            _set_module(model, path, layer)
+
+
+def layer_ablation(model: nn.Module, data: Split, *, batch_size: int = 2000,
+                   layers: Sequence[str] | None = None) -> dict[str, Any]:
+    """Which layers carry a deployed model's loss: its accuracy on ``data`` on the chip as a whole, all
+    digital (the deployed weights in software), and per chip layer (data-flow order) with that layer ideal
+    and the rest on the chip (``ideal``), and with only that layer on the chip (``alone``). The chip's read
+    noise restarts before every pass (:meth:`Chip.restart_reads <ittrna.chip.Chip.restart_reads>`), so the
+    readings differ only in the layers made digital. Nothing is written.
+
+    Args:
+        model: a deployed model (:func:`deploy`), programmed as it is to be judged.
+        data: the images judged (a report: the test split).
+        layers: the chip layers to ablate (default all).
+
+    Returns:
+        ``chip`` and ``digital`` accuracies and ``layers``: one row per layer with ``layer``, ``ideal``,
+        ``alone`` (accuracies), ``gain_if_ideal`` (ideal - chip) and ``loss_alone`` (digital - alone).
+    """
+    analog = _analog_layers(model)
+    if not analog:
+        raise InputError("the model has no deployed layer; deploy it on a chip first (ittrna.nn.deploy)")
+    names = list(analog) if layers is None else list(layers)
+    chips = list({id(m._chip): m._chip for m in analog.values()}.values())
+
+    def judged() -> float:
+        for chip in chips:
+            chip.restart_reads()
+        return accuracy(model, data, batch_size=batch_size)
+
+    on_chip = judged()
+    with digital_layers(model, list(analog)):
+        digital = judged()
+    rows = []
+    for n in names:
+        with digital_layers(model, [n]):
+            ideal = judged()
+        with digital_layers(model, [m for m in analog if m != n]):
+            alone = judged()
+        rows.append({"layer": n, "ideal": ideal, "alone": alone, "gain_if_ideal": ideal - on_chip,
+                     "loss_alone": digital - alone})
+    return {"chip": on_chip, "digital": digital, "layers": rows}
 
 
 def _copy_without_chip(model: nn.Module) -> nn.Module:

@@ -150,8 +150,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if args.seed is not None:
             raise CliError("--seed numbers fabricated chips (--chips); a saved chip (--chip) has its own seed")
         res = evaluate_checkpoint(args.model, chip_path=args.chip, split=args.split, data_dir=args.data_dir,
-                                  progress=not args.quiet, time=args.time)
+                                  progress=not args.quiet, time=args.time, ablate=args.ablate)
     else:
+        if args.ablate:
+            raise CliError("--ablate judges one saved chip's layers; give it with --chip CHIP.npz")
         args.seed = 0 if args.seed is None else args.seed
         _check_seeds(args)
         res = evaluate_checkpoint(args.model, config=_chip_config(args), seed=args.seed, chips=args.chips,
@@ -159,7 +161,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     text = (f"{res['model']} on {res['dataset']} ({args.split}): software {100 * res['ideal_accuracy']:.2f}%, on "
             f"chip {100 * res['accuracy_mean']:.2f} ± {100 * res['accuracy_std']:.2f}% over {len(res['accuracies'])} "
             "chip(s)")
-    _emit(args, text, {k: res[k] for k in ("ideal_accuracy", "accuracy_mean", "accuracy_std", "accuracies")})
+    if "ablation" in res:
+        ab = res["ablation"]
+        lines = [f"per layer (chip {100 * ab['chip']:.2f}%, all digital {100 * ab['digital']:.2f}%):",
+                 f"{'layer':<28} {'ideal, rest on chip':>20} {'gain':>7} {'alone on chip':>14} {'loss':>7}"]
+        lines += [f"{r['layer']:<28} {100 * r['ideal']:>19.2f}% {100 * r['gain_if_ideal']:>+7.2f} "
+                  f"{100 * r['alone']:>13.2f}% {100 * r['loss_alone']:>7.2f}" for r in ab["layers"]]
+        text += "\n" + "\n".join(lines)
+    _emit(args, text, {k: res[k] for k in ("ideal_accuracy", "accuracy_mean", "accuracy_std", "accuracies",
+                                           "ablation") if k in res})
 
 _SWEEP_FLAGS = ("model", "saf_rates", "sigmas", "chips", "seed", "split", "data_dir")
 

@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(subs, "evaluate", "accuracy of a trained model on one saved chip or on K fabricated chips",
              "  ittrna evaluate --model mlp.pt --chip chip.npz\n"
+             "  ittrna evaluate --model tuned.pt --chip chip.npz --ablate   # which layers carry the loss\n"
              "  ittrna evaluate --model mlp.pt --chips 5 --saf-rate 0.2 --seed 100 --json\n", cmd_evaluate)
     _add_definition(p)
     p.add_argument("--model", type=Path, required=True)
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time", type=_time, default=0.0, metavar="T",
                    help="evaluate T after programming, the cells relaxed (relaxation.model): seconds or a number "
                         "with a unit, e.g. 1s, 1h, 1d, 1y (default 0)")
+    p.add_argument("--ablate", action="store_true",
+                   help="with --chip: per layer, the accuracy with that layer ideal (digital) and the rest on the "
+                        "chip, and with only that layer on the chip: which layers carry the loss")
     p.add_argument("--quiet", action="store_true")
     _add_chip_options(p)
 

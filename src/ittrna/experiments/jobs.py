@@ -14,6 +14,7 @@ Every output path is checked first (never an input, right suffix) and every file
 
 from __future__ import annotations
 
+import copy
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -146,19 +147,23 @@ def _val_loader(meta: Mapping[str, Any], data_dir: Path | None) -> Callable[[], 
 
 def evaluate_checkpoint(model_path: Path, *, chip_path: Path | None = None, config: ChipConfig | None = None,
                         seed: int = 0, chips: int = 5, split: str = "test", data_dir: Path | None = None,
-                        progress: bool = True, time: float = 0.0) -> dict[str, Any]:
+                        progress: bool = True, time: float = 0.0, ablate: bool = False) -> dict[str, Any]:
     """Accuracy of a checkpoint on chips: on the saved chip ``chip_path`` (a tuned checkpoint is programmed
     as its method left it; only there), else on ``chips`` fresh chips of ``config`` from ``seed`` on; measured
     ``time`` seconds after programming (:func:`ittrna.config.parse_time`; the cells relax meanwhile).
+    ``ablate`` (a saved chip only): also :func:`ittrna.nn.layer_ablation` of that chip as measured.
 
-    Returns ``model``, ``dataset``, ``ideal_accuracy``, ``accuracy_mean``, ``accuracy_std``, ``accuracies``.
+    Returns ``model``, ``dataset``, ``ideal_accuracy``, ``accuracy_mean``, ``accuracy_std``, ``accuracies``
+    (and ``ablation``).
     """
     from ittrna.chip import Chip
     from ittrna.chip.state import check_fabricate
     from ittrna.experiments.tolerate import calibration_inputs, evaluate_tuned, load_tuned
-    from ittrna.nn import evaluate, monte_carlo
+    from ittrna.nn import deploy, evaluate, layer_ablation, monte_carlo
     from ittrna.training import accuracy
 
+    if ablate and chip_path is None:
+        raise InputError("--ablate judges one saved chip's layers; give it with --chip CHIP.npz")
     model, meta, deployment = load_tuned(model_path)
     if chip_path is not None:
         chip = Chip.load(chip_path)
@@ -174,6 +179,11 @@ def evaluate_checkpoint(model_path: Path, *, chip_path: Path | None = None, conf
         else:
             accs = [evaluate(model, chip, data, calibration=calibration_inputs(chip.config,
                                                                                _val_loader(meta, data_dir)), time=time)]
+        if ablate:  # the chip as just measured (programmed, and waited ``time``)
+            judged = copy.deepcopy(model)
+            if deployment is not None:
+                judged.load_state_dict(deployment.state_dict)
+            ablation = layer_ablation(deploy(judged, chip, program=False), data)
     else:
         cfg = config if config is not None else ChipConfig()
         if deployment is not None:
@@ -186,7 +196,7 @@ def evaluate_checkpoint(model_path: Path, *, chip_path: Path | None = None, conf
                            calibration=calibration_inputs(cfg, _val_loader(meta, data_dir)), time=time)
     return {"model": meta["model"], "dataset": meta["dataset"], "ideal_accuracy": ideal,
             "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "accuracies": accs}
+            "accuracies": accs, **({"ablation": ablation} if ablate else {})}
 
 
 def tolerate_files(model_path: Path, chip_path: Path, method: str, out: Path, *, settings: Mapping[str, Any],
