@@ -1098,3 +1098,14 @@ def test_wire_cells_keys_only_compensated_records_and_keeps_the_earlier_ones():
         assert make({"wires": "compensate"}).to_dict()["wire_cells"] == "written"
     with pytest.raises(ConfigError, match=r"method.wire_cells = 'some'.*accepted"):
         METHODS["program"].make_config({"wire_cells": "some"})
+
+
+def test_a_stored_point_runs_with_the_wire_cells_it_was_keyed_with():
+    """A point's settings are its identity, which leaves `wire_cells = "all"` out (the earlier records' key):
+    rebuilt for the run, they must give "all" again, not today's default."""
+    from ittrna.methods import METHODS
+
+    cls = METHODS["program"].config
+    for cells in ("all", "written"):
+        cfg = cls.from_dict({"wires": "compensate", "wire_cells": cells})
+        assert cls.from_dict(cls.settings_from_identity(cfg.identity_dict())) == cfg

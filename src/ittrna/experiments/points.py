@@ -13,6 +13,7 @@ import torch
 
 from ittrna.data import Split
 from ittrna.experiments.grid import DataSettings, ModelSource, Point, method_seed
+from ittrna.methods import METHODS
 
 __all__ = ["ModelPayload", "evaluate_point", "package_version", "payload_model", "train_model",
            "weights_sha256"]
@@ -117,7 +118,8 @@ def evaluate_point(point: Point, key: str, data: DataSettings, payload: ModelPay
     run = _RUNS.get(run_key)
     if run is None:
         chip = Chip.fabricate(model, ChipConfig.from_dict(point.chip), point.chip_seed)
-        settings = {f"method.{k}": v for k, v in point.method_settings.items()}
+        known = METHODS[point.method].config.settings_from_identity(point.method_settings)  # _added values back
+        settings = {f"method.{k}": v for k, v in known.items()}
         run = run_method(model, chip, point.method, train=train, val=split(ds, "val", data), settings=settings,
                          test_seed=point.chip_seed, seed=method_seed(point.chip_seed))
         if _RUNS_KEPT > 0:

@@ -49,6 +49,13 @@ class MethodConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         return self._as_dict(identity=False)
 
+    @classmethod
+    def settings_from_identity(cls, identity: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings an :meth:`identity_dict` stands for: every field of :attr:`_added` it leaves out
+        holds its earlier-behaviour value (which need not be today's default), so a stored point runs as it
+        was keyed. (Top level; a nested config's identity keeps its own ``_added`` fields at their defaults.)"""
+        return {**{k: v for k, v in cls._added.items() if k not in identity}, **identity}
+
     def identity_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` without the fields of :attr:`_added` that hold their earlier behaviour (nested
         configs likewise): what a store key is made of."""
