@@ -266,8 +266,9 @@ def layer_ablation(model: nn.Module, data: Split, *, batch_size: int = 2000,
     """Which layers carry a deployed model's loss: its accuracy on ``data`` on the chip as a whole, all
     digital (the deployed weights in software), and per chip layer (data-flow order) with that layer ideal
     and the rest on the chip (``ideal``), and with only that layer on the chip (``alone``). The chip's read
-    noise restarts before every pass (:meth:`Chip.restart_reads <ittrna.chip.Chip.restart_reads>`), so the
-    readings differ only in the layers made digital. Nothing is written.
+    noise restarts before every pass (:meth:`Chip.restart_reads <ittrna.chip.Chip.restart_reads>`); with read
+    noise on, a layer made digital draws none, so the layers after it see other draws (the rows then carry
+    that resampling noise too). Nothing is written.
 
     Args:
         model: a deployed model (:func:`deploy`), programmed as it is to be judged.
