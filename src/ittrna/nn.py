@@ -229,12 +229,12 @@ def undeploy(model: nn.Module, *, effective: bool = False, inplace: bool = False
     return target
 
 
-def _analog_layers(model: nn.Module) -> dict[str, _AnalogLayer]:
-    """The deployed (analog) layers of ``model`` by chip layer name, in the chip's (data-flow) order."""
-    found = {m._chip_layer: (name, m) for name, m in model.named_modules() if isinstance(m, _AnalogLayer)}
+def _analog_layers(model: nn.Module) -> dict[str, tuple[str, _AnalogLayer]]:
+    """The deployed (analog) layers of ``model`` by chip layer name, each with its module path, in the order
+    of the chips' layers (data-flow order)."""
+    found = {m._chip_layer: (path, m) for path, m in model.named_modules() if isinstance(m, _AnalogLayer)}
     chips = {id(m._chip): m._chip for _, m in found.values()}
-    order = [n for chip in chips.values() for n in chip.layers if n in found]
-    return {n: found[n][1] for n in order}
+    return {n: found[n] for chip in chips.values() for n in chip.layers if n in found}
 
 
 @contextlib.contextmanager
@@ -250,8 +250,7 @@ def digital_layers(model: nn.Module, names: Sequence[str]) -> Iterator[nn.Module
     unknown = [n for n in names if n not in analog]
     if unknown:
         raise InputError(f"layer {unknown[0]!r} is not on the chip of this deployed model; accepted {list(analog)}")
-    paths = {m: name for name, m in model.named_modules() if isinstance(m, _AnalogLayer)}
-    swapped = [(paths[analog[n]], analog[n]) for n in dict.fromkeys(names)]
+    swapped = [analog[n] for n in dict.fromkeys(names)]
     try:
         for path, layer in swapped:
             _set_module(model, path, layer.digital)
@@ -283,7 +282,7 @@ def layer_ablation(model: nn.Module, data: Split, *, batch_size: int = 2000,
     if not analog:
         raise InputError("the model has no deployed layer; deploy it on a chip first (ittrna.nn.deploy)")
     names = list(analog) if layers is None else list(layers)
-    chips = list({id(m._chip): m._chip for m in analog.values()}.values())
+    chips = list({id(m._chip): m._chip for _, m in analog.values()}.values())
 
     def judged() -> float:
         for chip in chips:

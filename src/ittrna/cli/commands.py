@@ -152,12 +152,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         res = evaluate_checkpoint(args.model, chip_path=args.chip, split=args.split, data_dir=args.data_dir,
                                   progress=not args.quiet, time=args.time, ablate=args.ablate)
     else:
-        if args.ablate:
-            raise CliError("--ablate judges one saved chip's layers; give it with --chip CHIP.npz")
         args.seed = 0 if args.seed is None else args.seed
         _check_seeds(args)
         res = evaluate_checkpoint(args.model, config=_chip_config(args), seed=args.seed, chips=args.chips,
-                                  split=args.split, data_dir=args.data_dir, progress=not args.quiet, time=args.time)
+                                  split=args.split, data_dir=args.data_dir, progress=not args.quiet, time=args.time,
+                                  ablate=args.ablate)  # refused there: an ablation needs one saved chip
     text = (f"{res['model']} on {res['dataset']} ({args.split}): software {100 * res['ideal_accuracy']:.2f}%, on "
             f"chip {100 * res['accuracy_mean']:.2f} ± {100 * res['accuracy_std']:.2f}% over {len(res['accuracies'])} "
             "chip(s)")

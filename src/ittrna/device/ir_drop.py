@@ -174,18 +174,37 @@ def _factor(diag: torch.Tensor, off: float) -> tuple[torch.Tensor, torch.Tensor]
     return m, cp
 
 
+def _solve_lines(m: torch.Tensor, cp: torch.Tensor, off: float, x: torch.Tensor) -> torch.Tensor:
+    """The Thomas algorithm's substitutions in place on ``x``, positions along its *leading* axis (each step
+    one slab ``x[j]``): the factored systems (``m``, ``cp`` from :func:`_factor`, moved to the leading axis,
+    broadcasting against the slabs) solved for the right-hand sides ``x`` holds on entry."""
+    n = x.shape[0]
+    x[0] /= m[0]
+    for j in range(1, n):
+        x[j] = (x[j] - off * x[j - 1]) / m[j]
+    for j in range(n - 2, -1, -1):
+        x[j] -= cp[j] * x[j + 1]
+    return x
+
+
 def _thomas(factors: tuple[torch.Tensor, torch.Tensor], off: float, rhs: torch.Tensor) -> torch.Tensor:
     """Solve the factored tridiagonal systems (:func:`_factor`) for right-hand sides ``rhs`` (..., L),
     whole-tensor across all leading axes (one Python step per position along the line)."""
-    m, cp = factors
-    n = m.shape[-1]
-    x = torch.empty(torch.broadcast_shapes(m.shape, rhs.shape), dtype=rhs.dtype, device=rhs.device)
-    x[..., 0] = rhs[..., 0] / m[..., 0]
-    for j in range(1, n):
-        x[..., j] = (rhs[..., j] - off * x[..., j - 1]) / m[..., j]
-    for j in range(n - 2, -1, -1):
-        x[..., j] -= cp[..., j] * x[..., j + 1]
-    return x
+    m, cp = (f.movedim(-1, 0) for f in factors)
+    x = rhs.movedim(-1, 0).contiguous().clone()  # (L, ...): every step works on one contiguous slab
+    return _solve_lines(m, cp, off, x).movedim(0, -1)
+
+
+def _line_diagonals(g64: torch.Tensor, w: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diagonals of one tile's line equations, both (R, C): each row wire's tridiagonal along the columns
+    (driver/left and right segments, one segment at the last column, plus the cell) and each column node's own
+    conductance (segments above and below, one at row 0, plus the cell). Off-diagonals are all -w (the
+    convention of :func:`_system`)."""
+    rows_d = torch.full(g64.shape, 2.0 * w, dtype=torch.float64, device=g64.device)
+    rows_d[:, -1] = w
+    cols_d = torch.full(g64.shape, 2.0 * w, dtype=torch.float64, device=g64.device)
+    cols_d[0, :] = w
+    return rows_d + g64, cols_d + g64
 
 
 def transfer_iterative(g: torch.Tensor, r_wire: float, *, tolerance: float = 1e-9, max_sweeps: int = 2000
@@ -209,14 +228,9 @@ def transfer_iterative(g: torch.Tensor, r_wire: float, *, tolerance: float = 1e-
     # unknowns for the R unit inputs at once: a[k, i, j] row nodes, b[k, i, j] column nodes (k: input row)
     a = torch.eye(rows, dtype=torch.float64, device=g64.device)[:, :, None].expand(rows, rows, cols).clone()
     b = torch.zeros_like(a)
-    diag_a = torch.full((rows, cols), 2.0 * w, dtype=torch.float64, device=g64.device)
-    diag_a[:, -1] = w
-    diag_a += g64  # (R, C): row lines, along j
-    rows_f = _factor(diag_a, -w)
-    diag_b = torch.full((cols, rows), 2.0 * w, dtype=torch.float64, device=g64.device)
-    diag_b[:, 0] = w
-    diag_b += g64.t()  # (C, R): column lines, along i
-    cols_f = _factor(diag_b, -w)
+    diag_a, diag_b = _line_diagonals(g64, w)  # (R, C) each
+    rows_f = _factor(diag_a, -w)  # row lines, along j
+    cols_f = _factor(diag_b.t().contiguous(), -w)  # (C, R): column lines, along i
     drive = torch.zeros_like(a)
     drive[torch.arange(rows), torch.arange(rows), 0] = w  # each input's driver feeds its row's first node
     full_scale = rows * float(g64.max()) if g64.numel() else 0.0
@@ -247,17 +261,11 @@ def _tridiagonal_inverses(pivots: torch.Tensor, upper: torch.Tensor, off: float)
     """Dense inverses of factored tridiagonal systems (:func:`_factor` of (B, L) diagonals, constant
     off-diagonals ``off``): (L, B, L), entry [p, b, m] = (T_b^-1)[p, m]. The Thomas algorithm on the identity,
     positions on the leading axis so that every step works on one contiguous (B, L) slab."""
-    length, batch = pivots.shape[1], pivots.shape[0]
-    m, cp = pivots.t().unsqueeze(-1), upper.t().unsqueeze(-1)  # (L, B, 1)
+    batch, length = pivots.shape
     x = torch.zeros(length, batch, length, dtype=pivots.dtype, device=pivots.device)
     idx = torch.arange(length, device=pivots.device)
     x[idx, :, idx] = 1.0  # the identity, one right-hand side per column m
-    x[0] /= m[0]
-    for j in range(1, length):
-        x[j] = (x[j] - off * x[j - 1]) / m[j]
-    for j in range(length - 2, -1, -1):
-        x[j] -= cp[j] * x[j + 1]
-    return x
+    return _solve_lines(pivots.t().unsqueeze(-1), upper.t().unsqueeze(-1), off, x)  # factors (L, B, 1)
 
 
 def transfer_block(g: torch.Tensor, r_wire: float) -> torch.Tensor:
@@ -281,13 +289,8 @@ def transfer_block(g: torch.Tensor, r_wire: float) -> torch.Tensor:
     check_memory(_block_bytes(rows, cols), f"the block IR-drop solve of a {rows}x{cols} tile (use smaller tiles)")
     w = 1.0 / float(r_wire)
     dev = g64.device
-    diag_a = torch.full((rows, cols), 2.0 * w, dtype=torch.float64, device=dev)
-    diag_a[:, -1] = w
-    diag_a += g64  # (R, C): each row wire's tridiagonal T_i, along the columns
+    diag_a, diag_b = _line_diagonals(g64, w)  # (R, C): the row wires' T_i; the column nodes' own conductance
     pivots, upper = _factor(diag_a, -w)
-    diag_b = torch.full((rows, cols), 2.0 * w, dtype=torch.float64, device=dev)
-    diag_b[0, :] = w
-    diag_b += g64  # (R, C): each column node's own conductance (segments above/below, its cell)
     carried = torch.zeros(cols, rows, dtype=torch.float64, device=dev)  # (C, R): y_i of every unit input
     u_inv: torch.Tensor | None = None
     for lo in range(0, rows, _BLOCK_ROWS):

@@ -16,6 +16,9 @@ from typing import ClassVar
 from ittrna.config import ConfigError, parse_time
 from ittrna.methods.base import MethodConfig
 
+WIRE_CELLS = ("written", "all")
+"""The values of ``ProgramConfig.wire_cells`` (which cells wire compensation lifts; one list)."""
+
 __all__ = [
     "AftConfig",
     "BnChipConfig",
@@ -121,7 +124,7 @@ class ProgramConfig(NoneConfig):
         self._int_range("output_rows", 16, 10_000_000)
         self._choice("wires", ("ignore", "compensate"))
         self._int_range("wire_iterations", 1, 20)
-        self._choice("wire_cells", ("written", "all"))
+        self._choice("wire_cells", WIRE_CELLS)
 
 
 @dataclass(frozen=True)

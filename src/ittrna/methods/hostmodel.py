@@ -36,6 +36,7 @@ from ittrna.device.relaxation import relax_healthy
 from ittrna.errors import InputError
 from ittrna.host import MeasuredMap
 from ittrna.mapping import CONVERTERS, Converter, LayerLayout, TileGrid
+from ittrna.methods.configs import WIRE_CELLS
 
 __all__ = ["RULES", "CellView", "HostChip", "realise", "realise_relaxed", "sample_view"]
 
@@ -359,8 +360,8 @@ class HostChip:
         """Bool mask of the cells of layer ``name``'s ``array`` that wire compensation may lift: the healthy
         ones (by the map) whose ``target`` is above Gmin (``cells = "written"``: the cells programming writes
         anyway; one left at Gmin stays unwritten) or every healthy one (``"all"``)."""
-        if cells not in ("written", "all"):
-            raise InputError(f"wire compensation cells = {cells!r}; accepted 'written', 'all'")
+        if cells not in WIRE_CELLS:
+            raise InputError(f"wire compensation cells = {cells!r}; accepted one of {list(WIRE_CELLS)}")
         healthy = self.measured.layers[name][array]["fault"] == HEALTHY
         return healthy & (target > self.cell.g_min) if cells == "written" else healthy
 
