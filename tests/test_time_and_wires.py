@@ -1109,3 +1109,18 @@ def test_a_stored_point_runs_with_the_wire_cells_it_was_keyed_with():
     for cells in ("all", "written"):
         cfg = cls.from_dict({"wires": "compensate", "wire_cells": cells})
         assert cls.from_dict(cls.settings_from_identity(cfg.identity_dict())) == cfg
+
+
+def test_a_nested_config_runs_with_the_wire_cells_it_was_keyed_with():
+    """The same for a method's nested base (codesign's `base`, bn's `program`): their identity tables leave
+    `wire_cells = "all"` out too, and rebuilding restores it."""
+    from ittrna.methods import METHODS
+
+    for method, inner in (("codesign", {"base": {"method": "remap-fat", "wires": "compensate"}}),
+                          ("bn", {"program": {"wires": "compensate"}})):
+        cls = METHODS[method].config
+        field = next(iter(inner))
+        for cells in ("all", "written"):
+            cfg = cls.from_dict({field: {**inner[field], "wire_cells": cells}})
+            again = cls.from_dict(cls.settings_from_identity(cfg.identity_dict()))
+            assert again == cfg and getattr(again, field).wire_cells == cells

@@ -53,8 +53,18 @@ class MethodConfig(_Section):
     def settings_from_identity(cls, identity: Mapping[str, Any]) -> dict[str, Any]:
         """The settings an :meth:`identity_dict` stands for: every field of :attr:`_added` it leaves out
         holds its earlier-behaviour value (which need not be today's default), so a stored point runs as it
-        was keyed. (Top level; a nested config's identity keeps its own ``_added`` fields at their defaults.)"""
-        return {**{k: v for k, v in cls._added.items() if k not in identity}, **identity}
+        was keyed; a nested config's table likewise, by its own class."""
+        out = {**{k: v for k, v in cls._added.items() if k not in identity}, **identity}
+        for name, kind in cls._nested.items():
+            table = out.get(name)
+            if isinstance(table, Mapping):
+                inner = kind if kind is not None else (METHODS[table["method"]].config
+                                                       if table.get("method") in METHODS else None)
+                if inner is not None:
+                    rest = {k: v for k, v in table.items() if k != "method"}
+                    out[name] = {**({"method": table["method"]} if "method" in table else {}),
+                                 **inner.settings_from_identity(rest)}
+        return out
 
     def identity_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` without the fields of :attr:`_added` that hold their earlier behaviour (nested
