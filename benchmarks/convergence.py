@@ -2,9 +2,10 @@
 each a full cosine schedule to zero with the best-validation checkpoint kept.
 
 The recipe counts as converged for a model when the longer schedule improves the kept validation accuracy by at
-most 0.05 points. One JSON line per (model, dataset, recipe, epochs) in OUT (resumable: a rerun skips what is
-there, and a training cut off continues from its last epoch through ``ittrna train``'s own resume file; its
-``seconds`` then count only the part after the last interruption).
+most 0.05 points (the CNNs, whose validation set cannot resolve that: no significant paired gain,
+``benchmarks/converged_pair.py``). One JSON line per (model, dataset, recipe, epochs) in OUT (resumable: a rerun
+skips what is there, and a training cut off continues from its last epoch through ``ittrna train``'s own resume
+file; its ``seconds`` then count only the part after the last interruption).
 With ``--models-dir`` every checkpoint is kept there (``MODEL-DATASET-RECIPE-EPOCHS.pt``): the recipe's own
 run is then the reference model of a study, trained once.
 
