@@ -832,3 +832,119 @@ def test_layer_ablation_makes_one_layer_digital_at_a_time_on_a_third_party_resne
         chip.restart_reads()
         assert ab["layers"][1]["alone"] == accuracy(deployed, data)
     assert all(r["loss_alone"] == ab["digital"] - r["alone"] for r in ab["layers"])
+
+
+class _FoldMix(nn.Module):
+    """Definition order differs from data-flow order; one convolution's output also feeds a residual addition
+    before its BatchNorm (folding that one would change the output); one BatchNorm follows a ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8 * 4 * 4, 10)
+        self.bn_head = nn.BatchNorm1d(10)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.bn_act = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        a = self.bn1(self.c1(x))  # foldable
+        b = self.c2(a)
+        y = torch.relu(self.bn2(b) + b)  # b is used twice: bn2 stays
+        y = self.bn_act(torch.relu(y))  # after a ReLU: stays
+        y = nn.functional.adaptive_avg_pool2d(y, 4).flatten(1)
+        return self.bn_head(self.head(y))  # foldable (Linear -> BatchNorm1d)
+
+
+def _random_bn_statistics(model: nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g))
+            m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.1)
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(n, generator=g))
+                m.bias.copy_(torch.randn(n, generator=g))
+
+
+def test_batchnorm_folds_into_the_layer_before_it_only_where_the_output_stays_the_same():
+    from ittrna.graph import fold_batchnorm
+
+    model = _FoldMix().eval()
+    _random_bn_statistics(model, 0)
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded, pairs, left = fold_batchnorm(model, x)
+    assert pairs == [("c1", "bn1"), ("head", "bn_head")]  # data-flow order, not definition order
+    assert {bn for bn, _, _ in left} == {"bn2", "bn_act"}
+    why = {bn: (layer, reason) for bn, layer, reason in left}
+    assert why["bn2"][0] == "c2" and "used elsewhere" in why["bn2"][1]
+    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.bn_head, nn.Identity)
+    assert isinstance(folded.bn2, nn.BatchNorm2d) and folded.c2.bias is None
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is not changed
+    y = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(2))  # other images than the check's
+    with torch.no_grad():
+        assert torch.allclose(folded(y), model(y), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(folded.c1.weight, model.c1.weight)  # the scale is in the weights now
+
+
+def test_a_folded_third_party_resnet_checkpoint_reloads_its_layout_and_runs_on_a_chip(tmp_path):
+    from ittrna.graph import digital_modules, fold_batchnorm, mapped_modules
+
+    import_or_fail("pytorchcv.models.resnet_cifar", "ITTRNA_REQUIRE_PYTORCHCV")
+    spec = "pytorchcv.models.resnet_cifar:resnet20_cifar10"
+    trust_definition(spec)
+    model = build(spec, (1, 32, 32), 10, seed=0, args={"in_channels": 1, "in_size": [32, 32]}).eval()
+    _random_bn_statistics(model, 3)
+    x = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    folded, pairs, left = fold_batchnorm(model, x)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert len(pairs) == n_bn == 21 and left == []  # every convolution's BatchNorm, the 2 shortcuts' included
+    assert not any("normalisation" in why for _, _, why in digital_modules(folded))
+    assert [n for n, _ in mapped_modules(folded)] == [n for n, _ in mapped_modules(model)]
+    meta = {"model": "resnet20_cifar10", "definition": parse_definition(spec,
+            {"in_channels": 1, "in_size": [32, 32]}).to_dict(), "in_shape": [1, 32, 32], "num_classes": 10,
+            "folded_batchnorm": [list(p) for p in pairs]}
+    save_checkpoint(tmp_path / "f.pt", folded, meta)
+    again, _ = load_checkpoint(tmp_path / "f.pt")
+    with torch.no_grad():
+        assert torch.equal(again(x), folded(x))
+        chip = Chip.fabricate(again, ChipConfig(), 1)  # an ideal chip computes the folded network
+        assert torch.allclose(deploy(again, chip).eval()(x), model(x), rtol=1e-4, atol=1e-4)
+    # a recorded fold that does not fit the model is a one-line error naming the field
+    save_checkpoint(tmp_path / "bad.pt", folded, {**meta, "folded_batchnorm": [["features.nope", "x"]]})
+    with pytest.raises(FileFormatError, match="meta.folded_batchnorm"):
+        load_checkpoint(tmp_path / "bad.pt")
+    save_checkpoint(tmp_path / "bad2.pt", folded, {**meta, "folded_batchnorm": "all"})
+    with pytest.raises(FileFormatError, match="meta.folded_batchnorm = 'all' is invalid"):
+        load_checkpoint(tmp_path / "bad2.pt")
+
+
+def test_fold_bn_on_the_command_line_records_both_accuracies_and_refuses_a_network_without_batchnorm(
+        tmp_path, capsys, mnist_test):
+    import json
+
+    from ittrna.cli import main
+    from ittrna.training import accuracy
+
+    net = build("mobilenet-tiny", (1, 28, 28), 10, seed=5).eval()
+    _random_bn_statistics(net, 6)
+    save_checkpoint(tmp_path / "r.pt", net, {"model": "mobilenet-tiny", "dataset": "mnist", "in_shape": [1, 28, 28],
+                                              "num_classes": 10})
+    code = main(["fold-bn", "--model", str(tmp_path / "r.pt"), "--out", str(tmp_path / "f.pt"), "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    folded, meta = load_checkpoint(tmp_path / "f.pt")
+    assert code == 0 and out["unfolded"]["test_accuracy"] == accuracy(net, mnist_test)
+    assert meta["test_accuracy"] == accuracy(folded, mnist_test) == out["test_accuracy"]
+    assert abs(meta["test_accuracy"] - out["unfolded"]["test_accuracy"]) <= 2e-4  # a rounding flip at most
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    # no BatchNorm, the input as output, a tuned file: one line each, nothing written
+    save_checkpoint(tmp_path / "m.pt", build("mlp", (1, 28, 28), 10), {"model": "mlp", "dataset": "mnist",
+                                                                        "in_shape": [1, 28, 28], "num_classes": 10})
+    for args, needle in ((["--model", str(tmp_path / "m.pt"), "--out", str(tmp_path / "x.pt")], "no BatchNorm"),
+                         (["--model", str(tmp_path / "r.pt"), "--out", str(tmp_path / "r.pt")], "r.pt")):
+        code = main(["fold-bn", *args])
+        err = capsys.readouterr().err
+        assert code != 0 and needle in err and err.count("\n") == 1 and not (tmp_path / "x.pt").exists()

@@ -79,6 +79,19 @@ def cmd_import_weights(args: argparse.Namespace) -> None:
           | {"out": str(args.out)})
 
 
+def cmd_fold_bn(args: argparse.Namespace) -> None:
+    from ittrna.experiments.jobs import fold_checkpoint
+
+    res = fold_checkpoint(args.model, args.out, data_dir=args.data_dir)
+    was = res["unfolded"]
+    kept = "".join(f"\n  stays: {bn} ({why})" for bn, _, why in res["left"])
+    text = (f"{res['model']}: {len(res['folded_batchnorm'])} BatchNorm layers folded into the layers before them; "
+            f"test accuracy {100 * was['test_accuracy']:.2f}% -> {100 * res['test_accuracy']:.2f}% (val "
+            f"{100 * was['val_accuracy']:.2f}% -> {100 * res['val_accuracy']:.2f}%) -> {args.out}{kept}")
+    _emit(args, text, {"folded": res["folded_batchnorm"], "left": res["left"], "out": str(args.out)}
+          | {k: res[k] for k in ("val_accuracy", "test_accuracy")} | {"unfolded": was})
+
+
 def cmd_chip_make(args: argparse.Namespace) -> None:
     from ittrna._validate import check_output
     from ittrna.chip import Chip

@@ -16,6 +16,7 @@ from ittrna.cli.commands import (
     cmd_data_fetch,
     cmd_data_list,
     cmd_evaluate,
+    cmd_fold_bn,
     cmd_import_weights,
     cmd_methods,
     cmd_report,
@@ -118,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dict", type=Path, required=True,
                    help="torch.save(model.state_dict(), FILE), loaded with weights_only (no code runs)")
     p.add_argument("--dataset", required=True, help=f"one of {sorted(DATASETS)}")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
+    p.add_argument("--data-dir", type=Path, default=None, help="dataset folder (required for cifar10)")
+
+    p = _sub(subs, "fold-bn", "fold BatchNorm into the layers before it, so the chip holds its scale "
+             "(both accuracies measured)",
+             "  ittrna fold-bn --model r20.pt --out r20-folded.pt\n"
+             "  ittrna fold-bn --model m.pt --definition nets/my_net.py:build --out m-folded.pt\n",
+             cmd_fold_bn)
+    _add_definition(p)
+    p.add_argument("--model", type=Path, required=True, help="software checkpoint (ittrna train, import-weights)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset folder (required for cifar10)")
 

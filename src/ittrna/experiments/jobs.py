@@ -6,6 +6,8 @@ calls one of these and prints what it returns.
   (``ittrna evaluate``).
 - :func:`import_weights`: a network trained elsewhere (its ``state_dict`` file) as a checkpoint, its accuracy
   measured and recorded (``ittrna import-weights``).
+- :func:`fold_checkpoint`: a checkpoint with its BatchNorm layers folded into the layers before them, both
+  accuracies measured and recorded (``ittrna fold-bn``).
 - :func:`tolerate_files`: run a method for a saved chip and save the tuned checkpoint, and for an on-device
   method the programmed chip (``ittrna tolerate``).
 
@@ -31,7 +33,7 @@ from ittrna.errors import InputError
 if TYPE_CHECKING:
     from ittrna.training import Recipe
 
-__all__ = ["evaluate_checkpoint", "import_weights", "tolerate_files", "train_checkpoint"]
+__all__ = ["evaluate_checkpoint", "fold_checkpoint", "import_weights", "tolerate_files", "train_checkpoint"]
 
 
 def train_checkpoint(model: str, dataset: str, out: Path, train: TrainConfig, *, recipe: str | Recipe | None = None,
@@ -197,6 +199,51 @@ def evaluate_checkpoint(model_path: Path, *, chip_path: Path | None = None, conf
     return {"model": meta["model"], "dataset": meta["dataset"], "ideal_accuracy": ideal,
             "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
             "accuracies": accs, **({"ablation": ablation} if ablate else {})}
+
+
+FOLD_EXAMPLE_IMAGES = 64
+"""Validation images each BatchNorm fold is checked on (:func:`ittrna.graph.fold_batchnorm`)."""
+
+
+def fold_checkpoint(path: Path, out: Path, *, data_dir: Path | None = None) -> dict[str, Any]:
+    """Fold a software checkpoint's BatchNorm layers into the crossbar layers that feed them
+    (:func:`ittrna.graph.fold_batchnorm`, checked on the first validation images) and save the result: the same
+    network with those BatchNorms gone, so the chip holds their scale and only the biases stay digital. Its
+    metadata records the folded pairs (``folded_batchnorm``: a later load rebuilds the layout from the model's
+    definition, no code stored), the validation and test accuracy before and after, and the source file.
+
+    Returns the new metadata plus ``left`` (the BatchNorms that stay, with why).
+
+    Raises:
+        InputError: a tuned checkpoint, one without a dataset, a model without a BatchNorm to fold, or an output
+            path that is an input.
+    """
+    import hashlib
+
+    from ittrna.graph import fold_batchnorm
+    from ittrna.models import save_checkpoint
+    from ittrna.models.checkpoint import load_checkpoint_payload
+    from ittrna.training import accuracy
+
+    check_output(out, ".pt", {"--model": path, "--data-dir": data_dir}, what="a checkpoint")
+    model, meta, payload = load_checkpoint_payload(path)
+    if "deployment" in payload:
+        raise InputError(f"{path} is tuned for one chip; accepted a software checkpoint (ittrna train)")
+    if "dataset" not in meta:
+        raise InputError(f"{path} records no dataset; accepted a checkpoint of ittrna train or import-weights")
+    val = load(meta["dataset"], "val", data_dir=data_dir)
+    test = load(meta["dataset"], "test", data_dir=data_dir)
+    folded, pairs, left = fold_batchnorm(model, val.x[:FOLD_EXAMPLE_IMAGES])
+    if not pairs:
+        why = "; ".join(f"{bn}: {reason}" for bn, _, reason in left[:3]) or "it has none"
+        raise InputError(f"{path}: no BatchNorm to fold ({why}); accepted a network with a BatchNorm right after "
+                         "a Linear/Conv1d/Conv2d")
+    before = {"val_accuracy": accuracy(model, val), "test_accuracy": accuracy(model, test)}
+    new = {**meta, "folded_batchnorm": [*meta.get("folded_batchnorm", []), *[[a, b] for a, b in pairs]],
+           "val_accuracy": accuracy(folded, val), "test_accuracy": accuracy(folded, test),
+           "unfolded": {**before, "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
+    save_checkpoint(out, folded, new)
+    return {**new, "left": [list(x) for x in left]}
 
 
 def tolerate_files(model_path: Path, chip_path: Path, method: str, out: Path, *, settings: Mapping[str, Any],

@@ -14,6 +14,7 @@ from torch import nn
 from ittrna._io import atomic_write, load_torch
 from ittrna._validate import _fail, _is_int, _short, _want_int, check_memory
 from ittrna.errors import FileFormatError, InputError, ResourceError
+from ittrna.graph import fold_structure
 from ittrna.models.definitions import Definition, trusted
 from ittrna.models.registry import MAX_CLASSES, MAX_IN_SIDE, MODELS, build, check_shape
 
@@ -89,6 +90,11 @@ def load_checkpoint_payload(path: str | Path) -> tuple[nn.Module, dict[str, Any]
     except InputError as exc:
         raise FileFormatError(f"{p}: field meta.in_shape/num_classes: {exc}") from None
     model = build(ref, tuple(meta["in_shape"]), int(meta["num_classes"]))
+    if "folded_batchnorm" in meta:  # BatchNorm folded into the layers before it (ittrna fold-bn)
+        try:
+            fold_structure(model, meta["folded_batchnorm"])
+        except InputError as exc:
+            raise _fail(p, "meta.folded_batchnorm", f"does not fit model {meta['model']!r}: {exc}") from None
     check_state_fits(p, payload["state_dict"], model, meta["model"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
@@ -142,6 +148,11 @@ def check_checkpoint(path: Any, payload: Any, version: int, models: Iterable[str
         raise _fail(path, "meta.in_shape", f"= {_short(shape)} is invalid; accepted 3 integers (C, H, W) in "
                                            f"[1, {MAX_IN_SIDE}]")
     _want_int(path, "meta.num_classes", meta.get("num_classes"), 1, MAX_CLASSES)
+    folded = meta.get("folded_batchnorm", [])
+    if (not isinstance(folded, list) or len(folded) > 100_000
+            or not all(isinstance(f, list) and len(f) == 2 and all(isinstance(n, str) for n in f) for f in folded)):
+        raise _fail(path, "meta.folded_batchnorm", f"= {_short(folded)} is invalid; accepted a list of "
+                                                   "[layer, batchnorm] name pairs")
     if "dataset" in meta and not isinstance(meta["dataset"], str):
         raise _fail(path, "meta.dataset", f"= {_short(meta['dataset'])} is invalid; accepted a dataset name")
     state = payload["state_dict"]
