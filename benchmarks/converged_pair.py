@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from ittrna import data
+    from ittrna.methods.retrain import significantly_better
     from ittrna.models.checkpoint import load_checkpoint
 
     torch.set_num_threads(args.threads)
@@ -57,8 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         b, c = int((b_ & ~a).sum()), int((a & ~b_).sum())
         rec[split] = {"short": float(a.float().mean()), "long": float(b_.float().mean()), "only_long": b,
                       "only_short": c, "threshold": args.z * math.sqrt(b + c)}
+        if split == "val":  # the verdict: the methods' own test, on validation images only
+            rec["significant"] = significantly_better(b_, a, args.z)
     v = rec["val"]
-    rec["significant"] = v["only_long"] - v["only_short"] > v["threshold"]
     print(f"{rec['model']}/{rec['dataset']} {args.short.name} -> {args.long.name}: val "
           f"{100 * v['short']:.2f} -> {100 * v['long']:.2f} % (right only after: {v['only_long']}, only before: "
           f"{v['only_short']}, b - c = {v['only_long'] - v['only_short']} vs {v['threshold']:.1f}): "

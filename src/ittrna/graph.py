@@ -134,6 +134,9 @@ def _trace(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> list[str]
 
 
 # --- BatchNorm folding ------------------------------------------------------------------------------------
+_BATCHNORM = nn.modules.batchnorm._BatchNorm
+"""BatchNorm1d/2d/3d (and SyncBatchNorm): the layers a fold removes."""
+
 FOLD_TOLERANCE = 1e-4
 """Largest change of the model's output a fold may make, relative to the output's largest magnitude on the
 example (float32 arithmetic changes it by about 1e-6)."""
@@ -156,15 +159,16 @@ def _batchnorm_candidates(model: nn.Module, example: torch.Tensor) -> list[tuple
     def before_bn(_m: nn.Module, args: tuple[object, ...], n: str) -> None:
         calls[n] = calls.get(n, 0) + 1
         x = args[0] if args else None
+        # the very tensor (every output is kept alive in ``produced``, so an id is never reused), unchanged in place
         hit = produced.get(id(x)) if isinstance(x, torch.Tensor) else None
-        if hit is not None and hit[1] is x and x._version == hit[2]:  # the very tensor, not changed in place
+        if hit is not None and isinstance(x, torch.Tensor) and x._version == hit[2]:
             fed.append((hit[0], n))
 
     hooks = []
     for n, m in modules.items():
         if isinstance(m, MAPPED):
             hooks.append(m.register_forward_hook(lambda m, i, o, n=n: after_layer(m, i, o, n)))
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        elif isinstance(m, _BATCHNORM):
             hooks.append(m.register_forward_pre_hook(lambda m, a, n=n: before_bn(m, a, n)))
     try:
         with torch.no_grad():
@@ -175,7 +179,7 @@ def _batchnorm_candidates(model: nn.Module, example: torch.Tensor) -> list[tuple
     out = []
     for layer, bn in fed:
         b = modules[bn]
-        assert isinstance(b, nn.modules.batchnorm._BatchNorm)
+        assert isinstance(b, _BATCHNORM)
         channels = modules[layer].weight.shape[0]
         if (calls.get(layer) == 1 and calls.get(bn) == 1 and b.running_mean is not None
                 and b.running_var is not None and b.num_features == channels):
@@ -201,7 +205,7 @@ def fold_structure(model: nn.Module, pairs: Sequence[Sequence[str]]) -> nn.Modul
         seen.update((layer, bn))
         if not isinstance(modules.get(layer), MAPPED):
             raise InputError(f"folded layer {layer!r} is not a Linear/Conv1d/Conv2d of the model")
-        if not isinstance(modules.get(bn), nn.modules.batchnorm._BatchNorm):
+        if not isinstance(modules.get(bn), _BATCHNORM):
             raise InputError(f"folded BatchNorm {bn!r} is not a BatchNorm of the model")
         m = modules[layer]
         if getattr(m, "bias", None) is None:
@@ -217,7 +221,7 @@ def _fold_one(model: nn.Module, layer: str, bn: str) -> None:
     s = γ / √(var + ε) per output channel."""
     modules = dict(model.named_modules())
     m, b = modules[layer], modules[bn]
-    assert isinstance(b, nn.modules.batchnorm._BatchNorm) and b.running_var is not None
+    assert isinstance(b, _BATCHNORM) and b.running_var is not None
     assert b.running_mean is not None
     with torch.no_grad():
         w: torch.Tensor = m.weight  # (N, K...) output channels first
@@ -274,6 +278,6 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, 
                                     "elsewhere too)"))
     paired = {bn for _, bn in pairs}
     for n, m in base.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and n not in paired:
+        if isinstance(m, _BATCHNORM) and n not in paired:
             left.append((n, "", "not fed directly by one crossbar layer called once (or no running statistics)"))
     return folded.eval(), done, left
